@@ -1,0 +1,204 @@
+"""``depth.h5``: per-view depth and confidence maps (also the layout of ``gt/depth.h5``).
+
+Layout (docs/formats.md)::
+
+    /                        attrs: format_version=1, kind ("selfmvs.depth" | "selfmvs.gt_depth"),
+                                    units, plus whatever the writer adds (e.g. checkpoint)
+    /views/<image_id>/depth       float32 (H, W) z-depth in scene units, 0 = no estimate
+    /views/<image_id>/confidence  float32 (H, W) in [0, 1] (optional in gt/depth.h5)
+        group attrs: name, K (3x3 pixels, at the map's resolution), cam_from_world (3x4)
+
+Files are written atomically. :class:`DepthWriter` writes view by view into ``<path>.partial`` and
+renames it to ``path`` when closed after success, so a long inference can be resumed: a rerun finds
+the partial file and :meth:`DepthWriter.has` tells which views are already complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import h5py
+import numpy as np
+
+FORMAT_VERSION = 1
+KINDS = ("selfmvs.depth", "selfmvs.gt_depth")
+
+
+class DepthFormatError(ValueError):
+    """A depth file that does not follow the documented layout; names the file and the view."""
+
+
+@dataclasses.dataclass
+class DepthView:
+    """One view's depth map.
+
+    Shape:
+        depth: (H, W) float32; confidence: (H, W) float32 or None; K: (3, 3); cam_from_world: (3, 4).
+    """
+
+    image_id: int
+    name: str
+    depth: np.ndarray
+    confidence: np.ndarray | None
+    K: np.ndarray
+    cam_from_world: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.depth = np.asarray(self.depth, dtype=np.float32)
+        if self.depth.ndim != 2:
+            raise DepthFormatError(f"view {self.image_id}: expected (H, W) depth, got {self.depth.shape}")
+        if self.confidence is not None:
+            self.confidence = np.asarray(self.confidence, dtype=np.float32)
+            if self.confidence.shape != self.depth.shape:
+                raise DepthFormatError(
+                    f"view {self.image_id}: confidence {self.confidence.shape} != depth {self.depth.shape}"
+                )
+        self.K = np.asarray(self.K, dtype=np.float64).reshape(3, 3)
+        self.cam_from_world = np.asarray(self.cam_from_world, dtype=np.float64)[:3, :4]
+        if self.cam_from_world.shape != (3, 4):
+            raise DepthFormatError(f"view {self.image_id}: cam_from_world must be 3x4")
+
+
+def _write_view(views_group: h5py.Group, view: DepthView) -> None:
+    key = str(int(view.image_id))
+    if key in views_group:
+        del views_group[key]
+    group = views_group.create_group(key)
+    height, width = view.depth.shape
+    data = group.create_dataset("depth", data=view.depth, chunks=(height, width), compression="lzf")
+    data.attrs["units"] = "scene units (z-depth along the optical axis); 0 = no estimate"
+    if view.confidence is not None:
+        conf = group.create_dataset(
+            "confidence", data=view.confidence, chunks=(height, width), compression="lzf"
+        )
+        conf.attrs["units"] = "probability in [0, 1]"
+    group.attrs["name"] = view.name
+    group.attrs["K"] = view.K
+    group.attrs["cam_from_world"] = view.cam_from_world
+    group.attrs["frame"] = "K: pixels, pixel centre (j + 0.5, i + 0.5); cam_from_world: COLMAP [R|t]"
+    # Written last: a view is complete only once this attribute exists (resumable writes).
+    group.attrs["complete"] = 1
+
+
+def _write_file_attrs(handle: h5py.File, attrs: Mapping) -> None:
+    handle.attrs["format_version"] = FORMAT_VERSION
+    handle.attrs.setdefault("kind", "selfmvs.depth")
+    handle.attrs.setdefault("units", "scene units of the COLMAP model")
+    for key, value in attrs.items():
+        handle.attrs[key] = value
+
+
+class DepthWriter:
+    """Write a depth file view by view; resumable; the final name appears only when complete.
+
+    Example::
+
+        with DepthWriter(path, {"checkpoint": "model.pt"}) as writer:
+            for view_id in ids:
+                if not writer.has(view_id):
+                    writer.write(compute(view_id))
+    """
+
+    def __init__(self, path: str | os.PathLike, attrs: Mapping | None = None) -> None:
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.attrs = dict(attrs or {})
+        self._handle: h5py.File | None = None
+
+    def __enter__(self) -> "DepthWriter":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._handle = h5py.File(self.partial, "a")
+        except OSError:
+            # A partial file broken by a hard kill: start over rather than fail.
+            self.partial.unlink(missing_ok=True)
+            self._handle = h5py.File(self.partial, "w")
+        _write_file_attrs(self._handle, self.attrs)
+        self._handle.require_group("views")
+        return self
+
+    def has(self, image_id: int) -> bool:
+        group = self._handle["views"].get(str(int(image_id)))
+        return group is not None and "complete" in group.attrs
+
+    def write(self, view: DepthView) -> None:
+        _write_view(self._handle["views"], view)
+        self._handle.flush()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._handle.close()
+        self._handle = None
+        if exc_type is None:
+            os.replace(self.partial, self.path)
+
+
+def write_depth_file(
+    path: str | os.PathLike, views: Iterable[DepthView], attrs: Mapping | None = None
+) -> None:
+    """Write all ``views`` to ``path`` atomically (any previous partial file is discarded)."""
+    path = Path(path)
+    path.with_name(path.name + ".partial").unlink(missing_ok=True)
+    with DepthWriter(path, attrs) as writer:
+        for view in views:
+            writer.write(view)
+
+
+def _open(path: str | os.PathLike) -> h5py.File:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: depth file not found")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise DepthFormatError(f"{path}: not an HDF5 file ({error})") from None
+    if handle.attrs.get("kind") not in KINDS or "views" not in handle:
+        handle.close()
+        raise DepthFormatError(f"{path}: not a selfmvs depth file (kind={handle.attrs.get('kind')!r})")
+    return handle
+
+
+def _read_view(path: Path, views: h5py.Group, key: str) -> DepthView:
+    group = views[key]
+    try:
+        depth = group["depth"][()]
+        confidence = group["confidence"][()] if "confidence" in group else None
+        return DepthView(
+            image_id=int(key),
+            name=str(group.attrs["name"]),
+            depth=depth,
+            confidence=confidence,
+            K=group.attrs["K"],
+            cam_from_world=group.attrs["cam_from_world"],
+        )
+    except (KeyError, ValueError) as error:
+        raise DepthFormatError(f"{path}: view {key}: {error}") from None
+
+
+def list_depth_views(path: str | os.PathLike) -> list[int]:
+    """Image ids of the views stored in ``path``."""
+    with _open(path) as handle:
+        return [int(key) for key in handle["views"]]
+
+
+def read_depth_view(path: str | os.PathLike, image_id: int) -> DepthView:
+    """One view of a depth file. Raises DepthFormatError naming the file if the view is missing."""
+    with _open(path) as handle:
+        key = str(int(image_id))
+        if key not in handle["views"]:
+            raise DepthFormatError(f"{path}: view {image_id} missing")
+        return _read_view(Path(path), handle["views"], key)
+
+
+def read_depth_file(path: str | os.PathLike) -> dict[int, DepthView]:
+    """All views of a depth file, keyed by image id."""
+    with _open(path) as handle:
+        return {int(key): _read_view(Path(path), handle["views"], key) for key in handle["views"]}
+
+
+def read_depth_attrs(path: str | os.PathLike) -> dict:
+    """The file attributes (format_version, kind, units, checkpoint, ...)."""
+    with _open(path) as handle:
+        return {key: handle.attrs[key] for key in handle.attrs}

@@ -1,0 +1,81 @@
+import h5py
+import numpy as np
+import pytest
+
+from pipeline.formats.depth_file import (
+    DepthFormatError,
+    DepthView,
+    DepthWriter,
+    list_depth_views,
+    read_depth_attrs,
+    read_depth_file,
+    read_depth_view,
+    write_depth_file,
+)
+
+
+def make_view(image_id, height=6, width=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return DepthView(
+        image_id=image_id,
+        name=f"{image_id:06d}.png",
+        depth=rng.uniform(1, 2, (height, width)),
+        confidence=rng.uniform(0, 1, (height, width)),
+        K=np.array([[10.0, 0, 4], [0, 10, 3], [0, 0, 1]]),
+        cam_from_world=np.hstack([np.eye(3), [[0.1], [0.2], [0.3]]]),
+    )
+
+
+def test_round_trip(tmp_path):
+    views = [make_view(7), make_view(12, seed=1)]
+    path = tmp_path / "depth.h5"
+    write_depth_file(path, views, {"checkpoint": "ck.pt"})
+    back = read_depth_file(path)
+    assert sorted(back) == [7, 12]
+    for view in views:
+        got = back[view.image_id]
+        np.testing.assert_array_equal(got.depth, view.depth.astype(np.float32))
+        np.testing.assert_array_equal(got.confidence, view.confidence.astype(np.float32))
+        np.testing.assert_array_equal(got.K, view.K)
+        np.testing.assert_array_equal(got.cam_from_world, view.cam_from_world)
+        assert got.name == view.name
+    assert read_depth_attrs(path)["checkpoint"] == "ck.pt"
+    assert sorted(list_depth_views(path)) == [7, 12]
+
+
+def test_writer_resumes_and_publishes_only_when_complete(tmp_path):
+    path = tmp_path / "depth.h5"
+    with pytest.raises(RuntimeError):
+        with DepthWriter(path) as writer:
+            writer.write(make_view(1))
+            raise RuntimeError("interrupted")
+    assert not path.exists()
+    with DepthWriter(path) as writer:
+        assert writer.has(1) and not writer.has(2)
+        writer.write(make_view(2))
+    assert sorted(read_depth_file(path)) == [1, 2]
+
+
+def test_incomplete_view_is_not_counted(tmp_path):
+    path = tmp_path / "depth.h5"
+    partial = tmp_path / "depth.h5.partial"
+    with h5py.File(partial, "w") as handle:
+        handle.attrs["kind"] = "selfmvs.depth"
+        handle.create_group("views/3").create_dataset("depth", data=np.zeros((2, 2)))
+    with DepthWriter(path) as writer:
+        assert not writer.has(3)
+
+
+def test_errors_name_file_and_view(tmp_path):
+    path = tmp_path / "depth.h5"
+    write_depth_file(path, [make_view(1)])
+    with pytest.raises(DepthFormatError, match=r"depth\.h5: view 5 missing"):
+        read_depth_view(path, 5)
+    not_h5 = tmp_path / "x.h5"
+    not_h5.write_text("hello")
+    with pytest.raises(DepthFormatError, match="x.h5"):
+        read_depth_file(not_h5)
+    with pytest.raises(FileNotFoundError):
+        read_depth_file(tmp_path / "missing.h5")
+    with pytest.raises(DepthFormatError, match="confidence"):
+        DepthView(1, "a", np.zeros((2, 3)), np.zeros((3, 2)), np.eye(3), np.eye(4))
