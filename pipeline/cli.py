@@ -14,12 +14,14 @@ import sys
 # verb -> (module, one-line help). Order is the order of the workflow.
 VERBS: dict[str, tuple[str, str]] = {
     "render-scene": ("pipeline.stages.render", "render a synthetic scene folder (images/, sparse/, gt/)"),
+    "sfm": ("pipeline.stages.sfm", "register photos without a COLMAP model (pycolmap, CPU) -> sparse/"),
     "prepare": ("pipeline.stages.prepare", "COLMAP model + photos -> scene.h5 (undistort, views, depth ranges)"),
     "train": ("pipeline.stages.train", "self-supervised training or per-scene fine-tuning -> checkpoint"),
     "infer": ("pipeline.stages.infer", "scene.h5 + checkpoint -> depth.h5 (depth and confidence per view)"),
     "fuse": ("pipeline.stages.fuse", "depth.h5 -> fused.ply (geometric + photometric consistency)"),
     "evaluate": ("pipeline.stages.evaluate", "fused.ply / depth.h5 vs ground truth or sparse points -> eval.json"),
     "report": ("pipeline.stages.report", "pictures and an HTML page of a scene's results"),
+    "config": ("pipeline.stages.config_cmd", "validate a config, fill defaults, write or print it"),
     "inspect": ("pipeline.stages.inspect", "print a readable summary of a selfmvs HDF5 file"),
     "export-mvsnet": ("pipeline.stages.mvsnet_io", "scene.h5 -> MVSNet layout (images/, cams/, pair.txt)"),
     "import-mvsnet": ("pipeline.stages.mvsnet_io", "MVSNet layout -> scene.h5"),

@@ -1,0 +1,87 @@
+# Input helpers of the rules: which scenes exist, where their photos come from, which checkpoint
+# infers them. No rule logic lives anywhere else.
+import json
+from pathlib import Path
+
+SELFMVS = "selfmvs"  # the package's console command
+
+
+def scene_names():
+    """The scenes of this run: those of `scenes:` or else the synthetic demo scene."""
+    return list(config["scenes"]) or [config["demo"]["name"]]
+
+
+def is_demo(scene):
+    return not config["scenes"] and scene == config["demo"]["name"]
+
+
+def has_sparse(path):
+    root = Path(path)
+    return any((root / sub).is_dir() for sub in ("sparse/0", "sparse"))
+
+
+def scene_input(wildcards):
+    """The scene folder `prepare` reads: the rendered demo, the user's folder, or the sfm output."""
+    scene = wildcards.scene
+    if is_demo(scene):
+        return f"results/{scene}/input"
+    path = config["scenes"][scene]
+    return path if has_sparse(path) else f"results/{scene}/sfm"
+
+
+def sfm_images(wildcards):
+    return str(Path(config["scenes"][wildcards.scene]) / "images")
+
+
+def config_json(wildcards):
+    """The run's validated config as JSON, snapshotted per scene by `scene_config`."""
+    return json.dumps(config, sort_keys=True)
+
+
+def infer_checkpoint(wildcards):
+    """The fine-tuned checkpoint when per-scene fine-tuning is on, else the base checkpoint."""
+    if config["train"]["finetune"]["enabled"]:
+        return f"results/{wildcards.scene}/finetune/checkpoint.pt"
+    return base_checkpoint()
+
+
+def base_checkpoint():
+    return config["infer"]["checkpoint"] or str(workflow.source_path("../pipeline/checkpoints/selfmvs_synthetic.pt"))
+
+
+def benchmark_files(wildcards):
+    stages = ["prepare", "infer", "fuse", "evaluate"]
+    if config["train"]["finetune"]["enabled"]:
+        stages.insert(1, "finetune")
+    return [f"benchmarks/{wildcards.scene}/{stage}.tsv" for stage in stages]
+
+
+def all_outputs():
+    outputs = []
+    for scene in scene_names():
+        outputs += [
+            f"results/{scene}/fused.ply",
+            f"results/{scene}/eval.json",
+            f"results/{scene}/report/index.html",
+        ]
+    return outputs
+
+
+wildcard_constraints:
+    scene=r"[A-Za-z0-9_.\-]+",
+
+
+rule scene_config:
+    output:
+        "results/{scene}/config.yaml",
+    params:
+        config=config_json,
+    log:
+        "logs/{scene}/config.log",
+    benchmark:
+        "benchmarks/{scene}/config.tsv"
+    conda:
+        "../envs/selfmvs.yaml"
+    localrule: True
+    shell:
+        "{SELFMVS} config {output} --json {params.config:q} > {log} 2>&1"

@@ -1,0 +1,18 @@
+rule fuse:
+    input:
+        scene="results/{scene}/scene.h5",
+        depth="results/{scene}/depth.h5",
+        config="results/{scene}/config.yaml",
+    output:
+        "results/{scene}/fused.ply",
+    log:
+        "logs/{scene}/fuse.log",
+    benchmark:
+        "benchmarks/{scene}/fuse.tsv"
+    conda:
+        "../envs/selfmvs.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+    shell:
+        "{SELFMVS} fuse {input.scene} {input.depth} {output} --config {input.config} > {log} 2>&1"

@@ -1,0 +1,19 @@
+rule infer:
+    input:
+        scene="results/{scene}/scene.h5",
+        checkpoint=infer_checkpoint,
+        config="results/{scene}/config.yaml",
+    output:
+        "results/{scene}/depth.h5",
+    log:
+        "logs/{scene}/infer.log",
+    benchmark:
+        "benchmarks/{scene}/infer.tsv"
+    conda:
+        "../envs/selfmvs.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        gpu=1 if config["infer"]["device"] == "cuda" else 0,
+    shell:
+        "{SELFMVS} infer {input.scene} {input.checkpoint} {output} --config {input.config} > {log} 2>&1"

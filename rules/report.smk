@@ -1,0 +1,25 @@
+rule report:
+    input:
+        scene="results/{scene}/scene.h5",
+        depth="results/{scene}/depth.h5",
+        fused="results/{scene}/fused.ply",
+        eval="results/{scene}/eval.json",
+        benchmarks=benchmark_files,
+        config="results/{scene}/config.yaml",
+    output:
+        page=report(
+            "results/{scene}/report/index.html",
+            caption="../docs/captions/report.rst",
+            category="{scene}",
+            labels={"scene": "{scene}", "figure": "summary page"},
+        ),
+    log:
+        "logs/{scene}/report.log",
+    benchmark:
+        "benchmarks/{scene}/report.tsv"
+    conda:
+        "../envs/selfmvs.yaml"
+    threads: 1
+    shell:
+        "{SELFMVS} report {input.scene} {input.depth} {input.fused} {input.eval} $(dirname {output.page})"
+        " --benchmarks {input.benchmarks} --config {input.config} > {log} 2>&1"
