@@ -69,6 +69,7 @@ def run_sfm(scene_dir: str | os.PathLike, out_dir: str | os.PathLike, *, single_
         (work / "images").symlink_to(image_dir, target_is_directory=True)
         database.unlink()
         shutil.rmtree(work / "maps", ignore_errors=True)
+        os.chmod(work, 0o755)  # mkdtemp makes it private; results are meant to be shared
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(work, out_dir)

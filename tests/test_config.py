@@ -1,0 +1,72 @@
+"""The schema and the typed sections must agree, and bad configs must fail with clear messages."""
+
+import dataclasses
+
+import pytest
+import yaml
+
+from pipeline import config as cfg
+
+
+def test_defaults_validate_and_fill():
+    config = cfg.load_config(None)
+    assert config["scenes"] == {}
+    assert config["demo"]["name"] == "demo"
+
+
+def test_repo_config_file_validates():
+    config = cfg.load_config(cfg.SCHEMA_PATH.parents[1] / "config" / "config.yaml")
+    assert config["scenes"] == {}
+
+
+def _section_classes():
+    """(section name, dataclass) for every typed top-level section."""
+    pairs = []
+    for name, obj in vars(cfg).items():
+        if dataclasses.is_dataclass(obj) and name.endswith("Config") and obj.__module__ == cfg.__name__:
+            pairs.append(obj)
+    return pairs
+
+
+def _schema_defaults(schema):
+    return {key: sub.get("default") for key, sub in schema.get("properties", {}).items()}
+
+
+@pytest.mark.parametrize("section_name", [k for k in cfg.load_schema()["properties"] if k != "scenes"])
+def test_schema_section_matches_its_dataclass(section_name):
+    """Every schema section builds its dataclass, and defaults are the same in both places."""
+    config = cfg.load_config(None)
+    classes = {cls.__name__.lower().removesuffix("config"): cls for cls in _section_classes()}
+    cls = classes.get(section_name.replace("_", ""))
+    if cls is None:
+        pytest.skip(f"section {section_name!r} has no top-level dataclass named like it")
+    built = cfg.section(config, section_name, cls)
+    default = cls()
+    for field in dataclasses.fields(cls):
+        got, want = getattr(built, field.name), getattr(default, field.name)
+        if dataclasses.is_dataclass(got):
+            got, want = dataclasses.asdict(got), dataclasses.asdict(want)
+        assert got == want, f"{section_name}.{field.name}: schema default {got!r} != dataclass {want!r}"
+
+
+def test_bad_config_names_file_and_key(tmp_path):
+    path = tmp_path / "my.yaml"
+    path.write_text(yaml.safe_dump({"demo": {"num_views": 1}}))
+    with pytest.raises(cfg.ConfigError, match=r"(?s)my\.yaml.*demo/num_views"):
+        cfg.load_config(path)
+    path.write_text("scenes: [a, b]\n")
+    with pytest.raises(cfg.ConfigError, match="scenes"):
+        cfg.load_config(path)
+    path.write_text("unknown_section: 1\n")
+    with pytest.raises(cfg.ConfigError, match="unknown_section"):
+        cfg.load_config(path)
+    path.write_text("demo: [unclosed\n")
+    with pytest.raises(cfg.ConfigError, match="not valid YAML"):
+        cfg.load_config(path)
+    with pytest.raises(cfg.ConfigError, match="not found"):
+        cfg.load_config(tmp_path / "absent.yaml")
+
+
+def test_from_dict_rejects_unknown_keys():
+    with pytest.raises(cfg.ConfigError, match="unknown option"):
+        cfg.from_dict(cfg.DemoConfig, {"nmae": "x"})
