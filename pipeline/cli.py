@@ -47,9 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     # Parse the global part first; the verb's own parser takes the rest.
     verb_index = next((i for i, a in enumerate(argv) if a in VERBS), None)
     if verb_index is None:
-        args = parser.parse_args(argv)
-        parser.print_help()
-        return 0 if not argv or "-h" in argv or "--help" in argv else 2
+        if not argv or "-h" in argv or "--help" in argv:
+            parser.print_help()
+            return 0
+        parser.parse_args(argv)  # reports the unknown verb or option and exits with status 2
+        return 2
     global_args = parser.parse_args(argv[: verb_index + 1])
     verb = argv[verb_index]
     module_name, help_text = VERBS[verb]
