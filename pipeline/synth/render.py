@@ -525,7 +525,7 @@ def _sparse_model(scene: SyntheticScene, dist: np.ndarray | None, num_points: in
 
 
 def dense_points(scene: SyntheticScene, num_points: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Area-uniform samples of the surfaces that some view sees, with normals and colours."""
+    """Area-uniform samples of the surfaces that at least two views see, with normals and colours."""
     rng = np.random.default_rng([scene.seed, _STREAM_DENSE])
     primitives = scene.geometry.primitives
     # Most of the room is never seen: sample its faces only around what a coarse grid of rays
@@ -547,14 +547,19 @@ def dense_points(scene: SyntheticScene, num_points: int) -> tuple[np.ndarray, np
         samples = [p.sample(rng, int(n)) for p, n in zip(primitives, counts) if n > 0]
         points = np.concatenate([s[0] for s in samples])
         normals = np.concatenate([s[1] for s in samples])
-        seen = visible_in_views(scene, points, normals, None, margin=0.0, any_view=True).any(axis=0)
+        # Only surfaces that two or more views see can be reconstructed by multi-view stereo;
+        # ground truth beyond them would cap every method's recall.
+        seen = visible_in_views(scene, points, normals, None, margin=0.0).sum(axis=0) >= 2
         points, normals = points[seen], normals[seen]
         collected.append((points, normals))
         total += len(points)
         if total >= num_points:
             break
-    points = np.concatenate([c[0] for c in collected])[:num_points]
-    normals = np.concatenate([c[1] for c in collected])[:num_points]
+    # Samples come grouped by primitive: keep a random subset, not the first primitives' samples.
+    points = np.concatenate([c[0] for c in collected])
+    normals = np.concatenate([c[1] for c in collected])
+    keep = rng.permutation(len(points))[:num_points]
+    points, normals = points[keep], normals[keep]
     radiance = scene.radiance(points + 1e-4 * normals, -normals)[0]
     rgb = np.clip(np.round(radiance * 255), 0, 255).astype(np.uint8)
     return points, normals, rgb
