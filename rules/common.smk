@@ -41,12 +41,28 @@ def config_json(wildcards):
 def infer_checkpoint(wildcards):
     """The fine-tuned checkpoint when per-scene fine-tuning is on, else the base checkpoint."""
     if config["train"]["finetune"]["enabled"]:
-        return f"results/{wildcards.scene}/finetune/checkpoint.pt"
+        return f"results/{wildcards.scene}/finetune/last.pt"
     return base_checkpoint()
 
 
 def base_checkpoint():
-    return config["infer"]["checkpoint"] or str(workflow.source_path("../pipeline/checkpoints/selfmvs_synthetic.pt"))
+    return config["infer"]["checkpoint"] or str(Path(workflow.basedir) / "pipeline" / "checkpoints" / "selfmvs_synthetic.pt")
+
+
+def training_curves(wildcards):
+    """The fine-tuning loss log, when the scene was fine-tuned."""
+    if config["train"]["finetune"]["enabled"]:
+        return [f"results/{wildcards.scene}/finetune/losses.csv"]
+    return []
+
+
+def training_curves_option(wildcards):
+    files = training_curves(wildcards)
+    return f"--training-csv {files[0]}" if files else ""
+
+
+def training_scenes():
+    return [f"results/_training/h5/{seed}.h5" for seed in config["training_data"]["seeds"]]
 
 
 def benchmark_files(wildcards):
@@ -69,6 +85,7 @@ def all_outputs():
 
 wildcard_constraints:
     scene=r"[A-Za-z0-9_.\-]+",
+    seed=r"\d+",
 
 
 rule scene_config:

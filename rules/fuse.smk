@@ -11,7 +11,7 @@ rule fuse:
         "benchmarks/{scene}/fuse.tsv"
     conda:
         "../envs/selfmvs.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=4000,
     shell:

@@ -4,6 +4,8 @@ rule report:
         depth="results/{scene}/depth.h5",
         fused="results/{scene}/fused.ply",
         eval="results/{scene}/eval.json",
+        scene_dir=scene_input,
+        training=training_curves,
         benchmarks=benchmark_files,
         config="results/{scene}/config.yaml",
     output:
@@ -13,6 +15,8 @@ rule report:
             category="{scene}",
             labels={"scene": "{scene}", "figure": "summary page"},
         ),
+    params:
+        training=training_curves_option,
     log:
         "logs/{scene}/report.log",
     benchmark:
@@ -22,4 +26,5 @@ rule report:
     threads: 1
     shell:
         "{SELFMVS} report {input.scene} {input.depth} {input.fused} {input.eval} $(dirname {output.page})"
-        " --benchmarks {input.benchmarks} --config {input.config} > {log} 2>&1"
+        " --scene-dir {input.scene_dir} {params.training} --benchmarks {input.benchmarks}"
+        " --title {wildcards.scene} --config {input.config} > {log} 2>&1"

@@ -4,7 +4,8 @@ rule finetune:
         checkpoint=base_checkpoint(),
         config="results/{scene}/config.yaml",
     output:
-        "results/{scene}/finetune/checkpoint.pt",
+        checkpoint="results/{scene}/finetune/last.pt",
+        curves="results/{scene}/finetune/losses.csv",
     log:
         "logs/{scene}/finetune.log",
     benchmark:
@@ -17,4 +18,63 @@ rule finetune:
         gpu=1 if config["train"]["device"] == "cuda" else 0,
     shell:
         "{SELFMVS} train --config {input.config} --finetune {input.scene} --init {input.checkpoint}"
-        " --out $(dirname {output}) > {log} 2>&1"
+        " --out $(dirname {output.checkpoint}) > {log} 2>&1"
+
+
+# The base checkpoint: self-supervised training on varied synthetic scenes
+# (`snakemake train_base`; the result is copied to pipeline/checkpoints/ when it is shipped).
+rule training_scene:
+    output:
+        directory("results/_training/scenes/{seed}"),
+    params:
+        views=config["training_data"]["num_views"],
+        width=config["training_data"]["width"],
+        height=config["training_data"]["height"],
+    log:
+        "logs/_training/render_{seed}.log",
+    benchmark:
+        "benchmarks/_training/render_{seed}.tsv"
+    conda:
+        "../envs/selfmvs.yaml"
+    threads: 1
+    shell:
+        "{SELFMVS} render-scene {output} --seed {wildcards.seed} --varied --num-views {params.views}"
+        " --width {params.width} --height {params.height} > {log} 2>&1"
+
+
+rule training_prepare:
+    input:
+        "results/_training/scenes/{seed}",
+    output:
+        "results/_training/h5/{seed}.h5",
+    log:
+        "logs/_training/prepare_{seed}.log",
+    benchmark:
+        "benchmarks/_training/prepare_{seed}.tsv"
+    conda:
+        "../envs/selfmvs.yaml"
+    threads: 1
+    shell:
+        "{SELFMVS} prepare {input} {output} > {log} 2>&1"
+
+
+rule train_base:
+    input:
+        scenes=training_scenes(),
+        config="results/_training/config.yaml",
+    output:
+        checkpoint="results/_training/checkpoint/last.pt",
+        curves="results/_training/checkpoint/losses.csv",
+    log:
+        "logs/_training/train.log",
+    benchmark:
+        "benchmarks/_training/train.tsv"
+    conda:
+        "../envs/selfmvs.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        gpu=1 if config["train"]["device"] == "cuda" else 0,
+    shell:
+        "{SELFMVS} train --config {input.config} --scenes {input.scenes}"
+        " --out $(dirname {output.checkpoint}) --resume > {log} 2>&1"

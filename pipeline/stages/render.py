@@ -15,10 +15,15 @@ from pipeline.config import DemoConfig, load_config, section, validate_config
 log = logging.getLogger(__name__)
 
 
-def run_render(out_dir: str | Path, config: DemoConfig) -> Path:
-    """Render the scene described by ``config`` into ``out_dir`` (images/, sparse/, gt/)."""
-    from pipeline.synth import render_scene
+def run_render(out_dir: str | Path, config: DemoConfig, varied: bool = False) -> Path:
+    """Render the scene described by ``config`` into ``out_dir`` (images/, sparse/, gt/).
 
+    With ``varied`` the object counts, textures and camera rig are drawn from the seed too
+    (``pipeline.synth.random_scene_options``): the training scenes of the shipped checkpoint.
+    """
+    from pipeline.synth import random_scene_options, render_scene
+
+    options = random_scene_options(config.seed) if varied else {}
     return render_scene(
         out_dir,
         seed=config.seed,
@@ -26,6 +31,7 @@ def run_render(out_dir: str | Path, config: DemoConfig) -> Path:
         width=config.width,
         height=config.height,
         distortion=config.distortion,
+        **options,
     )
 
 
@@ -41,6 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="render through an OPENCV lens and store an OPENCV camera (default: config)",
+    )
+    parser.add_argument(
+        "--varied", action="store_true",
+        help="draw object counts, textures and camera rig from the seed too (training scenes)",
     )
 
 
@@ -59,7 +69,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
 def main(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     started = time.perf_counter()
-    out = run_render(args.out_dir, config)
+    out = run_render(args.out_dir, config, varied=args.varied)
     log.info(
         "%s: seed %d, %d views %dx%d%s in %.1f s",
         out,
