@@ -1,7 +1,47 @@
 """selfmvs kernels: the differentiable hot paths of self-supervised PatchMatch MVS.
 
-Each op has a plain-PyTorch reference, a CPU implementation (numba) and a CUDA implementation,
-dispatched by device inside one ``torch.autograd.Function``. This package imports torch, never
-``pipeline``. (Public functions and their shapes: see the op modules' docstrings, summarised below
-as they land.)
+Each op has a plain-PyTorch reference (``<op>_reference``, same signature, its docstring states
+its precision policy), a CPU implementation (numba ``njit(parallel=True)``) and a CUDA
+implementation, dispatched by device inside one ``torch.autograd.Function``. All ops are batched,
+take float32/float64 CPU or CUDA tensors, check their inputs (``TypeError``/``ValueError`` quoting
+what they got) and make non-contiguous inputs contiguous. This package imports torch (and numba
+for CPU work, lazily), never ``pipeline``; numba.cuda/cupy are imported only when a CUDA tensor
+arrives, and CUDA is never queried at import. Shared plumbing: ``kernels._backend``.
+
+Conventions (docs/formats.md): pixel (row i, col j) has centre (x, y) = (j + 0.5, i + 0.5); K
+are 3x3 in pixels at the resolution of the map they describe; depth is z-depth; ``src_from_ref``
+maps reference-camera to source-camera coordinates (x right, y down, z forward).
+
+Public ops:
+
+``ssim(x, y, *, padding="reflect") -> Tensor``
+    Per-pixel SSIM, 3x3 box window, C1 = 0.01^2, C2 = 0.03^2, inputs in [0, 1].
+    x, y: (B, C, H, W) -> (B, C, H, W) (reflection padding) or (B, C, H - 2, W - 2)
+    (``padding="valid"``). Gradients to x and y.
+
+``warp_image(src_image, ref_depth, ref_K, src_K, src_from_ref) -> (warped, valid)``
+    Bilinear inverse warp of the source image into the reference view at ``ref_depth``.
+    src_image (B, C, Hs, Ws), ref_depth (B, 1, H, W), ref_K (B, 3, 3) at (H, W), src_K (B, 3, 3)
+    at (Hs, Ws), src_from_ref (B, 4, 4) -> warped (B, C, H, W), valid (B, 1, H, W) bool.
+    Invalid (behind the source camera, z <= 1e-6, or sample centre outside the source image:
+    x - 0.5 not in [0, Ws - 1] or y - 0.5 not in [0, Hs - 1]) -> 0 and False.
+    Gradients to src_image and ref_depth.
+
+``warp_correlation(ref_feature, src_feature, ref_K, src_K, src_from_ref, depth_hypotheses,
+num_groups) -> (correlation, valid)``
+    ref_feature (B, C, H, W), src_feature (B, C, Hs, Ws), K at the feature resolutions,
+    src_from_ref (B, 4, 4), depth_hypotheses (B, D, H, W) -> correlation (B, G, D, H, W) (mean
+    over the C/G channels of group g of ref * bilinearly sampled src; invalid -> 0),
+    valid (B, D, H, W) bool. Gradients to both feature maps, not to depths; the warped
+    (B, C, D, H, W) volume is never materialised.
+
+``adaptive_aggregation(cost, offsets, weights, eps=1e-8) -> Tensor``
+    cost (B, D, H, W), offsets (B, 2K, H, W) in pixel-index units (x then y per tap),
+    weights (B, K, D, H, W) -> (B, D, H, W): sum_k w_k * bilinear(cost, p + offset_k) /
+    (sum_k w_k + eps), zero outside the map. Gradients to cost, offsets and weights.
 """
+
+from .adaptive_aggregation import adaptive_aggregation  # noqa: E402  (engineer D2)
+from .warp_correlation import warp_correlation  # noqa: E402  (engineer D2)
+from .ssim import ssim  # noqa: E402  (engineer D1)
+from .warp_image import warp_image  # noqa: E402  (engineer D1)

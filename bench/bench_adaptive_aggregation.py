@@ -1,0 +1,69 @@
+"""Fused adaptive cost aggregation vs its grid_sample reference, PatchmatchNet's stages.
+
+    .venv/bin/python -m pytest bench/bench_adaptive_aggregation.py --benchmark-only -p no:cacheprovider \
+        --benchmark-json bench/results/adaptive_aggregation-cpu-2core-$(date +%F).json
+
+A 640x512 image, batch 1, K=9 neighbours (3x3 pattern dilated by 2, plus learned offsets of a few
+pixels): stage 3 at 80x64 (D=48 in the first iteration, D=16 later), stage 2 at 160x128 (D=16),
+stage 1 at 320x256 (D=8). One round = forward + backward with gradients to cost, offsets and
+weights. ``extra_info["peak_rss_growth_bytes"]``: see ``bench/_d2_memory.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kernels
+from kernels.adaptive_aggregation import adaptive_aggregation_reference
+
+try:
+    from _d2_memory import measure, peak_rss_growth
+except ImportError:  # collected as bench.bench_adaptive_aggregation
+    from bench._d2_memory import measure, peak_rss_growth
+
+NUM_NEIGHBOURS = 9
+STAGES = {  # name: (D, H, W)
+    "stage3_d48": (48, 64, 80),
+    "stage3_d16": (16, 64, 80),
+    "stage2": (16, 128, 160),
+    "stage1": (8, 256, 320),
+}
+IMPLS = {"reference": adaptive_aggregation_reference, "fused": kernels.adaptive_aggregation}
+
+
+def make_inputs(case: str, seed: int = 0, size: tuple[int, int] | None = None):
+    D, H, W = STAGES[case]
+    if size is not None:
+        H, W = size
+    K = NUM_NEIGHBOURS
+    gen = torch.Generator().manual_seed(seed)
+    cost = torch.randn(1, D, H, W, generator=gen).requires_grad_()
+    pattern = torch.tensor([(dx, dy) for dy in (-2, 0, 2) for dx in (-2, 0, 2)], dtype=torch.float32)
+    offsets = pattern.reshape(1, 2 * K, 1, 1) + torch.randn(1, 2 * K, H, W, generator=gen)
+    offsets.requires_grad_()
+    weights = torch.rand(1, K, D, H, W, generator=gen).requires_grad_()
+    return cost, offsets, weights
+
+
+def run(fn, cost, offsets, weights):
+    out = fn(cost, offsets, weights)
+    (out * out).sum().backward()
+
+
+def measure_case(case: str, impl: str) -> int:
+    fn = IMPLS[impl]
+    run(fn, *make_inputs(case, size=(8, 8)))  # numba compile / cache load outside the measurement
+    return measure(lambda: make_inputs(case), lambda *a: run(fn, *a))
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("case", list(STAGES))
+def test_adaptive_aggregation_fwd_bwd(benchmark, case, impl):
+    fn = IMPLS[impl]
+    run(fn, *make_inputs(case, size=(8, 8)))  # warm-up (numba)
+    D, H, W = STAGES[case]
+    benchmark.group = f"adaptive_aggregation-{case}"
+    benchmark.extra_info.update(dict(D=D, H=H, W=W, K=NUM_NEIGHBOURS, threads=torch.get_num_threads()))
+    benchmark.extra_info["peak_rss_growth_bytes"] = peak_rss_growth("bench_adaptive_aggregation", case, impl)
+    benchmark.pedantic(lambda *a: run(fn, *a), setup=lambda: (make_inputs(case), {}), rounds=5, iterations=1)

@@ -1,0 +1,142 @@
+"""Every CUDA kernel of the package compiles for sm_80 and sm_90 without a GPU.
+
+The kernels to check come from ``kernels._backend.KERNEL_REGISTRY`` (numba.cuda functions with
+their signatures, CUDA C sources with their entry points). numba kernels go through
+``cuda.compile_ptx`` (NVVM); CUDA C through NVRTC and, where installed, ``nvcc -cubin``.
+
+Cost: a numba compile takes 1-5 s on a 2-core machine, so the default run compiles each numba
+kernel once (float32, sm_80); the other (dtype, arch) pairs run with ``KERNELS_COMPILE_ALL=1``
+in the environment (they also carry ``@pytest.mark.slow``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import inspect
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+
+import kernels
+from kernels import _backend
+from kernels._backend import KERNEL_REGISTRY, compile_nvcc, compile_nvrtc, compile_ptx_numba, nvcc_path
+
+NUMBA_SPECS = [s for s in KERNEL_REGISTRY if s.kind == "numba"]
+C_SPECS = [s for s in KERNEL_REGISTRY if s.kind == "cuda_c"]
+ARCHS = {"sm_80": (8, 0), "sm_90": (9, 0)}
+_ALL_ONLY = pytest.mark.skipif(
+    os.environ.get("KERNELS_COMPILE_ALL") != "1", reason="set KERNELS_COMPILE_ALL=1 for every (dtype, arch)"
+)
+
+
+def _numba_cases():
+    for spec in NUMBA_SPECS:
+        for sig_index, signature in enumerate(spec.signatures):
+            for arch in ARCHS:
+                default = sig_index == 0 and arch == "sm_80"
+                marks = () if default else (pytest.mark.slow, _ALL_ONLY)
+                dtype = "float32" if "float32" in signature else "float64" if "float64" in signature else f"sig{sig_index}"
+                yield pytest.param(spec, signature, arch, marks=marks, id=f"{spec.name}-{dtype}-{arch}")
+
+
+def test_import_and_cpu_ops_never_touch_cuda():
+    """``import kernels`` and CPU calls load neither numba.cuda nor cupy (nor query a GPU)."""
+    code = (
+        "import sys, torch, kernels\n"
+        "x = torch.rand(1, 1, 4, 5)\n"
+        "kernels.ssim(x, x)\n"
+        "K = torch.eye(3)[None]\n"
+        "kernels.warp_image(x, torch.ones(1, 1, 4, 5), K, K, torch.eye(4)[None])\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(('numba.cuda', 'cupy', 'numba_cuda')))\n"
+        "print(bad)\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"CUDA modules imported on a CPU path: {proc.stdout} {proc.stderr[-2000:]}"
+
+
+def test_registry_is_well_formed():
+    names = [s.name for s in KERNEL_REGISTRY]
+    assert len(names) == len(set(names)), f"duplicate kernel names in KERNEL_REGISTRY: {names}"
+    for spec in KERNEL_REGISTRY:
+        assert spec.kind in ("numba", "cuda_c"), spec
+        if spec.kind == "numba":
+            assert spec.signatures, f"{spec.name}: numba kernels need at least one signature"
+        else:
+            assert spec.entries, f"{spec.name}: CUDA C sources need their entry-point names"
+
+
+def test_every_cuda_kernel_is_registered():
+    """Each public ``*_kernel`` function of a ``kernels.<op>.cuda`` module has a registry entry."""
+    registered = {(s.module, s.attr) for s in KERNEL_REGISTRY}
+    found = set()
+    for info in pkgutil.iter_modules(kernels.__path__):
+        if not info.ispkg:
+            continue
+        name = f"kernels.{info.name}.cuda"
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name == name:
+                continue  # this op has no CUDA module (yet)
+            raise
+        for attr, value in vars(module).items():
+            if attr.endswith("_kernel") and not attr.startswith("_") and inspect.isfunction(value) and value.__module__ == name:
+                found.add((name, attr))
+    assert found, "no CUDA kernels found at all"
+    missing = sorted(found - registered)
+    assert not missing, f"CUDA kernels missing from kernels._backend.KERNEL_REGISTRY: {missing}"
+
+
+@pytest.mark.parametrize(("spec", "signature", "arch"), list(_numba_cases()))
+def test_numba_kernel_compiles(spec, signature, arch):
+    ptx = compile_ptx_numba(spec, signature, ARCHS[arch])
+    assert f".target {arch}" in ptx
+    assert ".entry" in ptx
+    if "float64" not in signature:
+        # Precision policy: float32 kernels compute in float32 (a stray Python float literal
+        # would silently promote to float64, 2-64x slower on GPUs).
+        offending = [line.strip() for line in ptx.splitlines() if ".f64" in line]
+        assert not offending, f"{spec.name}: float64 arithmetic in a float32 kernel: {offending[:5]}"
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("spec", C_SPECS, ids=lambda s: s.name)
+def test_cuda_c_compiles_with_nvrtc(spec, arch):
+    source = _backend._cuda_c_source(spec)
+    cubin = compile_nvrtc(source, arch, name=f"{spec.name}.cu")
+    for entry in spec.entries:
+        assert entry.encode() in cubin, f"{spec.name}: entry {entry} not in the {arch} cubin"
+
+
+@pytest.mark.skipif(nvcc_path() is None, reason="nvcc not installed")
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("spec", C_SPECS, ids=lambda s: s.name)
+def test_cuda_c_compiles_with_nvcc(spec, arch):
+    cubin = compile_nvcc(_backend._cuda_c_source(spec), arch)
+    for entry in spec.entries:
+        assert entry.encode() in cubin
+
+
+_GOOD_SOURCE = r'''
+extern "C" __global__ void scale_kernel(float* data, float factor, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) data[i] *= factor;
+}
+'''
+
+
+def test_nvrtc_helper_compiles_and_reports_errors():
+    assert b"scale_kernel" in compile_nvrtc(_GOOD_SOURCE, "sm_80")
+    with pytest.raises(RuntimeError, match="NVRTC failed.*sm_90"):
+        compile_nvrtc(_GOOD_SOURCE.replace("factor;", "undefined_name;"), "sm_90", name="bad.cu")
+
+
+@pytest.mark.skipif(nvcc_path() is None, reason="nvcc not installed")
+def test_nvcc_helper_compiles_and_reports_errors():
+    assert b"scale_kernel" in compile_nvcc(_GOOD_SOURCE, "sm_90")
+    with pytest.raises(RuntimeError, match="nvcc failed"):
+        compile_nvcc(_GOOD_SOURCE.replace("factor;", "undefined_name;"), "sm_80")
