@@ -1,0 +1,139 @@
+"""Checkpoints: the weights together with the :class:`ModelConfig` that built them; strict loading.
+
+A checkpoint is a ``torch.save`` of plain types only (loadable with ``weights_only=True``)::
+
+    {"kind": "selfmvs.patchmatchnet", "format_version": 1,
+     "model_config": ModelConfig.to_dict(), "state_dict": {...}, "extra": {...}}
+
+Loading is strict: a missing or unexpected key is an error naming the file and the keys, never a
+network left partly random.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from ..formats.atomic import atomic_path
+from .config import ModelConfig
+from .network import PatchmatchNet
+
+KIND = "selfmvs.patchmatchnet"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file and what is wrong."""
+
+
+def save_checkpoint(path: str | os.PathLike, model: PatchmatchNet, extra: Mapping[str, Any] | None = None) -> Path:
+    """Write ``model``'s weights and config (plus ``extra``: epoch, optimizer state, ...) atomically.
+
+    ``extra`` must hold plain types and tensors (it is read back with ``weights_only=True``).
+    """
+    if not isinstance(model, PatchmatchNet):
+        raise TypeError(f"save_checkpoint: expected a PatchmatchNet, got {type(model).__name__}")
+    payload = {
+        "kind": KIND,
+        "format_version": FORMAT_VERSION,
+        "model_config": model.config.to_dict(),
+        "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},
+        "extra": dict(extra or {}),
+    }
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The raw checkpoint dictionary, checked for kind and version."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a file that is not a checkpoint
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(payload, dict) or payload.get("kind") != KIND:
+        kind = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path}: not a selfmvs PatchmatchNet checkpoint (kind={kind!r})")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format_version {payload.get('format_version')!r}, expected {FORMAT_VERSION}"
+        )
+    for key in ("model_config", "state_dict"):
+        if key not in payload:
+            raise CheckpointError(f"{path}: checkpoint lacks {key!r}")
+    return payload
+
+
+def load_checkpoint(
+    path: str | os.PathLike, strict: bool = True, map_location: str | torch.device = "cpu"
+) -> tuple[PatchmatchNet, dict]:
+    """Build the network from the stored config and load its weights.
+
+    Args:
+        path: a file written by :func:`save_checkpoint`.
+        strict: if True (the default) any missing or unexpected weight, or a shape mismatch, is an
+            error; if False, missing and unexpected keys are allowed (shapes must still agree).
+        map_location: device of the returned model.
+
+    Returns:
+        (model in eval mode, extra dict).
+
+    Raises:
+        CheckpointError: naming ``path`` and the offending keys.
+    """
+    path = Path(path)
+    payload = read_checkpoint(path)
+    try:
+        config = ModelConfig.from_dict(payload["model_config"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: invalid model_config: {error}") from None
+    model = PatchmatchNet(config)
+    load_weights(model, payload["state_dict"], strict=strict, source=str(path))
+    return model.to(map_location).eval(), dict(payload.get("extra") or {})
+
+
+def load_weights(model: PatchmatchNet, state_dict: Mapping[str, torch.Tensor], strict: bool = True, source: str = "<state_dict>") -> None:
+    """Load ``state_dict`` into ``model``, with errors that name ``source`` and the keys."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = sorted(
+        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in set(expected) & set(state_dict)
+        if tuple(state_dict[key].shape) != tuple(expected[key].shape)
+    )
+    problems = []
+    if strict and missing:
+        problems.append(f"missing keys ({len(missing)}): {_shorten(missing)}")
+    if strict and unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {_shorten(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches ({len(mismatched)}): {_shorten(mismatched)}")
+    if problems:
+        raise CheckpointError(f"{source}: checkpoint does not match the network: " + "; ".join(problems))
+    model.load_state_dict(state_dict, strict=strict)
+
+
+def _shorten(items: list[str], limit: int = 12) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def export_weights(src: str | os.PathLike, dst: str | os.PathLike, note: str = "") -> Path:
+    """Ship a training checkpoint: the weights and model config, without optimizer/RNG state.
+
+    Keeps the training facts a user needs to know what they run (step, recipe, scenes, seed) and
+    adds ``note`` (e.g. the command that trained it). The result loads strictly like any checkpoint.
+    """
+    model, extra = load_checkpoint(src, strict=True)
+    kept = {key: extra[key] for key in ("mode", "step", "total_steps", "recipe", "seed", "scenes") if key in extra}
+    if note:
+        kept["note"] = note
+    return save_checkpoint(dst, model, kept)

@@ -1,0 +1,103 @@
+"""Hyperparameters of the PatchmatchNet-style network.
+
+Per-stage tuples are ordered like PatchmatchNet's own options: ``(stage 1, stage 2, stage 3)``, i.e.
+finest (1/2 resolution) first, coarsest (1/8) last. The network runs them coarse to fine
+(stage 3, 2, 1). Defaults are those of PatchmatchNet (Wang et al., CVPR 2021) and its released code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+NUM_STAGES = 3  # stages 1, 2, 3 at 1/2, 1/4, 1/8 resolution
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Options of :class:`pipeline.model.PatchmatchNet`.
+
+    Attributes:
+        feature_channels: FPN output channels at (1/2, 1/4, 1/8) resolution.
+        num_initial_hypotheses: hypotheses stratified in inverse depth at the first iteration of
+            stage 3.
+        iterations: PatchMatch iterations at (stage 1, stage 2, stage 3).
+        num_perturbation_hypotheses: hypotheses of the local perturbation around the previous
+            estimate (PatchmatchNet's ``patchmatch_num_sample``) at (stage 1, 2, 3).
+        perturbation_interval_scale: spacing of the perturbation hypotheses as a fraction of the
+            inverse depth range (``patchmatch_interval_scale``) at (stage 1, 2, 3).
+        propagation_neighbors: adaptively propagated hypotheses at (stage 1, 2, 3); 0, 4, 8 or 16.
+        evaluation_neighbors: sampling points of the adaptive spatial cost aggregation at
+            (stage 1, 2, 3); 9 or 17 (a dilated 3x3 pattern, plus a second ring for 17).
+        dilation: dilation of the fixed propagation and evaluation patterns, and of the offset
+            convolutions, at (stage 1, 2, 3) (``propagation_range``).
+        num_groups: groups of the group-wise correlation at (stage 1, 2, 3).
+        refinement_channels: channels of the refinement network's layers.
+        batchnorm_momentum: momentum of every BatchNorm layer.
+    """
+
+    feature_channels: tuple[int, int, int] = (16, 32, 64)
+    num_initial_hypotheses: int = 48
+    iterations: tuple[int, int, int] = (1, 2, 2)
+    num_perturbation_hypotheses: tuple[int, int, int] = (8, 8, 16)
+    perturbation_interval_scale: tuple[float, float, float] = (0.005, 0.0125, 0.025)
+    propagation_neighbors: tuple[int, int, int] = (0, 8, 16)
+    evaluation_neighbors: tuple[int, int, int] = (9, 9, 9)
+    dilation: tuple[int, int, int] = (6, 4, 2)
+    num_groups: tuple[int, int, int] = (4, 8, 8)
+    refinement_channels: int = 8
+    batchnorm_momentum: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in (
+            "feature_channels",
+            "iterations",
+            "num_perturbation_hypotheses",
+            "perturbation_interval_scale",
+            "propagation_neighbors",
+            "evaluation_neighbors",
+            "dilation",
+            "num_groups",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                value = tuple(value)
+                object.__setattr__(self, name, value)
+            if not isinstance(value, tuple) or len(value) != NUM_STAGES:
+                raise ValueError(f"ModelConfig.{name}: expected 3 values (stage 1, 2, 3), got {value!r}")
+            if any(v <= 0 for v in value) and name != "propagation_neighbors":
+                raise ValueError(f"ModelConfig.{name}: expected positive values, got {value!r}")
+        for value in self.propagation_neighbors:
+            if value not in (0, 4, 8, 16):
+                raise ValueError(
+                    f"ModelConfig.propagation_neighbors: each must be 0, 4, 8 or 16, got {self.propagation_neighbors!r}"
+                )
+        for value in self.evaluation_neighbors:
+            if value not in (9, 17):
+                raise ValueError(
+                    f"ModelConfig.evaluation_neighbors: each must be 9 or 17, got {self.evaluation_neighbors!r}"
+                )
+        for channels, groups in zip(self.feature_channels, self.num_groups):
+            if channels % groups:
+                raise ValueError(
+                    f"ModelConfig: feature_channels {self.feature_channels} must be divisible by "
+                    f"num_groups {self.num_groups} stage by stage"
+                )
+        if self.num_initial_hypotheses < 2:
+            raise ValueError(
+                f"ModelConfig.num_initial_hypotheses: expected >= 2, got {self.num_initial_hypotheses}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (lists for tuples): what a checkpoint stores."""
+        return {f.name: (list(v) if isinstance(v, tuple) else v) for f, v in
+                ((f, getattr(self, f.name)) for f in dataclasses.fields(self))}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error (a typo must not pass silently)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"ModelConfig: unknown option(s) {unknown}")
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()})

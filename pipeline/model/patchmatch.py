@@ -1,0 +1,432 @@
+"""Learned PatchMatch: initialization, adaptive propagation, adaptive evaluation (PatchmatchNet, Sec. 3.2).
+
+All depth hypotheses are kept sorted by increasing depth along dimension 1, so that neighbouring
+indices are neighbouring depths (the confidence of :mod:`pipeline.model.network` relies on it).
+Offsets and sampling positions are in pixel-index units of the stage's feature map: offset 0 is the
+pixel itself, as in :func:`kernels.adaptive_aggregation`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kernels
+
+from .feature import ConvBnReLU3D, PointwiseConv3d
+
+_RING = [(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dx, dy) != (0, 0)]
+
+
+def neighbor_pattern(num_neighbors: int, dilation: int) -> list[tuple[int, int]]:
+    """PatchmatchNet's fixed sampling patterns as (dx, dy) pixel offsets, before learned offsets.
+
+    4: a dilated cross; 8: the dilated 3x3 ring; 16: the rings at ``dilation`` and ``2 * dilation``;
+    9: the dilated 3x3 square (centre included, at index 4); 17: the centre and both rings.
+    """
+    d = int(dilation)
+    if num_neighbors == 4:
+        return [(0, -d), (-d, 0), (d, 0), (0, d)]
+    if num_neighbors == 8:
+        return [(dx * d, dy * d) for dx, dy in _RING]
+    if num_neighbors == 16:
+        return [(dx * d, dy * d) for dx, dy in _RING] + [(2 * dx * d, 2 * dy * d) for dx, dy in _RING]
+    if num_neighbors == 9:
+        return [(dx * d, dy * d) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    if num_neighbors == 17:
+        return [(0, 0)] + neighbor_pattern(16, d)
+    raise ValueError(f"neighbor_pattern: num_neighbors must be 4, 8, 9, 16 or 17, got {num_neighbors}")
+
+
+def _pattern_offsets(num_neighbors: int, dilation: int) -> torch.Tensor:
+    """The fixed pattern laid out like the offset maps: (2K,) as dx0, dy0, dx1, dy1, ..."""
+    return torch.tensor([v for pair in neighbor_pattern(num_neighbors, dilation) for v in pair], dtype=torch.float32)
+
+
+def _zero_offset_conv(in_channels: int, num_neighbors: int, dilation: int) -> nn.Conv2d:
+    # Zero-initialised so that training starts from the fixed pattern (PatchmatchNet does the same).
+    conv = nn.Conv2d(in_channels, 2 * num_neighbors, 3, padding=dilation, dilation=dilation, bias=True)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+def offset_grids(offsets: torch.Tensor) -> list[torch.Tensor]:
+    """Per-neighbour sampling grids for ``F.grid_sample`` (align_corners=True) from pixel offsets.
+
+    Shape:
+        offsets: (B, 2K, H, W) pixel-index offsets (pattern included).
+        output: K grids (B, H, W, 2) in normalised coordinates.
+    """
+    batch, twice_k, height, width = offsets.shape
+    ys = torch.arange(height, device=offsets.device, dtype=offsets.dtype).view(1, height, 1)
+    xs = torch.arange(width, device=offsets.device, dtype=offsets.dtype).view(1, 1, width)
+    scale_x = 2.0 / max(width - 1, 1)
+    scale_y = 2.0 / max(height - 1, 1)
+    grids = []
+    for k in range(twice_k // 2):
+        x = (xs + offsets[:, 2 * k]) * scale_x - 1.0
+        y = (ys + offsets[:, 2 * k + 1]) * scale_y - 1.0
+        grids.append(torch.stack((x, y), dim=-1))
+    return grids
+
+
+def sample(values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of ``values`` (B, C, H, W) at ``grid`` (B, H, W, 2), clamped at the border."""
+    return F.grid_sample(values, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def pointwise_in_chunks(net: nn.Module, volume: torch.Tensor, chunk: int = 1 << 17) -> torch.Tensor:
+    """``net`` (1x1x1 layers ending in one channel) over (B, C, D, H, W), ``chunk`` positions at a time.
+
+    The net is pointwise, so cutting the D * H * W positions into pieces changes nothing but the
+    size of its hidden layers (16 channels: the largest tensors of a stage otherwise).
+
+    Shape: (B, C, D, H, W) -> (B, D, H, W).
+    """
+    batch, channels, num, height, width = volume.shape
+    positions = num * height * width
+    if positions <= chunk:
+        return net(volume)[:, 0]
+    flat = volume.reshape(batch, channels, positions, 1, 1)
+    pieces = [net(flat[:, :, start : start + chunk])[:, 0, :, 0, 0] for start in range(0, positions, chunk)]
+    return torch.cat(pieces, dim=1).view(batch, num, height, width)
+
+
+class DepthInitialization(nn.Module):
+    """Depth hypotheses: stratified in inverse depth, or a local perturbation of the previous depth.
+
+    The first iteration of the coarsest stage draws ``num_hypotheses`` per pixel, one in each of as
+    many equal bins of inverse depth between ``depth_min`` and ``depth_max`` (at random in training,
+    at the bin centres in evaluation). Later iterations place hypotheses around the previous
+    estimate in inverse depth, ``interval_scale`` of the inverse range apart (PatchmatchNet eq. 2).
+    """
+
+    def forward(
+        self,
+        depth_min: torch.Tensor,
+        depth_max: torch.Tensor,
+        num_hypotheses: int,
+        height: int,
+        width: int,
+        previous_depth: torch.Tensor | None = None,
+        interval_scale: float = 0.0,
+    ) -> torch.Tensor:
+        """Hypotheses sorted by increasing depth.
+
+        Shape:
+            depth_min, depth_max: (B,). previous_depth: (B, 1, H, W) or None.
+            output: (B, num_hypotheses, H, W).
+        """
+        batch = depth_min.shape[0]
+        inverse_min = (1.0 / depth_max).view(batch, 1, 1, 1)  # far plane
+        inverse_max = (1.0 / depth_min).view(batch, 1, 1, 1)  # near plane
+        steps = torch.arange(num_hypotheses, device=depth_min.device, dtype=depth_min.dtype).view(1, -1, 1, 1)
+        if previous_depth is None:
+            if self.training:
+                jitter = torch.rand(batch, num_hypotheses, height, width, device=depth_min.device, dtype=depth_min.dtype)
+            else:
+                jitter = torch.full((1, 1, 1, 1), 0.5, device=depth_min.device, dtype=depth_min.dtype)
+            fraction = (steps + jitter) / num_hypotheses
+            # fraction 0 -> near plane, 1 -> far plane: increasing depth.
+            inverse = inverse_max - fraction * (inverse_max - inverse_min)
+            inverse = inverse.expand(batch, num_hypotheses, height, width)
+        else:
+            step = interval_scale * (inverse_max - inverse_min)
+            inverse = 1.0 / previous_depth - (steps - num_hypotheses // 2) * step
+            inverse = torch.maximum(torch.minimum(inverse, inverse_max), inverse_min)
+        return 1.0 / inverse
+
+
+class Propagation(nn.Module):
+    """Adaptive propagation: depths of neighbours at learned offsets on a dilated pattern (Sec. 3.2.2).
+
+    Args:
+        feature_channels: channels of the reference feature map the offsets are predicted from.
+        num_neighbors: propagated hypotheses per pixel (4, 8 or 16).
+        dilation: dilation of the fixed pattern and of the offset convolution.
+    """
+
+    def __init__(self, feature_channels: int, num_neighbors: int, dilation: int) -> None:
+        super().__init__()
+        self.num_neighbors = num_neighbors
+        self.offset_conv = _zero_offset_conv(feature_channels, num_neighbors, dilation)
+        self.register_buffer("pattern", _pattern_offsets(num_neighbors, dilation), persistent=False)
+
+    def offsets(self, ref_feature: torch.Tensor) -> torch.Tensor:
+        """Pixel offsets of the neighbours, pattern included. Shape: (B, C, H, W) -> (B, 2K, H, W)."""
+        return self.offset_conv(ref_feature) + self.pattern.to(ref_feature.dtype).view(1, -1, 1, 1)
+
+    def forward(self, depth: torch.Tensor, grids: list[torch.Tensor]) -> torch.Tensor:
+        """Propagated hypotheses. Shape: depth (B, 1, H, W), K grids (B, H, W, 2) -> (B, K, H, W)."""
+        return torch.cat([sample(depth, grid) for grid in grids], dim=1)
+
+
+class PixelwiseViewWeight(nn.Module):
+    """Pixel-wise visibility weight of a source view from its correlation volume (Sec. 3.2.3).
+
+    Shape:
+        correlation: (B, G, D, H, W). output: (B, 1, H, W) in [0, 1] (max over hypotheses).
+    """
+
+    def __init__(self, num_groups: int, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            ConvBnReLU3D(num_groups, 16, momentum=momentum),
+            ConvBnReLU3D(16, 8, momentum=momentum),
+            PointwiseConv3d(8, 1),
+        )
+
+    def forward(self, correlation: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(pointwise_in_chunks(self.net, correlation)).amax(dim=1, keepdim=True)
+
+
+class AdaptiveEvaluation(nn.Module):
+    """Adaptive evaluation: view-weighted group-wise correlation, similarity net, adaptive spatial
+    cost aggregation, softmax and depth regression in inverse depth (PatchmatchNet Sec. 3.2.3).
+
+    Args:
+        feature_channels: channels of the stage's feature maps.
+        num_groups: groups of the group-wise correlation.
+        num_neighbors: sampling points of the spatial aggregation (9 or 17).
+        dilation: dilation of the fixed aggregation pattern and of the offset convolution.
+        with_view_weight_net: whether this stage computes pixel-wise view weights itself (the
+            coarsest stage); finer stages reuse the upsampled weights.
+        momentum: BatchNorm momentum.
+    """
+
+    def __init__(
+        self,
+        feature_channels: int,
+        num_groups: int,
+        num_neighbors: int,
+        dilation: int,
+        with_view_weight_net: bool,
+        momentum: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.num_groups = num_groups
+        self.num_neighbors = num_neighbors
+        self.view_weight_net = PixelwiseViewWeight(num_groups, momentum) if with_view_weight_net else None
+        self.similarity_net = nn.Sequential(
+            ConvBnReLU3D(num_groups, 16, momentum=momentum),
+            ConvBnReLU3D(16, 8, momentum=momentum),
+            PointwiseConv3d(8, 1),
+        )
+        self.offset_conv = _zero_offset_conv(feature_channels, num_neighbors, dilation)
+        self.feature_weight_net = nn.Sequential(
+            ConvBnReLU3D(num_groups, 16, momentum=momentum),
+            ConvBnReLU3D(16, 8, momentum=momentum),
+            PointwiseConv3d(8, 1),
+        )
+        self.register_buffer("pattern", _pattern_offsets(num_neighbors, dilation), persistent=False)
+
+    def spatial_weights(self, ref_feature: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """What the aggregation needs that depends on the reference feature only (once per stage).
+
+        Returns:
+            offsets (B, 2K, H, W) pixel offsets with the pattern; K sampling grids (B, H, W, 2);
+            feature weights (B, K, H, W) in [0, 1]: learned similarity of each sampling point's
+            feature to the centre's (group-wise correlation through a small 1x1x1 net).
+        """
+        batch, channels, height, width = ref_feature.shape
+        offsets = self.offset_conv(ref_feature) + self.pattern.to(ref_feature.dtype).view(1, -1, 1, 1)
+        grids = offset_grids(offsets)
+        groups = self.num_groups
+        centre = ref_feature.view(batch, groups, channels // groups, height, width)
+        feature_weight = ref_feature.new_empty(batch, len(grids), height, width)
+        for k, grid in enumerate(grids):
+            # One sampling point at a time: the net is pointwise, and the (B, 16, K, H, W) hidden
+            # layer of all points at once would be the largest tensor of the network.
+            neighbour = sample(ref_feature, grid).view(batch, groups, channels // groups, height, width)
+            correlation = (centre * neighbour).mean(dim=2).unsqueeze(2)  # (B, G, 1, H, W)
+            feature_weight[:, k] = torch.sigmoid(self.feature_weight_net(correlation))[:, 0, 0]
+        return offsets, grids, feature_weight
+
+    def forward(
+        self,
+        ref_feature: torch.Tensor,
+        src_features: list[torch.Tensor],
+        ref_K: torch.Tensor,
+        src_Ks: list[torch.Tensor],
+        src_from_refs: list[torch.Tensor],
+        hypotheses: torch.Tensor,
+        view_weights: torch.Tensor | None,
+        aggregation: tuple[torch.Tensor, list[torch.Tensor], torch.Tensor],
+        inverse_range: torch.Tensor,
+        interval_scale: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Score the hypotheses and regress depth.
+
+        Args:
+            ref_feature: (B, C, H, W). src_features: V maps (B, C, Hv, Wv).
+            ref_K, src_Ks: (B, 3, 3) intrinsics at the feature maps' resolutions.
+            src_from_refs: V rigid transforms (B, 4, 4).
+            hypotheses: (B, D, H, W) depths sorted increasing.
+            view_weights: (B, V, H, W) or None to compute them here (needs the view weight net).
+            aggregation: the output of :meth:`spatial_weights`.
+            inverse_range: (B, 1, 1, 1) 1/depth_min - 1/depth_max.
+            interval_scale: perturbation spacing as a fraction of the inverse range; depth
+                differences between neighbours are measured in this unit.
+
+        Returns:
+            probability (B, D, H, W), depth (B, 1, H, W), view_weights (B, V, H, W).
+        """
+        if view_weights is None and self.view_weight_net is None:
+            raise ValueError("AdaptiveEvaluation: this stage has no view weight net; pass view_weights")
+        # Without autograd (inference) the big elementwise steps run in place: fewer passes over
+        # memory and no temporaries; with autograd the same formulas run out of place.
+        in_place = not torch.is_grad_enabled()
+        weighted_sum = None
+        weight_sum = None
+        new_weights = []
+        for index, (src_feature, src_K, src_from_ref) in enumerate(zip(src_features, src_Ks, src_from_refs)):
+            correlation, _ = kernels.warp_correlation(
+                ref_feature, src_feature, ref_K, src_K, src_from_ref, hypotheses, self.num_groups
+            )
+            if view_weights is None:
+                weight = self.view_weight_net(correlation)
+                new_weights.append(weight)
+            else:
+                weight = view_weights[:, index : index + 1]
+            if weighted_sum is None:
+                weighted_sum = correlation.mul_(weight.unsqueeze(2)) if in_place else correlation * weight.unsqueeze(2)
+                weight_sum = weight
+            elif in_place:
+                weighted_sum.addcmul_(correlation, weight.unsqueeze(2))
+                weight_sum = weight_sum + weight
+            else:
+                weighted_sum = weighted_sum + correlation * weight.unsqueeze(2)
+                weight_sum = weight_sum + weight
+            del correlation
+        if view_weights is None:
+            view_weights = torch.cat(new_weights, dim=1)
+        normaliser = (weight_sum + 1e-5).reciprocal_().unsqueeze(2)
+        similarity = weighted_sum.mul_(normaliser) if in_place else weighted_sum * normaliser  # (B, G, D, H, W)
+        del weighted_sum
+        score = pointwise_in_chunks(self.similarity_net, similarity)  # (B, D, H, W)
+        del similarity
+
+        offsets, grids, feature_weight = aggregation
+        inverse = hypotheses.reciprocal()
+        scale = 2.0 / (inverse_range * interval_scale)
+        weights = score.new_empty(score.shape[0], len(grids), *score.shape[1:])  # (B, K, D, H, W)
+        for k, grid in enumerate(grids):
+            # Depth weight: neighbours whose k-th hypothesis is far (in inverse depth) from the
+            # centre's count less (PatchmatchNet eq. 7): sigmoid(4 - 2x), x = |difference| in
+            # perturbation intervals, clamped to [0, 4].
+            if in_place:
+                x = sample(inverse, grid).sub_(inverse).abs_().mul_(scale).clamp_(max=8.0)
+                torch.sigmoid(x.neg_().add_(4.0), out=x)
+                torch.mul(x, feature_weight[:, k : k + 1], out=weights[:, k])
+            else:
+                x = ((sample(inverse, grid) - inverse).abs() * scale).clamp(0.0, 8.0)
+                weights[:, k] = torch.sigmoid(4.0 - x) * feature_weight[:, k : k + 1]
+            del x
+        cost = kernels.adaptive_aggregation(score, offsets, weights)
+        del weights, score
+        probability = torch.softmax(cost, dim=1)
+        # Depth regression in inverse depth (PatchmatchNet eq. 5 applied to 1 / depth).
+        depth = (probability * inverse).sum(dim=1, keepdim=True).reciprocal()
+        return probability, depth, view_weights
+
+
+class PatchMatch(nn.Module):
+    """The PatchMatch iterations of one stage: initialization/perturbation, propagation, evaluation.
+
+    Args:
+        stage: 3 (1/8), 2 (1/4) or 1 (1/2 resolution).
+        feature_channels, num_groups, num_perturbation_hypotheses, interval_scale,
+        propagation_neighbors, evaluation_neighbors, dilation, iterations: this stage's values
+            of :class:`pipeline.model.ModelConfig`.
+        num_initial_hypotheses: hypotheses of the stratified initialization (first stage only).
+    """
+
+    def __init__(
+        self,
+        stage: int,
+        *,
+        feature_channels: int,
+        num_groups: int,
+        iterations: int,
+        num_perturbation_hypotheses: int,
+        interval_scale: float,
+        propagation_neighbors: int,
+        evaluation_neighbors: int,
+        dilation: int,
+        num_initial_hypotheses: int,
+        with_view_weight_net: bool,
+        momentum: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.stage = stage
+        self.iterations = iterations
+        self.num_perturbation_hypotheses = num_perturbation_hypotheses
+        self.interval_scale = interval_scale
+        self.num_initial_hypotheses = num_initial_hypotheses
+        self.initialization = DepthInitialization()
+        self.propagation = (
+            Propagation(feature_channels, propagation_neighbors, dilation) if propagation_neighbors > 0 else None
+        )
+        self.evaluation = AdaptiveEvaluation(
+            feature_channels, num_groups, evaluation_neighbors, dilation, with_view_weight_net, momentum
+        )
+
+    def forward(
+        self,
+        ref_feature: torch.Tensor,
+        src_features: list[torch.Tensor],
+        ref_K: torch.Tensor,
+        src_Ks: list[torch.Tensor],
+        src_from_refs: list[torch.Tensor],
+        depth_min: torch.Tensor,
+        depth_max: torch.Tensor,
+        depth: torch.Tensor | None,
+        view_weights: torch.Tensor | None,
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run the stage's iterations.
+
+        Args:
+            depth: (B, 1, H, W) the previous stage's depth upsampled to this stage, or None at the
+                first stage (stratified initialization).
+            view_weights: (B, V, H, W) upsampled from the previous stage, or None at the first.
+
+        Returns:
+            the depth (B, 1, H, W) of every iteration, the last probability volume (B, D, H, W)
+            with its hypotheses (B, D, H, W), and the view weights (B, V, H, W).
+        """
+        batch, _, height, width = ref_feature.shape
+        inverse_range = (1.0 / depth_min - 1.0 / depth_max).view(batch, 1, 1, 1)
+        aggregation = self.evaluation.spatial_weights(ref_feature)
+        propagation_grids = None
+        if self.propagation is not None:
+            propagation_grids = offset_grids(self.propagation.offsets(ref_feature))
+        depths = []
+        probability = hypotheses = None
+        for _ in range(self.iterations):
+            if depth is None:
+                hypotheses = self.initialization(depth_min, depth_max, self.num_initial_hypotheses, height, width)
+            else:
+                # No gradient from one iteration into the previous one's estimate (as PatchmatchNet).
+                previous = depth.detach()
+                hypotheses = self.initialization(
+                    depth_min, depth_max, self.num_perturbation_hypotheses, height, width, previous, self.interval_scale
+                )
+                if self.propagation is not None:
+                    propagated = self.propagation(previous, propagation_grids)
+                    hypotheses = torch.sort(torch.cat((hypotheses, propagated), dim=1), dim=1).values
+            probability, depth, view_weights = self.evaluation(
+                ref_feature,
+                src_features,
+                ref_K,
+                src_Ks,
+                src_from_refs,
+                hypotheses,
+                view_weights,
+                aggregation,
+                inverse_range,
+                self.interval_scale,
+            )
+            depths.append(depth)
+        return depths, probability, hypotheses, view_weights

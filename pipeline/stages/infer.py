@@ -1,0 +1,281 @@
+"""``selfmvs infer SCENE_H5 CHECKPOINT OUT_DEPTH_H5``: a depth and a confidence map per view.
+
+Views are processed one at a time and only the reference and its sources are read from the scene
+file, so memory stays bounded whatever the scene's size. The output is written view by view through
+:class:`pipeline.formats.depth_file.DepthWriter`: an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import InferConfig, load_config, section
+from pipeline.formats.depth_file import DepthView, DepthWriter
+from pipeline.formats.scene_file import SceneView, read_scene, read_view
+from pipeline.model import PatchmatchNet, load_checkpoint
+
+log = logging.getLogger("selfmvs.infer")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available (queried now, at run time), else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("infer: device 'cuda' asked for but CUDA is not available (use 'auto' or 'cpu')")
+        return torch.device("cuda")
+    raise ValueError(f"infer: device must be auto, cpu or cuda, got {name!r}")
+
+
+def _resized_size(height: int, width: int, max_size: int | None) -> tuple[int, int]:
+    if max_size is None or max(height, width) <= max_size:
+        return height, width
+    scale = max_size / max(height, width)
+    return max(2, round(height * scale)), max(2, round(width * scale))
+
+
+def prepare_view(view: SceneView, max_size: int | None, device: torch.device) -> tuple[torch.Tensor, np.ndarray]:
+    """The view's image as a (1, 3, h, w) float tensor in [0, 1] and K (3, 3) at that resolution.
+
+    The image is downscaled (area-averaged) when its longest side exceeds ``max_size``; K is scaled
+    per axis by the exact ratio of the sizes (pixel centres at j + 0.5 make that exact).
+    """
+    if view.image is None:
+        raise ValueError(f"infer: view {view.image_id} ({view.name}) has no image loaded")
+    image = torch.from_numpy(np.ascontiguousarray(view.image)).to(device)
+    image = image.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+    height, width = view.height, view.width
+    new_h, new_w = _resized_size(height, width, max_size)
+    K = view.K.copy()
+    if (new_h, new_w) != (height, width):
+        image = F.interpolate(image, size=(new_h, new_w), mode="area")
+        K[0] *= new_w / width
+        K[1] *= new_h / height
+    return image, K
+
+
+@dataclasses.dataclass
+class PreparedView:
+    """A view as the network takes it.
+
+    Shape:
+        image: (1, 3, h, w) in [0, 1]; K: (3, 3) numpy at (h, w); intrinsics: (1, 3, 3);
+        cam_from_world: (1, 4, 4); features: stage -> (1, C, ...) or None.
+    """
+
+    image_id: int
+    image: torch.Tensor
+    K: np.ndarray
+    intrinsics: torch.Tensor
+    cam_from_world: torch.Tensor
+    features: dict[int, torch.Tensor] | None
+
+
+class ViewCache:
+    """Prepared views with their features, the ``capacity`` most recently used kept in memory.
+
+    A view serves as the source of several references (and as a reference once): its image is read
+    and its features computed once while it stays in the cache. ``capacity`` 0 disables caching.
+    """
+
+    def __init__(
+        self,
+        model: PatchmatchNet,
+        scene_path: str | os.PathLike,
+        device: torch.device,
+        max_size: int | None = None,
+        capacity: int = 6,
+    ) -> None:
+        self.model, self.scene_path, self.device = model, scene_path, device
+        self.max_size, self.capacity = max_size, capacity
+        self._views: collections.OrderedDict[int, PreparedView] = collections.OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, image_id: int, view: SceneView | None = None) -> PreparedView:
+        """The prepared view ``image_id`` (``view``: its SceneView with the image, if already read)."""
+        image_id = int(image_id)
+        if image_id in self._views:
+            self.hits += 1
+            self._views.move_to_end(image_id)
+            return self._views[image_id]
+        self.misses += 1
+        if view is None or view.image is None:
+            view = read_view(self.scene_path, image_id)
+        image, K = prepare_view(view, self.max_size, self.device)
+        prepared = PreparedView(
+            image_id=image_id,
+            image=image,
+            K=K,
+            intrinsics=torch.from_numpy(K).float().unsqueeze(0).to(self.device),
+            cam_from_world=torch.from_numpy(view.cam_from_world_4x4).float().unsqueeze(0).to(self.device),
+            features=self.model.extract_features(image),
+        )
+        if self.capacity > 0:
+            self._views[image_id] = prepared
+            while len(self._views) > self.capacity:
+                self._views.popitem(last=False)
+        return prepared
+
+
+def estimate_view(
+    model: PatchmatchNet,
+    ref: SceneView,
+    sources: list[PreparedView],
+    cache: ViewCache,
+    mask_invalid: bool = True,
+) -> DepthView:
+    """Run the network on one reference view (read with its image and mask) and its sources.
+
+    Returns:
+        the reference's DepthView: depth and confidence (h, w) float32, K at that resolution.
+    """
+    near, far = (float(v) for v in ref.depth_range)
+    if not (np.isfinite(near) and np.isfinite(far) and 0 < near < far):
+        raise ValueError(
+            f"{cache.scene_path}: view {ref.image_id} ({ref.name}): invalid depth_range [{near}, {far}]"
+        )
+    views = [cache.get(ref.image_id, ref), *sources]
+    device = cache.device
+    output = model(
+        [v.image for v in views],
+        [v.intrinsics for v in views],
+        [v.cam_from_world for v in views],
+        torch.tensor([near], dtype=torch.float32, device=device),
+        torch.tensor([far], dtype=torch.float32, device=device),
+        features=[v.features for v in views],
+    )
+    depth = output.depth[0, 0].float().cpu().numpy()
+    confidence = output.confidence[0, 0].float().cpu().numpy()
+    if mask_invalid and ref.mask is not None:
+        mask = torch.from_numpy(ref.mask).float()[None, None]
+        mask = F.interpolate(mask, size=depth.shape, mode="nearest")[0, 0].numpy() > 0.5
+        depth = np.where(mask, depth, 0.0)
+        confidence = np.where(mask, confidence, 0.0)
+    return DepthView(
+        image_id=ref.image_id,
+        name=ref.name,
+        depth=depth.astype(np.float32),
+        confidence=confidence.astype(np.float32),
+        K=views[0].K,
+        cam_from_world=ref.cam_from_world.copy(),
+    )
+
+
+def run_infer(
+    scene_path: str | os.PathLike,
+    checkpoint: str | os.PathLike,
+    out_path: str | os.PathLike,
+    config: InferConfig | None = None,
+) -> Path:
+    """Write ``out_path`` (depth.h5) with every view of ``scene_path`` that has a source view.
+
+    Views already complete in an interrupted run's partial file are skipped. Views without any
+    source view in the scene are left out (with a warning).
+    """
+    config = config if config is not None else InferConfig()
+    if config.num_sources < 1:
+        raise ValueError(f"infer: num_sources must be >= 1, got {config.num_sources}")
+    if config.feature_cache < 0:
+        raise ValueError(f"infer: feature_cache must be >= 0, got {config.feature_cache}")
+    if config.max_size is not None and config.max_size < 16:
+        raise ValueError(f"infer: max_size must be >= 16 or None, got {config.max_size}")
+    scene_path, out_path = Path(scene_path), Path(out_path)
+    if not scene_path.is_file():
+        raise FileNotFoundError(f"{scene_path}: scene file not found")
+    device = resolve_device(config.device)
+    if config.num_threads is not None:
+        torch.set_num_threads(int(config.num_threads))
+    model, _ = load_checkpoint(checkpoint, strict=True, map_location=device)
+    model.eval()
+    scene = read_scene(scene_path, load_images=False)  # metadata only; images are read per view
+    attrs = {
+        "kind": "selfmvs.depth",
+        "checkpoint": str(checkpoint),
+        "scene": str(scene_path),
+        "num_sources": int(config.num_sources),
+        "model_config": json.dumps(model.config.to_dict()),
+    }
+    _discard_foreign_partial(out_path, attrs)
+    from tqdm import tqdm
+
+    cache = ViewCache(model, scene_path, device, config.max_size, config.feature_cache)
+    started = time.perf_counter()
+    computed = 0
+    with DepthWriter(out_path, attrs) as writer, torch.inference_mode():
+        for image_id, view in tqdm(scene.views.items(), desc="infer", unit="view", disable=None):
+            if writer.has(image_id):
+                continue
+            source_ids = [int(s) for s in view.source_ids if int(s) in scene.views and int(s) != image_id]
+            source_ids = source_ids[: config.num_sources]
+            if not source_ids:
+                log.warning("%s: view %d (%s) has no source view; skipped", scene_path, image_id, view.name)
+                continue
+            ref = read_view(scene_path, image_id)
+            sources = [cache.get(s) for s in source_ids]
+            writer.write(estimate_view(model, ref, sources, cache, config.mask_invalid))
+            computed += 1
+            del ref, sources
+    elapsed = time.perf_counter() - started
+    log.info(
+        "%s: %d views computed in %.1f s (%.2f s/view) on %s; %d of %d view reads from the cache",
+        out_path, computed, elapsed, elapsed / max(computed, 1), device, cache.hits, cache.hits + cache.misses,
+    )
+    return out_path
+
+
+def _discard_foreign_partial(out_path: Path, attrs: dict) -> None:
+    """Resume only a partial file of the same scene, checkpoint and settings; else start afresh."""
+    partial = out_path.with_name(out_path.name + ".partial")
+    if not partial.exists():
+        return
+    import h5py
+
+    try:
+        with h5py.File(partial, "r") as handle:
+            previous = {key: handle.attrs.get(key) for key in ("checkpoint", "scene", "num_sources", "model_config")}
+    except OSError:
+        return  # unreadable: DepthWriter starts over by itself
+    previous = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in previous.items()}
+    if any(previous[key] != attrs[key] for key in previous):
+        log.warning("%s: written by another run (%s); starting afresh", partial, previous)
+        partial.unlink()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("scene", type=Path, help="scene.h5 written by prepare")
+    parser.add_argument("checkpoint", type=Path, help="network checkpoint written by train")
+    parser.add_argument("out", type=Path, help="depth.h5 to write")
+    parser.add_argument("--config", type=Path, default=None, help="YAML config; its 'infer' section is used")
+    parser.add_argument("--num-sources", type=int, default=None, help="source views per reference (default 4)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="default: auto")
+    parser.add_argument("--max-size", type=int, default=None, help="longest image side the network sees")
+
+
+def main(args: argparse.Namespace) -> int:
+    config = section(load_config(args.config), "infer", InferConfig)
+    overrides = {
+        name: value
+        for name, value in (
+            ("num_sources", args.num_sources),
+            ("device", args.device),
+            ("max_size", args.max_size),
+        )
+        if value is not None
+    }
+    config = dataclasses.replace(config, **overrides)
+    run_infer(args.scene, args.checkpoint, args.out, config)
+    return 0

@@ -1,0 +1,224 @@
+"""The infer stage: scene.h5 + checkpoint -> depth.h5 with the documented layout, resumable."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from pipeline.cli import main as cli_main
+from pipeline.config import InferConfig
+from pipeline.formats.depth_file import DepthView, DepthWriter, read_depth_attrs, read_depth_file
+from pipeline.formats.scene_file import Scene, SceneView, write_scene
+from pipeline.model import ModelConfig, PatchmatchNet, save_checkpoint
+from pipeline.stages.infer import run_infer
+
+SMALL = ModelConfig(iterations=(1, 1, 1), num_initial_hypotheses=16)
+
+
+def _look_at_origin(position: np.ndarray) -> np.ndarray:
+    """cam_from_world (3, 4) of a camera at ``position`` looking at the world origin."""
+    forward = -position / np.linalg.norm(position)
+    right = np.cross([0.0, 1.0, 0.0], forward)
+    right /= np.linalg.norm(right)
+    down = np.cross(forward, right)
+    rotation = np.stack([right, down, forward])
+    return np.hstack([rotation, (-rotation @ position)[:, None]])
+
+
+def make_scene(path, sizes=((24, 32), (24, 32), (20, 30), (24, 32)), with_mask=True, seed=0):
+    rng = np.random.default_rng(seed)
+    views = {}
+    ids = [10 + i for i in range(len(sizes))]
+    for index, (image_id, (height, width)) in enumerate(zip(ids, sizes)):
+        K = np.array([[0.9 * width, 0, width / 2], [0, 0.9 * width, height / 2], [0, 0, 1]])
+        mask = None
+        if with_mask:
+            mask = np.ones((height, width), bool)
+            mask[:2] = False
+        others = [i for i in ids if i != image_id]
+        views[image_id] = SceneView(
+            image_id=image_id,
+            name=f"img_{index:02d}.png",
+            image=rng.integers(0, 256, (height, width, 3), dtype=np.uint8),
+            K=K,
+            cam_from_world=_look_at_origin(np.array([0.3 * index - 0.45, 0.05 * index, -4.0])),
+            depth_range=np.array([2.0, 6.0]),
+            num_depth=48,
+            source_ids=np.array(others, np.int64),
+            source_scores=np.linspace(1.0, 0.5, len(others)),
+            mask=mask,
+            point3D_ids=np.zeros(0, np.int64),
+            width=width,
+            height=height,
+        )
+    scene = Scene(
+        views=views,
+        points3D_ids=np.zeros(0, np.int64),
+        points3D_xyz=np.zeros((0, 3)),
+        points3D_rgb=np.zeros((0, 3), np.uint8),
+    )
+    write_scene(path, scene)
+    return scene
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny tensors gain nothing from threads; on a shared machine one thread avoids waiting on barriers."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", PatchmatchNet(SMALL), {"epoch": 0})
+
+
+def test_infer_writes_the_documented_layout(tmp_path, checkpoint):
+    scene = make_scene(tmp_path / "scene.h5")
+    out = run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "depth.h5", InferConfig(num_sources=2, device="cpu"))
+    assert out == tmp_path / "depth.h5" and out.is_file()
+    assert not (tmp_path / "depth.h5.partial").exists()
+    views = read_depth_file(out)
+    assert sorted(views) == sorted(scene.views)
+    for image_id, view in views.items():
+        source = scene.views[image_id]
+        assert view.name == source.name
+        assert view.depth.shape == (source.height, source.width) and view.depth.dtype == np.float32
+        assert view.confidence.shape == view.depth.shape and view.confidence.dtype == np.float32
+        np.testing.assert_allclose(view.K, source.K)
+        np.testing.assert_allclose(view.cam_from_world, source.cam_from_world)
+        valid = source.mask
+        assert (view.depth[~valid] == 0).all() and (view.confidence[~valid] == 0).all()
+        assert (view.depth[valid] >= 2.0 - 1e-5).all() and (view.depth[valid] <= 6.0 + 1e-5).all()
+        assert (view.confidence >= 0).all() and (view.confidence <= 1).all()
+    attrs = read_depth_attrs(out)
+    assert attrs["kind"] == "selfmvs.depth" and attrs["format_version"] == 1
+    assert attrs["checkpoint"] == str(checkpoint)
+    assert attrs["num_sources"] == 2
+    with h5py.File(out) as handle:
+        assert set(handle["views"]) == {str(i) for i in scene.views}
+
+
+def test_infer_max_size_scales_depth_and_K(tmp_path, checkpoint):
+    scene = make_scene(tmp_path / "scene.h5", sizes=((40, 64), (40, 64), (32, 48)), with_mask=False)
+    run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "depth.h5", InferConfig(device="cpu", max_size=32))
+    views = read_depth_file(tmp_path / "depth.h5")
+    first = views[10]
+    assert first.depth.shape == (20, 32)
+    np.testing.assert_allclose(first.K, np.diag([0.5, 0.5, 1.0]) @ scene.views[10].K)
+    assert views[12].depth.shape == (21, 32)  # 32x48 -> round(32 * 2/3) = 21 rows
+    np.testing.assert_allclose(views[12].K[0], scene.views[12].K[0] * 32 / 48)
+    np.testing.assert_allclose(views[12].K[1], scene.views[12].K[1] * 21 / 32)
+
+
+def test_infer_resumes_from_a_partial_file(tmp_path, checkpoint):
+    make_scene(tmp_path / "scene.h5")
+    out = tmp_path / "depth.h5"
+    marker = DepthView(11, "img_01.png", np.full((24, 32), 7.0, np.float32), None, np.eye(3), np.eye(3, 4))
+    attrs = {"checkpoint": str(checkpoint), "scene": str(tmp_path / "scene.h5"), "num_sources": 1,
+             "model_config": json.dumps(SMALL.to_dict())}
+    with pytest.raises(KeyboardInterrupt):
+        with DepthWriter(out, attrs) as writer:
+            writer.write(marker)
+            raise KeyboardInterrupt  # an interrupted run leaves the partial file
+    assert (tmp_path / "depth.h5.partial").exists() and not out.exists()
+    run_infer(tmp_path / "scene.h5", checkpoint, out, InferConfig(num_sources=1, device="cpu"))
+    views = read_depth_file(out)
+    assert sorted(views) == [10, 11, 12, 13]
+    assert (views[11].depth == 7.0).all()  # the finished view was not recomputed
+    assert not (views[10].depth == 7.0).all()
+
+
+def test_infer_skips_views_without_sources(tmp_path, checkpoint, caplog):
+    scene = make_scene(tmp_path / "scene.h5", sizes=((24, 32), (24, 32)))
+    scene.views[11].source_ids = np.zeros(0, np.int64)
+    scene.views[11].source_scores = np.zeros(0)
+    write_scene(tmp_path / "scene.h5", scene)
+    run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "depth.h5", InferConfig(device="cpu"))
+    assert sorted(read_depth_file(tmp_path / "depth.h5")) == [10]
+    assert "no source view" in caplog.text
+
+
+def test_infer_bad_inputs(tmp_path, checkpoint):
+    scene = make_scene(tmp_path / "scene.h5", sizes=((24, 32), (24, 32)))
+    with pytest.raises(ValueError, match="num_sources"):
+        run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "d.h5", InferConfig(num_sources=0))
+    with pytest.raises(ValueError, match="device"):
+        run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "d.h5", InferConfig(device="tpu"))
+    with pytest.raises(FileNotFoundError, match="absent.h5"):
+        run_infer(tmp_path / "absent.h5", checkpoint, tmp_path / "d.h5")
+    scene.views[10].depth_range = np.array([3.0, 1.0])
+    write_scene(tmp_path / "bad.h5", scene)
+    with pytest.raises(ValueError, match=r"bad\.h5.*view 10.*depth_range"):
+        run_infer(tmp_path / "bad.h5", checkpoint, tmp_path / "d.h5", InferConfig(device="cpu"))
+    assert not (tmp_path / "d.h5").exists()
+
+
+def test_cli_infer(tmp_path, checkpoint, capsys):
+    make_scene(tmp_path / "scene.h5", sizes=((24, 32), (24, 32)))
+    config = tmp_path / "config.yaml"
+    config.write_text("infer:\n  num_sources: 1\n")
+    code = cli_main(["infer", str(tmp_path / "scene.h5"), str(checkpoint), str(tmp_path / "depth.h5"),
+                     "--config", str(config), "--device", "cpu"])
+    assert code == 0
+    assert read_depth_attrs(tmp_path / "depth.h5")["num_sources"] == 1
+    (tmp_path / "broken.pt").write_bytes(b"garbage")
+    code = cli_main(["infer", str(tmp_path / "scene.h5"), str(tmp_path / "broken.pt"), str(tmp_path / "d2.h5")])
+    assert code == 1
+    assert "broken.pt" in capsys.readouterr().err
+
+
+def test_feature_cache_changes_nothing_but_the_work(tmp_path, checkpoint):
+    make_scene(tmp_path / "scene.h5")
+    run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "a.h5", InferConfig(device="cpu", feature_cache=0))
+    run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "b.h5", InferConfig(device="cpu", feature_cache=6))
+    a, b = read_depth_file(tmp_path / "a.h5"), read_depth_file(tmp_path / "b.h5")
+    for image_id in a:
+        np.testing.assert_array_equal(a[image_id].depth, b[image_id].depth)
+        np.testing.assert_array_equal(a[image_id].confidence, b[image_id].confidence)
+    with pytest.raises(ValueError, match="feature_cache"):
+        run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "c.h5", InferConfig(feature_cache=-1))
+
+
+def test_view_cache_reuses_prepared_views(tmp_path, checkpoint):
+    from pipeline.model import load_checkpoint
+    from pipeline.stages.infer import ViewCache
+
+    make_scene(tmp_path / "scene.h5")
+    model, _ = load_checkpoint(checkpoint)
+    cache = ViewCache(model, tmp_path / "scene.h5", torch.device("cpu"), capacity=2)
+    first = cache.get(10)
+    assert cache.get(10) is first and (cache.hits, cache.misses) == (1, 1)
+    cache.get(11)
+    cache.get(12)  # evicts 10, the least recently used
+    assert cache.get(10) is not first and cache.misses == 4
+    assert first.image.shape == (1, 3, 24, 32) and set(first.features) == {1, 2, 3}
+
+
+def test_infer_does_not_resume_another_runs_partial_file(tmp_path, checkpoint):
+    make_scene(tmp_path / "scene.h5", sizes=((24, 32), (24, 32)))
+    out = tmp_path / "depth.h5"
+    marker = DepthView(11, "img_01.png", np.full((24, 32), 7.0, np.float32), None, np.eye(3), np.eye(3, 4))
+    with pytest.raises(KeyboardInterrupt):
+        with DepthWriter(out, {"checkpoint": "other.pt"}) as writer:
+            writer.write(marker)
+            raise KeyboardInterrupt
+    run_infer(tmp_path / "scene.h5", checkpoint, out, InferConfig(device="cpu"))
+    assert not (read_depth_file(out)[11].depth == 7.0).all()
+
+
+@pytest.mark.cuda
+def test_infer_on_cuda(tmp_path, checkpoint):
+    make_scene(tmp_path / "scene.h5", sizes=((24, 32), (24, 32), (20, 30)))
+    run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "gpu.h5", InferConfig(device="cuda"))
+    run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "cpu.h5", InferConfig(device="cpu"))
+    gpu, cpu = read_depth_file(tmp_path / "gpu.h5"), read_depth_file(tmp_path / "cpu.h5")
+    for image_id in cpu:
+        np.testing.assert_allclose(gpu[image_id].depth, cpu[image_id].depth, rtol=1e-3, atol=6e-3)
