@@ -1,0 +1,235 @@
+"""The training stage on a tiny synthetic scene: reproducibility, resume, outputs, fine-tuning, DDP."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pipeline.config import TrainConfig, load_config, section
+from pipeline.formats.scene_file import Scene, SceneView, write_scene
+from pipeline.model import load_checkpoint
+from pipeline.stages.train import ViewSampler, lr_multiplier, run_train
+
+REPO = Path(__file__).resolve().parents[1]
+HEIGHT, WIDTH = 48, 64
+
+
+def _texture(x, y):
+    return np.stack(
+        [
+            0.5 + 0.25 * np.sin(7 * x + 3 * y) + 0.15 * np.cos(13 * y - 5 * x),
+            0.5 + 0.25 * np.sin(9 * y + 1) + 0.15 * np.sin(6 * x - 11 * y),
+            0.5 + 0.25 * np.cos(8 * x + 0.7) + 0.15 * np.sin(5 * x + 10 * y),
+        ],
+        -1,
+    )
+
+
+def _view(image_id: int, centre, num_views: int) -> SceneView:
+    """A camera at ``centre`` looking along +z at the textured plane z = 2."""
+    K = np.array([[60.0, 0, WIDTH / 2], [0, 60.0, HEIGHT / 2], [0, 0, 1]])
+    pose = np.hstack([np.eye(3), -np.asarray(centre, dtype=np.float64)[:, None]])
+    ys, xs = np.meshgrid(np.arange(HEIGHT) + 0.5, np.arange(WIDTH) + 0.5, indexing="ij")
+    rays = np.stack([(xs - K[0, 2]) / K[0, 0], (ys - K[1, 2]) / K[1, 1]], -1)
+    distance = 2.0 - centre[2]
+    points = np.asarray(centre[:2]) + rays * distance
+    image = (np.clip(_texture(points[..., 0], points[..., 1]), 0, 1) * 255).round().astype(np.uint8)
+    sources = [i for i in range(1, num_views + 1) if i != image_id]
+    return SceneView(
+        image_id=image_id, name=f"{image_id:03d}.png", image=image, K=K, cam_from_world=pose,
+        depth_range=np.array([1.5, 2.6]), num_depth=48, source_ids=np.array(sources),
+        source_scores=np.linspace(1.0, 0.5, len(sources)), mask=None, point3D_ids=np.zeros(0, np.int64),
+        width=WIDTH, height=HEIGHT,
+    )
+
+
+@pytest.fixture(scope="module")
+def scene_path(tmp_path_factory) -> Path:
+    centres = [(0.0, 0.0, 0.0), (0.2, 0.0, 0.0), (-0.2, 0.05, 0.0), (0.0, 0.2, 0.05)]
+    views = {i + 1: _view(i + 1, c, len(centres)) for i, c in enumerate(centres)}
+    mask = np.ones((HEIGHT, WIDTH), dtype=bool)
+    mask[:, WIDTH // 2 :] = False  # view 1: the right half is not valid (as after undistortion)
+    views[1].mask = mask
+    scene = Scene(views, np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros((0, 3), np.uint8))
+    path = tmp_path_factory.mktemp("scene") / "scene.h5"
+    write_scene(path, scene)
+    return path
+
+
+def tiny_config(**changes) -> TrainConfig:
+    raw = {
+        "steps": 4, "batch_size": 1, "num_sources": 2, "width": 32, "height": 24, "crop_scale": [0.6, 1.0],
+        "checkpoint_every": 2, "keep_checkpoints": 1, "device": "cpu", "progress": False, "num_threads": 1,
+        "lr_schedule": {"kind": "cosine", "warmup_steps": 1},
+        "model": {"num_initial_hypotheses": 8, "num_perturbation_hypotheses": [2, 2, 4], "iterations": [1, 1, 2]},
+    }
+    raw.update(changes)
+    return section(load_config(overrides={"train": raw}), "train", TrainConfig)
+
+
+def read_rows(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "losses.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    model, _ = load_checkpoint(path)
+    return model.state_dict()
+
+
+def test_lr_multiplier():
+    schedule = tiny_config(lr_schedule={"kind": "cosine", "warmup_steps": 2, "min_ratio": 0.1}).lr_schedule
+    assert lr_multiplier(0, schedule, 10) == pytest.approx(0.5)
+    assert lr_multiplier(2, schedule, 10) == pytest.approx(1.0)
+    assert lr_multiplier(10, schedule, 10) == pytest.approx(0.1)
+    step = tiny_config(lr_schedule={"kind": "step", "warmup_steps": 0, "milestones": [3, 6], "gamma": 0.5}).lr_schedule
+    assert [lr_multiplier(s, step, 10) for s in (0, 3, 7)] == [1.0, 0.5, 0.25]
+
+
+def test_sampler_crops_keep_intrinsics_consistent(scene_path):
+    """A crop + resize must move K with the pixels: the crop's centre pixel re-projects identically."""
+    from pipeline.formats.scene_file import read_scene
+
+    scene = read_scene(scene_path)
+    sampler = ViewSampler([scene], 2, (24, 32), (0.5, 0.5))
+    sample = sampler.sample(0, torch.Generator().manual_seed(0))
+    assert sample["images"].shape == (3, 3, 24, 32) and sample["mask"].shape == (1, 24, 32)
+    # the crop is 24x32 (no resize): its left edge is where cx moved; the mask moves with it
+    left = round(WIDTH / 2 - float(sample["K"][0, 0, 2]))
+    expected_mask = (torch.arange(32) + left < WIDTH // 2).expand(1, 24, 32)
+    assert torch.equal(sample["mask"], expected_mask)
+    # the texture value at the sample's pixel equals the texture of the ray through it (plane z = 2)
+    K = sample["K"][0].numpy()
+    y, x = 11.5, 15.5
+    ray = np.linalg.inv(K) @ np.array([x, y, 1.0])
+    expected = np.clip(_texture(ray[0] * 2.0, ray[1] * 2.0), 0, 1)
+    got = sample["images"][0, :, 11, 15].numpy()
+    np.testing.assert_allclose(got, expected, atol=0.08)
+    first = sampler.item_indices(0, 2, 0, 1, seed=0)
+    assert first == sampler.item_indices(0, 2, 0, 1, seed=0)
+    epoch = [sampler.item_indices(s, 1, 0, 1, seed=0)[0] for s in range(len(sampler))]
+    assert sorted(epoch) == list(range(len(sampler)))  # each view once per epoch
+
+
+def test_reproducible_resume_and_outputs(scene_path, tmp_path):
+    """Same seed -> same loss curve and weights; 4 steps straight = 2 steps + resume for 2 more."""
+    config = tiny_config(steps=4, checkpoint_every=2, keep_checkpoints=1, progress=True)
+    straight = run_train(config, tmp_path / "straight", [scene_path])
+    run_train(config, tmp_path / "split", [scene_path], stop_at=2, resume=True)  # nothing yet: starts at 0
+    assert load_checkpoint(tmp_path / "split" / "last.pt")[1]["step"] == 2
+    assert [r["step"] for r in read_rows(tmp_path / "split")] == ["1", "2"]
+    resumed = run_train(config, tmp_path / "split", [scene_path], resume=True)
+    expected, got = weights(straight), weights(resumed)
+    assert expected.keys() == got.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)
+    straight_rows, split_rows = read_rows(tmp_path / "straight"), read_rows(tmp_path / "split")
+    assert [r["step"] for r in split_rows] == ["1", "2", "3", "4"]
+    for column in ("loss", "lr", "photometric", "ssim", "smoothness"):
+        assert [r[column] for r in straight_rows] == [r[column] for r in split_rows], column
+    assert all(math.isfinite(float(r["photometric"])) and float(r["photometric"]) > 0 for r in straight_rows)
+    assert len({r["lr"] for r in straight_rows}) > 1  # the schedule moved
+    # outputs: numbered checkpoints (every 2 steps, the last 1 kept), plot, no temporary files left
+    assert sorted(p.name for p in (tmp_path / "straight").glob("step_*.pt")) == ["step_0000004.pt"]
+    assert (tmp_path / "straight" / "losses.png").stat().st_size > 1000
+    assert not list((tmp_path / "straight").glob(".*"))
+    _, extra = load_checkpoint(straight)
+    assert extra["step"] == 4 and extra["mode"] == "train"
+
+
+def test_finetune_freezes_batchnorm_and_respects_budget(scene_path, tmp_path):
+    init = run_train(tiny_config(steps=1), tmp_path / "init", [scene_path])
+    config = tiny_config(finetune={"steps": 1, "learning_rate": 1e-3, "full_resolution": True})
+    tuned = run_train(config, tmp_path / "tuned", finetune=scene_path, init=init)
+    before, after = weights(init), weights(tuned)
+    running = [k for k in before if k.endswith("running_mean") or k.endswith("running_var")]
+    assert running and all(torch.equal(before[k], after[k]) for k in running)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("weight"))
+    assert load_checkpoint(tuned)[1]["mode"] == "finetune"
+    budget = tiny_config(finetune={"steps": 50, "max_seconds": 1e-6})
+    stopped = run_train(budget, tmp_path / "budget", finetune=scene_path, init=init)
+    assert load_checkpoint(stopped)[1]["step"] == 1
+    with pytest.raises(ValueError, match="--init"):
+        run_train(config, tmp_path / "x", finetune=scene_path)
+
+
+@pytest.mark.parametrize("recipe", ["jdacs", "mvs2", "m3vsnet"])
+def test_other_recipes_train(recipe, scene_path, tmp_path, caplog):
+    config = tiny_config(steps=1, loss={"recipe": recipe})
+    with caplog.at_level("WARNING"):
+        run_train(config, tmp_path / recipe, [scene_path])
+    row = read_rows(tmp_path / recipe)[0]
+    extra = {"jdacs": "augmentation", "mvs2": "cross_view", "m3vsnet": "depth_normal"}[recipe]
+    assert math.isfinite(float(row[extra])) and float(row["loss"]) > 0
+    if recipe == "jdacs":
+        assert "cosegmentation" not in row and "co-segmentation consistency is OFF" in caplog.text
+
+
+def test_bad_arguments(scene_path, tmp_path):
+    config = tiny_config()
+    with pytest.raises(ValueError, match="no scenes"):
+        run_train(config, tmp_path / "a", [])
+    with pytest.raises(FileNotFoundError, match="missing.h5"):
+        run_train(config, tmp_path / "a", [tmp_path / "missing.h5"])
+    with pytest.raises(ValueError, match="train.model"):
+        run_train(tiny_config(model={"iterations": [1, 2]}), tmp_path / "a", [scene_path])
+
+
+def test_cli_torchrun_two_processes(scene_path, tmp_path):
+    """DistributedDataParallel on CPU (gloo), two processes, two steps, through the CLI."""
+    config = dataclasses.asdict(tiny_config(steps=2))
+    config["num_threads"] = 1
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump({"train": _plain(config)}))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "pipeline", "train",
+         "--config", str(config_path), "--out", str(tmp_path / "ddp"), "--scenes", str(scene_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, extra = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    assert extra["step"] == 2 and extra["world_size"] == 2
+    assert len(read_rows(tmp_path / "ddp")) == 2
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def test_cli_reports_bad_input_as_one_line(scene_path, tmp_path, capsys):
+    from pipeline.cli import main
+
+    code = main(["train", "--out", str(tmp_path / "x"), "--finetune", str(scene_path), "--scenes", str(scene_path)])
+    assert code == 1 and "either --scenes or --finetune" in capsys.readouterr().err
+    code = main(["train", "--out", str(tmp_path / "x"), "--finetune", str(scene_path)])
+    assert code == 1 and "--init" in capsys.readouterr().err
+
+
+def test_jdacs_with_cosegmentation_weights(scene_path, tmp_path):
+    """With a (here random) torchvision-format VGG16 file the co-segmentation term is on."""
+    from pipeline.losses import VGG16Features
+
+    torch.manual_seed(0)
+    vgg = VGG16Features("relu2_2")
+    weights_path = tmp_path / "vgg16.pth"
+    torch.save({f"features.{k}": v for k, v in vgg.features.state_dict().items()}, weights_path)
+    config = tiny_config(steps=1, vgg16_weights=str(weights_path), loss={"recipe": "jdacs", "cosegmentation": {"layer": "relu2_2"}})
+    run_train(config, tmp_path / "out", [scene_path])
+    row = read_rows(tmp_path / "out")[0]
+    assert math.isfinite(float(row["cosegmentation"])) and float(row["cosegmentation"]) > 0
