@@ -12,6 +12,7 @@ validate(config, schema="pipeline/config.schema.yaml")
 
 
 include: "rules/common.smk"
+include: "rules/config.smk"
 include: "rules/demo_scene.smk"
 include: "rules/sfm.smk"
 include: "rules/prepare.smk"

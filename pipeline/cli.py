@@ -17,6 +17,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "sfm": ("pipeline.stages.sfm", "register photos without a COLMAP model (pycolmap, CPU) -> sparse/"),
     "prepare": ("pipeline.stages.prepare", "COLMAP model + photos -> scene.h5 (undistort, views, depth ranges)"),
     "train": ("pipeline.stages.train", "self-supervised training or per-scene fine-tuning -> checkpoint"),
+    "export-checkpoint": ("pipeline.stages.checkpoint_cmd", "strip a training checkpoint to weights + config for shipping"),
     "infer": ("pipeline.stages.infer", "scene.h5 + checkpoint -> depth.h5 (depth and confidence per view)"),
     "fuse": ("pipeline.stages.fuse", "depth.h5 -> fused.ply (geometric + photometric consistency)"),
     "evaluate": ("pipeline.stages.evaluate", "fused.ply / depth.h5 vs ground truth or sparse points -> eval.json"),

@@ -127,12 +127,207 @@ class DemoConfig:
     distortion: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingDataConfig:
+    seeds: tuple[int, ...] = tuple(range(1000, 1014))
+    num_views: int = 12
+    width: int = 400
+    height: int = 300
+
+
 # --- prepare (owned by the prepare stage) ----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareConfig:
+    """Options of ``selfmvs prepare`` (COLMAP scene folder -> scene.h5); see config.schema.yaml."""
+
+    images_dir: str = "images"
+    undistort_mode: str = "valid"
+    max_image_size: int = 800
+    size_multiple: int = 8
+    fit: str = "crop"
+    num_sources: int = 10
+    theta0: float = 5.0
+    sigma1: float = 1.0
+    sigma2: float = 10.0
+    depth_percentiles: tuple[float, float] = (1.0, 99.0)
+    depth_stretch: tuple[float, float] = (0.75, 1.25)
+    min_points: int = 10
+    num_depth_min: int = 32
+    num_depth_max: int = 512
+
 
 # --- train (owned by the train stage) ---------------------------------------------------------
 
+
+@dataclasses.dataclass(frozen=True)
+class LRScheduleConfig:
+    """``train.lr_schedule``: a multiplier of the learning rate per step (warm-up, then the kind)."""
+
+    kind: str = "cosine"
+    warmup_steps: int = 100
+    min_ratio: float = 0.01
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """``train.finetune``: per-scene self-supervised fine-tuning."""
+
+    enabled: bool = True
+    steps: int = 300
+    max_seconds: float | None = None
+    learning_rate: float = 0.0001
+    freeze_batchnorm: bool = True
+    full_resolution: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class LossWeightsConfig:
+    """``train.loss.weights``: per-term overrides of the recipe's weights (None keeps the recipe's)."""
+
+    photometric: float | None = None
+    ssim: float | None = None
+    smoothness: float | None = None
+    augmentation: float | None = None
+    cosegmentation: float | None = None
+    cross_view: float | None = None
+    depth_normal: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentationConfig:
+    """``train.loss.augmentation``: JDACS augmentation ranges and weight schedule."""
+
+    growth: float = 2.0
+    growth_every: int = 500
+    max_weight: float = 0.16
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    gamma: float = 1.5
+    occlusions: int = 2
+    occlusion_size: tuple[float, float] = (0.1, 0.3)
+
+
+@dataclasses.dataclass(frozen=True)
+class CoSegmentationConfig:
+    """``train.loss.cosegmentation``: VGG16 layer and NMF settings."""
+
+    layer: str = "relu4_3"
+    num_segments: int = 4
+    iterations: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """``train.loss``: the self-supervised objective."""
+
+    recipe: str = "unsup_mvsnet"
+    weights: LossWeightsConfig = LossWeightsConfig()
+    top_k: int = 3
+    gradient_weight: float = 1.0
+    robust: str = "l1"
+    huber_delta: float = 0.05
+    smoothness_order: int = 2
+    smoothness_inverse: bool = False
+    cross_view_max_error: float = 0.05
+    augmentation: AugmentationConfig = AugmentationConfig()
+    cosegmentation: CoSegmentationConfig = CoSegmentationConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """``train``: self-supervised training / fine-tuning (see config.schema.yaml for each option)."""
+
+    seed: int = 0
+    steps: int = 2000
+    batch_size: int = 2
+    num_sources: int = 3
+    width: int = 320
+    height: int = 240
+    crop_scale: tuple[float, float] = (0.7, 1.0)
+    learning_rate: float = 0.001
+    weight_decay: float = 0.0
+    lr_schedule: LRScheduleConfig = LRScheduleConfig()
+    grad_clip: float = 1.0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    device: str = "auto"
+    amp: str = "off"
+    num_threads: int | None = None
+    progress: bool = True
+    find_unused_parameters: bool = False
+    vgg16_weights: str | None = None
+    model: dict = dataclasses.field(default_factory=dict)
+    finetune: FinetuneConfig = FinetuneConfig()
+    loss: LossConfig = LossConfig()
+
+
 # --- infer (owned by the infer stage) ---------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class InferConfig:
+    """``infer``: scene.h5 + checkpoint -> depth.h5 (see config.schema.yaml for each option)."""
+
+    checkpoint: str | None = None
+    num_sources: int = 4
+    device: str = "auto"
+    max_size: int | None = None
+    num_threads: int | None = None
+    mask_invalid: bool = True
+    feature_cache: int = 6
+
 
 # --- fuse (owned by the fuse stage) -----------------------------------------------------------
 
+
+@dataclasses.dataclass(frozen=True)
+class FuseConfig:
+    """Depth-map fusion (pipeline.fusion); the meaning of each threshold is in its module docstring."""
+
+    min_confidence: float = 0.5
+    max_reprojection_error: float = 1.0
+    max_relative_depth_error: float = 0.01
+    min_consistent_views: int = 3
+    num_sources: int = 10
+    sampling: str = "bilinear"
+    dynamic: bool = False
+    dynamic_reprojection_step: float = 0.25
+    dynamic_relative_depth_step: float = 0.0025
+    normals: bool = True
+    device: str = "auto"
+    num_threads: int = 1
+
+
 # --- evaluate / report (owned by the evaluate and report stages) ------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """Evaluation (pipeline.evaluation): distances in scene units or fractions of the GT diagonal."""
+
+    thresholds: tuple[float, ...] = ()
+    threshold_fractions: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01)
+    distance_cap: float | None = None
+    distance_cap_fraction: float = 0.05
+    voxel_size: float | None = None
+    voxel_fraction: float = 0.0005
+    max_points: int = 1000000
+    depth_thresholds: tuple[float, ...] = (0.005, 0.01, 0.02)
+    sparse_tau: float | None = None
+    sparse_tau_fraction: float = 0.005
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportConfig:
+    """Report pictures and page (pipeline.report)."""
+
+    max_views: int = 6
+    cloud_points: int = 40000
+    viewpoints: int = 3
+    dpi: int = 100

@@ -1,9 +1,19 @@
 # Input helpers of the rules: which scenes exist, where their photos come from, which checkpoint
 # infers them. No rule logic lives anywhere else.
 import json
+import sys
 from pathlib import Path
 
-SELFMVS = "selfmvs"  # the package's console command
+def _selfmvs_command():
+    """The package's console command: inside a rule's conda env it is on PATH; otherwise the one
+    installed beside the Python running Snakemake (the project's .venv), so no activation is needed."""
+    if workflow.deployment_settings.deployment_method:
+        return "selfmvs"
+    beside = Path(sys.executable).parent / "selfmvs"
+    return str(beside) if beside.is_file() else "selfmvs"
+
+
+SELFMVS = _selfmvs_command()
 
 
 def scene_names():
@@ -86,19 +96,3 @@ def all_outputs():
 wildcard_constraints:
     scene=r"[A-Za-z0-9_.\-]+",
     seed=r"\d+",
-
-
-rule scene_config:
-    output:
-        "results/{scene}/config.yaml",
-    params:
-        config=config_json,
-    log:
-        "logs/{scene}/config.log",
-    benchmark:
-        "benchmarks/{scene}/config.tsv"
-    conda:
-        "../envs/selfmvs.yaml"
-    localrule: True
-    shell:
-        "{SELFMVS} config {output} --json {params.config:q} > {log} 2>&1"

@@ -2,6 +2,7 @@ rule demo_scene:
     output:
         directory("results/{scene}/input"),
     params:
+        selfmvs=SELFMVS,
         seed=config["demo"]["seed"],
         views=config["demo"]["num_views"],
         width=config["demo"]["width"],
@@ -15,5 +16,5 @@ rule demo_scene:
         "../envs/selfmvs.yaml"
     threads: 1
     shell:
-        "{SELFMVS} render-scene {output} --seed {params.seed} --num-views {params.views}"
+        "{params.selfmvs} render-scene {output} --seed {params.seed} --num-views {params.views}"
         " --width {params.width} --height {params.height} {params.distortion} > {log} 2>&1"

@@ -7,6 +7,8 @@ rule evaluate:
         config="results/{scene}/config.yaml",
     output:
         "results/{scene}/eval.json",
+    params:
+        selfmvs=SELFMVS,
     log:
         "logs/{scene}/evaluate.log",
     benchmark:
@@ -17,5 +19,5 @@ rule evaluate:
     resources:
         mem_mb=4000,
     shell:
-        "{SELFMVS} evaluate {input.scene_dir} {input.scene} {input.depth} {input.fused} {output}"
+        "{params.selfmvs} evaluate {input.scene_dir} {input.scene} {input.depth} {input.fused} {output}"
         " --config {input.config} > {log} 2>&1"

@@ -5,6 +5,8 @@ rule fuse:
         config="results/{scene}/config.yaml",
     output:
         "results/{scene}/fused.ply",
+    params:
+        selfmvs=SELFMVS,
     log:
         "logs/{scene}/fuse.log",
     benchmark:
@@ -15,4 +17,4 @@ rule fuse:
     resources:
         mem_mb=4000,
     shell:
-        "{SELFMVS} fuse {input.scene} {input.depth} {output} --config {input.config} > {log} 2>&1"
+        "{params.selfmvs} fuse {input.scene} {input.depth} {output} --config {input.config} > {log} 2>&1"

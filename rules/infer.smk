@@ -5,6 +5,8 @@ rule infer:
         config="results/{scene}/config.yaml",
     output:
         "results/{scene}/depth.h5",
+    params:
+        selfmvs=SELFMVS,
     log:
         "logs/{scene}/infer.log",
     benchmark:
@@ -16,4 +18,4 @@ rule infer:
         mem_mb=4000,
         gpu=1 if config["infer"]["device"] == "cuda" else 0,
     shell:
-        "{SELFMVS} infer {input.scene} {input.checkpoint} {output} --config {input.config} > {log} 2>&1"
+        "{params.selfmvs} infer {input.scene} {input.checkpoint} {output} --config {input.config} > {log} 2>&1"

@@ -4,6 +4,8 @@ rule prepare:
         config="results/{scene}/config.yaml",
     output:
         "results/{scene}/scene.h5",
+    params:
+        selfmvs=SELFMVS,
     log:
         "logs/{scene}/prepare.log",
     benchmark:
@@ -14,4 +16,4 @@ rule prepare:
     resources:
         mem_mb=4000,
     shell:
-        "{SELFMVS} prepare {input.scene} {output} --config {input.config} > {log} 2>&1"
+        "{params.selfmvs} prepare {input.scene} {output} --config {input.config} > {log} 2>&1"

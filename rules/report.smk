@@ -16,6 +16,7 @@ rule report:
             labels={"scene": "{scene}", "figure": "summary page"},
         ),
     params:
+        selfmvs=SELFMVS,
         training=training_curves_option,
     log:
         "logs/{scene}/report.log",
@@ -25,6 +26,6 @@ rule report:
         "../envs/selfmvs.yaml"
     threads: 1
     shell:
-        "{SELFMVS} report {input.scene} {input.depth} {input.fused} {input.eval} $(dirname {output.page})"
+        "{params.selfmvs} report {input.scene} {input.depth} {input.fused} {input.eval} $(dirname {output.page})"
         " --scene-dir {input.scene_dir} {params.training} --benchmarks {input.benchmarks}"
         " --title {wildcards.scene} --config {input.config} > {log} 2>&1"

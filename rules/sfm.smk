@@ -3,6 +3,8 @@ rule sfm:
         sfm_images,
     output:
         directory("results/{scene}/sfm"),
+    params:
+        selfmvs=SELFMVS,
     log:
         "logs/{scene}/sfm.log",
     benchmark:
@@ -13,4 +15,4 @@ rule sfm:
     resources:
         mem_mb=8000,
     shell:
-        "{SELFMVS} sfm $(dirname {input}) {output} --threads {threads} > {log} 2>&1"
+        "{params.selfmvs} sfm $(dirname {input}) {output} --threads {threads} > {log} 2>&1"

@@ -6,6 +6,8 @@ rule finetune:
     output:
         checkpoint="results/{scene}/finetune/last.pt",
         curves="results/{scene}/finetune/losses.csv",
+    params:
+        selfmvs=SELFMVS,
     log:
         "logs/{scene}/finetune.log",
     benchmark:
@@ -17,7 +19,7 @@ rule finetune:
         mem_mb=8000,
         gpu=1 if config["train"]["device"] == "cuda" else 0,
     shell:
-        "{SELFMVS} train --config {input.config} --finetune {input.scene} --init {input.checkpoint}"
+        "{params.selfmvs} train --config {input.config} --finetune {input.scene} --init {input.checkpoint}"
         " --out $(dirname {output.checkpoint}) > {log} 2>&1"
 
 
@@ -27,6 +29,7 @@ rule training_scene:
     output:
         directory("results/_training/scenes/{seed}"),
     params:
+        selfmvs=SELFMVS,
         views=config["training_data"]["num_views"],
         width=config["training_data"]["width"],
         height=config["training_data"]["height"],
@@ -38,7 +41,7 @@ rule training_scene:
         "../envs/selfmvs.yaml"
     threads: 1
     shell:
-        "{SELFMVS} render-scene {output} --seed {wildcards.seed} --varied --num-views {params.views}"
+        "{params.selfmvs} render-scene {output} --seed {wildcards.seed} --varied --num-views {params.views}"
         " --width {params.width} --height {params.height} > {log} 2>&1"
 
 
@@ -47,6 +50,8 @@ rule training_prepare:
         "results/_training/scenes/{seed}",
     output:
         "results/_training/h5/{seed}.h5",
+    params:
+        selfmvs=SELFMVS,
     log:
         "logs/_training/prepare_{seed}.log",
     benchmark:
@@ -55,7 +60,7 @@ rule training_prepare:
         "../envs/selfmvs.yaml"
     threads: 1
     shell:
-        "{SELFMVS} prepare {input} {output} > {log} 2>&1"
+        "{params.selfmvs} prepare {input} {output} > {log} 2>&1"
 
 
 rule train_base:
@@ -65,6 +70,8 @@ rule train_base:
     output:
         checkpoint="results/_training/checkpoint/last.pt",
         curves="results/_training/checkpoint/losses.csv",
+    params:
+        selfmvs=SELFMVS,
     log:
         "logs/_training/train.log",
     benchmark:
@@ -76,5 +83,5 @@ rule train_base:
         mem_mb=8000,
         gpu=1 if config["train"]["device"] == "cuda" else 0,
     shell:
-        "{SELFMVS} train --config {input.config} --scenes {input.scenes}"
+        "{params.selfmvs} train --config {input.config} --scenes {input.scenes}"
         " --out $(dirname {output.checkpoint}) --resume > {log} 2>&1"
