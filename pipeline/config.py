@@ -178,7 +178,7 @@ class FinetuneConfig:
 
     enabled: bool = True
     steps: int = 300
-    max_seconds: float | None = None
+    max_seconds: float | None = 120.0
     learning_rate: float = 0.0001
     freeze_batchnorm: bool = True
     full_resolution: bool = False
