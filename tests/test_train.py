@@ -149,13 +149,16 @@ def test_reproducible_resume_and_outputs(scene_path, tmp_path):
 
 def test_finetune_freezes_batchnorm_and_respects_budget(scene_path, tmp_path):
     init = run_train(tiny_config(steps=1), tmp_path / "init", [scene_path])
-    config = tiny_config(finetune={"steps": 1, "learning_rate": 1e-3, "full_resolution": True})
+    config = tiny_config(finetune={"steps": 1, "learning_rate": 1e-3, "full_resolution": True},
+                         lr_schedule={"kind": "cosine", "warmup_steps": 100})
     tuned = run_train(config, tmp_path / "tuned", finetune=scene_path, init=init)
     before, after = weights(init), weights(tuned)
     running = [k for k in before if k.endswith("running_mean") or k.endswith("running_var")]
     assert running and all(torch.equal(before[k], after[k]) for k in running)
     assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("weight"))
     assert load_checkpoint(tuned)[1]["mode"] == "finetune"
+    # Fine-tuning runs at its own constant rate from the first step (no training warm-up).
+    assert float(read_rows(tmp_path / "tuned")[0]["lr"]) == pytest.approx(1e-3)
     budget = tiny_config(finetune={"steps": 50, "max_seconds": 1e-6})
     stopped = run_train(budget, tmp_path / "budget", finetune=scene_path, init=init)
     assert load_checkpoint(stopped)[1]["step"] == 1
@@ -233,3 +236,4 @@ def test_jdacs_with_cosegmentation_weights(scene_path, tmp_path):
     run_train(config, tmp_path / "out", [scene_path])
     row = read_rows(tmp_path / "out")[0]
     assert math.isfinite(float(row["cosegmentation"])) and float(row["cosegmentation"]) > 0
+

@@ -401,8 +401,13 @@ def run_train(
         model.freeze_batchnorm(freeze)
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=config.weight_decay)
+        # Fine-tuning runs at its constant rate from the first step: its budget is a few dozen
+        # steps, which a warm-up meant for a long training run would mostly use up.
+        lr_schedule = config.lr_schedule
+        if mode == "finetune":
+            lr_schedule = dataclasses.replace(lr_schedule, kind="constant", warmup_steps=0)
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_multiplier(s, config.lr_schedule, total_steps)
+            optimizer, lambda s: lr_multiplier(s, lr_schedule, total_steps)
         )
         scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
         start_step = 0
