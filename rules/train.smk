@@ -64,14 +64,17 @@ rule training_prepare:
 
 
 rule train_base:
+    # The trainer's folder is not a declared output: Snakemake deletes the outputs of a stopped
+    # job, and this long run must keep last.pt and losses.csv to resume. The output is a copy of
+    # the final state, made only when every step is done.
     input:
         scenes=training_scenes(),
         config="results/_training/config.yaml",
     output:
-        checkpoint="results/_training/checkpoint/last.pt",
-        curves="results/_training/checkpoint/losses.csv",
+        "results/_training/final.pt",
     params:
         selfmvs=SELFMVS,
+        folder="results/_training/checkpoint",
     log:
         "logs/_training/train.log",
     benchmark:
@@ -84,4 +87,4 @@ rule train_base:
         gpu=1 if config["train"]["device"] == "cuda" else 0,
     shell:
         "{params.selfmvs} train --config {input.config} --scenes {input.scenes}"
-        " --out $(dirname {output.checkpoint}) --resume > {log} 2>&1"
+        " --out {params.folder} --resume > {log} 2>&1 && cp {params.folder}/last.pt {output}"
