@@ -236,4 +236,3 @@ def test_jdacs_with_cosegmentation_weights(scene_path, tmp_path):
     run_train(config, tmp_path / "out", [scene_path])
     row = read_rows(tmp_path / "out")[0]
     assert math.isfinite(float(row["cosegmentation"])) and float(row["cosegmentation"]) > 0
-
