@@ -77,6 +77,37 @@ def test_depth_errors_and_resampling():
     np.testing.assert_array_equal(resample_nearest(big, 2, 2), gt)
 
 
+def test_gt_is_read_through_the_cameras_of_a_crop_and_a_scaling():
+    # A GT map whose depth changes along every row and column (a slanted floor), the estimate on
+    # the centred crop prepare makes (300 -> 296 rows: 2 rows off the top, cy - 2): read through
+    # the intrinsics it matches exactly; read as a pure rescaling (the old behaviour) it is off by
+    # up to two rows, which on a slanted floor is a percent-level error.
+    rows, cols = np.mgrid[0:300, 0:400]
+    gt = (2.0 + 0.05 * rows + 0.001 * cols).astype(np.float32)
+    gt_K = np.array([[327.0, 0.0, 202.8], [0.0, 327.0, 148.8], [0.0, 0.0, 1.0]])
+    crop_K = gt_K.copy()
+    crop_K[1, 2] -= 2.0
+    estimate = gt[2:298].copy()
+    rel, with_gt, covered = depth_errors(estimate, gt, gt_K=gt_K, estimate_K=crop_K)
+    assert with_gt == covered == 296 * 400 and rel.max() == 0.0
+    rel_scaled, _, _ = depth_errors(estimate, gt)
+    assert rel_scaled.max() > 0.005
+    # Half resolution: K scaled by 0.5 in COLMAP's convention; each estimate pixel reads one of
+    # the four GT pixels it covers, so the error is at most one GT pixel's change of depth.
+    half_K = np.diag([0.5, 0.5, 1.0]) @ gt_K
+    half = gt[::2, ::2] + 0.5 * (0.05 + 0.001)
+    rel, with_gt, _ = depth_errors(half, gt, gt_K=gt_K, estimate_K=half_K)
+    assert with_gt == 150 * 200 and rel.max() <= 0.051 / 2.0
+    # An estimate camera that sees past the GT's border (a wider crop) has no GT there.
+    wide_K = gt_K.copy()
+    wide_K[0, 2] += 10.0
+    wide = np.pad(gt, ((0, 0), (10, 0)), constant_values=1.0)
+    rel, with_gt, covered = depth_errors(wide, gt, gt_K=gt_K, estimate_K=wide_K)
+    assert with_gt == 300 * 400 and rel.max() == 0.0
+    with pytest.raises(ValueError, match="both"):
+        resample_nearest(gt, 296, 400, gt_K, None)
+
+
 def test_sparse_depth_errors_project_into_the_view():
     K = np.array([[10.0, 0, 5], [0, 10.0, 5], [0, 0, 1]])
     cam_from_world = np.concatenate([np.eye(3), np.zeros((3, 1))], axis=1)

@@ -129,25 +129,68 @@ def cloud_metrics(fused: np.ndarray, gt: np.ndarray, thresholds: list[float], ca
     }
 
 
-def resample_nearest(depth: np.ndarray, height: int, width: int) -> np.ndarray:
-    """A depth map read at the pixel centres of a (height, width) grid covering the same image.
+def resample_nearest(
+    depth: np.ndarray,
+    height: int,
+    width: int,
+    source_K: np.ndarray | None = None,
+    target_K: np.ndarray | None = None,
+) -> np.ndarray:
+    """A depth map read at the pixel centres of a (height, width) camera with the same pose.
 
-    Exact for z-depth: scaling an image keeps each pixel's depth (only K changes).
+    With both intrinsics given, the target's pixel centres are mapped into the source image
+    through ``source_K @ inv(target_K)`` (COLMAP convention: the centre of pixel j is at j + 0.5)
+    and the source pixel containing each is read; target pixels that fall outside the source
+    read 0 (no depth). This is exact for the centred crop ``prepare`` makes and for any scaling,
+    and right for undistortion to a new pinhole K. Without intrinsics the two maps are assumed to
+    cover the same image (pure scaling). Z-depth does not change with the intrinsics, so values
+    are copied, never interpolated across surfaces.
+
+    Shape:
+        depth: (Hs, Ws); source_K, target_K: (3, 3); returns (height, width).
     """
-    if depth.shape == (height, width):
+    if (source_K is None) != (target_K is None):
+        raise ValueError("give both source_K and target_K, or neither")
+    if source_K is None:
+        if depth.shape == (height, width):
+            return depth
+        rows = np.minimum(((np.arange(height) + 0.5) * depth.shape[0] / height).astype(np.int64), depth.shape[0] - 1)
+        cols = np.minimum(((np.arange(width) + 0.5) * depth.shape[1] / width).astype(np.int64), depth.shape[1] - 1)
+        return depth[rows[:, None], cols[None, :]]
+    source_K = np.asarray(source_K, dtype=np.float64)
+    target_K = np.asarray(target_K, dtype=np.float64)
+    if depth.shape == (height, width) and np.allclose(source_K, target_K, rtol=0.0, atol=1e-9):
         return depth
-    rows = np.minimum(((np.arange(height) + 0.5) * depth.shape[0] / height).astype(np.int64), depth.shape[0] - 1)
-    cols = np.minimum(((np.arange(width) + 0.5) * depth.shape[1] / width).astype(np.int64), depth.shape[1] - 1)
-    return depth[rows[:, None], cols[None, :]]
+    mapping = source_K @ np.linalg.inv(target_K)
+    u, v = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+    w = mapping[2, 0] * u + mapping[2, 1] * v + mapping[2, 2]
+    # floor(x) is the pixel whose extent [j, j + 1) holds x; the epsilon keeps exact pixel
+    # centres of a crop or an integer scaling from flipping between neighbours by rounding.
+    x = np.floor((mapping[0, 0] * u + mapping[0, 1] * v + mapping[0, 2]) / w + 1e-9).astype(np.int64)
+    y = np.floor((mapping[1, 0] * u + mapping[1, 1] * v + mapping[1, 2]) / w + 1e-9).astype(np.int64)
+    inside = (x >= 0) & (x < depth.shape[1]) & (y >= 0) & (y < depth.shape[0])
+    out = np.zeros((height, width), dtype=depth.dtype)
+    out[inside] = depth[y[inside], x[inside]]
+    return out
 
 
-def depth_errors(estimate: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, int, int]:
+def depth_errors(
+    estimate: np.ndarray,
+    gt: np.ndarray,
+    mask: np.ndarray | None = None,
+    gt_K: np.ndarray | None = None,
+    estimate_K: np.ndarray | None = None,
+) -> tuple[np.ndarray, int, int]:
     """Relative errors where both depths exist (and ``mask``), and the coverage counts.
+
+    The GT is read at the estimate's pixels with :func:`resample_nearest` (give both intrinsics
+    whenever the estimate's camera may be a crop or an undistortion of the GT's; pixels the GT
+    does not cover count as having no GT).
 
     Returns:
         (abs_rel (K,), pixels with GT (within mask), of those pixels with an estimate).
     """
-    gt = resample_nearest(gt, *estimate.shape)
+    gt = resample_nearest(gt, *estimate.shape, gt_K, estimate_K)
     has_gt = gt > 0
     if mask is not None:
         has_gt &= mask

@@ -91,6 +91,13 @@ def _read_masks(path: Path | None) -> dict[int, np.ndarray]:
         return {}
 
 
+def _same_pose(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two 3x4 cam_from_world matrices are the same camera (to float32 round-off)."""
+    a, b = np.asarray(a, dtype=np.float64)[:3], np.asarray(b, dtype=np.float64)[:3]
+    scale = max(1.0, float(np.abs(a[:, 3]).max()))
+    return bool(np.allclose(a[:, :3], b[:, :3], atol=1e-5) and np.allclose(a[:, 3], b[:, 3], atol=1e-5 * scale))
+
+
 def run_evaluate(
     scene_dir: str | os.PathLike,
     scene_h5: str | os.PathLike,
@@ -167,15 +174,23 @@ def run_evaluate(
         estimate = read_depth_view(depth_h5, image_id)
         depth = np.where(np.isfinite(estimate.depth), estimate.depth, 0.0)
         row: dict = {"name": estimate.name, "pixels": int(depth.size), "pixels_with_estimate": int((depth > 0).sum())}
-        if image_id in gt_ids:
-            gt_view = read_depth_view(gt_depth_path, image_id)
-            rel, with_gt, covered = depth_errors(depth, gt_view.depth)
+        gt_view = read_depth_view(gt_depth_path, image_id) if image_id in gt_ids else None
+        if gt_view is not None and not _same_pose(gt_view.cam_from_world, estimate.cam_from_world):
+            message = (f"{gt_depth_path}: view {image_id} has another camera pose than {depth_h5}'s "
+                       "(a different reconstruction frame?); its depth GT metrics are skipped")
+            log.warning(message)
+            warnings.append(message)
+            gt_view = None
+        if gt_view is not None:
+            rel, with_gt, covered = depth_errors(depth, gt_view.depth, gt_K=gt_view.K, estimate_K=estimate.K)
             row.update(depth_summary(rel, with_gt, covered, list(config.depth_thresholds)))
             pooled_rel.append(rel)
             pooled_gt += with_gt
             pooled_cov += covered
             if image_id in masks and masks[image_id].shape == depth.shape:
-                rel_f, with_gt_f, covered_f = depth_errors(np.where(masks[image_id], depth, 0.0), gt_view.depth)
+                rel_f, with_gt_f, covered_f = depth_errors(
+                    np.where(masks[image_id], depth, 0.0), gt_view.depth, gt_K=gt_view.K, estimate_K=estimate.K
+                )
                 summary = depth_summary(rel_f, with_gt_f, covered_f, list(config.depth_thresholds))
                 row.update({f"fused_{k}": v for k, v in summary.items()})
                 filtered_rel.append(rel_f)

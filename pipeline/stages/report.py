@@ -109,7 +109,8 @@ def run_report(
         if image_id in gt_ids:
             from pipeline.evaluation import resample_nearest
 
-            gt = resample_nearest(read_depth_view(gt_path, image_id).depth, *depth.shape)
+            gt_view = read_depth_view(gt_path, image_id)
+            gt = resample_nearest(gt_view.depth, *depth.shape, gt_view.K, view.K)
             with np.errstate(divide="ignore", invalid="ignore"):
                 error = np.where((gt > 0) & (depth > 0), np.abs(depth - gt) / gt, np.nan)
         mask = masks.get(image_id)
