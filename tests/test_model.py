@@ -21,6 +21,7 @@ from pipeline.model import (
 )
 from pipeline.model.network import _confidence
 from pipeline.model.patchmatch import DepthInitialization, Propagation, neighbor_pattern, offset_grids
+from pipeline.model.refinement import upsample
 
 
 def make_views(sizes, batch=1, scale=1.0, dtype=torch.float32, seed=0):
@@ -314,6 +315,32 @@ def test_config_validation_and_round_trip():
         ModelConfig(num_groups=(3, 8, 8))
     with pytest.raises(ValueError, match="unknown option"):
         ModelConfig.from_dict({"iteration": [1, 2, 2]})
+    with pytest.raises(ValueError, match="refinement_upsampling"):
+        ModelConfig(refinement_upsampling="cubic")
+
+
+def test_bilinear_upsampling_keeps_a_slanted_plane_and_nearest_makes_stairs():
+    # Depth linear in the row at half resolution (a floor): bilinear upsampling at COLMAP's pixel
+    # centres reproduces the full-resolution plane away from the border rows; nearest repeats
+    # each row twice, a quarter of a coarse row's step off.
+    coarse = (5.0 + 0.1 * torch.arange(8.0)).view(1, 1, 8, 1).expand(1, 1, 8, 6)
+    fine_rows = (torch.arange(16.0) + 0.5) / 2.0 - 0.5  # fine pixel centres in coarse pixel units
+    truth = (5.0 + 0.1 * fine_rows).view(1, 1, 16, 1).expand(1, 1, 16, 12)
+    bilinear = upsample(coarse, (16, 12), "bilinear")
+    nearest = upsample(coarse, (16, 12), "nearest")
+    torch.testing.assert_close(bilinear[..., 1:-1, :], truth[..., 1:-1, :])
+    assert (nearest - truth).abs()[..., 1:-1, :].max() == pytest.approx(0.025, abs=1e-5)
+    with pytest.raises(ValueError, match="upsampling"):
+        upsample(coarse, (16, 12), "area")
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_both_upsampling_modes_run(mode):
+    torch.manual_seed(5)
+    model = PatchmatchNet(ModelConfig(stage_upsampling=mode, refinement_upsampling=mode)).eval()
+    with torch.inference_mode():
+        out = model(*make_views([(24, 40), (24, 40)]))
+    assert out.depth.shape == (1, 1, 24, 40) and torch.isfinite(out.depth).all()
 
 
 def test_other_configuration_runs():

@@ -2,7 +2,8 @@
 
 Per-stage tuples are ordered like PatchmatchNet's own options: ``(stage 1, stage 2, stage 3)``, i.e.
 finest (1/2 resolution) first, coarsest (1/8) last. The network runs them coarse to fine
-(stage 3, 2, 1). Defaults are those of PatchmatchNet (Wang et al., CVPR 2021) and its released code.
+(stage 3, 2, 1). Defaults are those of PatchmatchNet (Wang et al., CVPR 2021) and its released code,
+except the two upsampling modes (bilinear, see below; ``nearest`` restores PatchmatchNet's).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import dataclasses
 from typing import Any, Mapping
 
 NUM_STAGES = 3  # stages 1, 2, 3 at 1/2, 1/4, 1/8 resolution
+UPSAMPLING_MODES = ("nearest", "bilinear")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +36,13 @@ class ModelConfig:
         num_groups: groups of the group-wise correlation at (stage 1, 2, 3).
         refinement_channels: channels of the refinement network's layers.
         batchnorm_momentum: momentum of every BatchNorm layer.
+        stage_upsampling: how a stage's depth (and view weights) is upsampled to the next finer
+            stage: ``"bilinear"`` (default) or ``"nearest"`` (PatchmatchNet).
+        refinement_upsampling: the half-resolution depth the refinement adds its residual to,
+            upsampled ``"bilinear"`` (default) or ``"nearest"`` (PatchmatchNet). Bilinear keeps
+            slanted surfaces (floors, walls at grazing angles) from turning into two-pixel stairs:
+            on the held-out synthetic scene (seed 2000) the step-1200 weights give 76.6 % of
+            pixels within 1 % with both bilinear, 67.9 % with both nearest (bench/README.md).
     """
 
     feature_channels: tuple[int, int, int] = (16, 32, 64)
@@ -47,6 +56,8 @@ class ModelConfig:
     num_groups: tuple[int, int, int] = (4, 8, 8)
     refinement_channels: int = 8
     batchnorm_momentum: float = 0.1
+    stage_upsampling: str = "bilinear"
+    refinement_upsampling: str = "bilinear"
 
     def __post_init__(self) -> None:
         for name in (
@@ -83,6 +94,9 @@ class ModelConfig:
                     f"ModelConfig: feature_channels {self.feature_channels} must be divisible by "
                     f"num_groups {self.num_groups} stage by stage"
                 )
+        for name in ("stage_upsampling", "refinement_upsampling"):
+            if getattr(self, name) not in UPSAMPLING_MODES:
+                raise ValueError(f"ModelConfig.{name}: expected one of {UPSAMPLING_MODES}, got {getattr(self, name)!r}")
         if self.num_initial_hypotheses < 2:
             raise ValueError(
                 f"ModelConfig.num_initial_hypotheses: expected >= 2, got {self.num_initial_hypotheses}"

@@ -16,7 +16,7 @@ from torch import nn
 from .config import ModelConfig
 from .feature import FeaturePyramid
 from .patchmatch import PatchMatch
-from .refinement import Refinement
+from .refinement import Refinement, upsample
 
 STAGES = (3, 2, 1)  # coarse to fine; stage s is at 1 / 2**s of the input resolution
 
@@ -152,7 +152,7 @@ class PatchmatchNet(nn.Module):
                 with_view_weight_net=stage == STAGES[0],
                 momentum=momentum,
             )
-        self.refinement = Refinement(cfg.refinement_channels, momentum)
+        self.refinement = Refinement(cfg.refinement_channels, momentum, cfg.refinement_upsampling)
         self._batchnorm_frozen = False
 
     def freeze_batchnorm(self, frozen: bool = True) -> "PatchmatchNet":
@@ -227,14 +227,16 @@ class PatchmatchNet(nn.Module):
             )
             src_from_refs.append(_as_4x4(pose.to(dtype)) @ world_from_ref)
 
+        cfg_upsampling = self.config.stage_upsampling
         depth = view_weights = None
         stage_depths: dict[int, list[torch.Tensor]] = {}
         probability = hypotheses = None
         for stage in STAGES:
             scale = 1.0 / 2**stage
             if depth is not None:
-                depth = F.interpolate(depth.detach(), scale_factor=2.0, mode="nearest")
-                view_weights = F.interpolate(view_weights, scale_factor=2.0, mode="nearest")
+                finer = (2 * depth.shape[-2], 2 * depth.shape[-1])
+                depth = upsample(depth.detach(), finer, cfg_upsampling)
+                view_weights = upsample(view_weights, finer, cfg_upsampling)
             depths, probability, hypotheses, view_weights = self.patchmatch[str(stage)](
                 ref_features[stage],
                 [features[stage] for features in src_features],
