@@ -14,6 +14,8 @@ import math
 import pytest
 import torch
 
+import kernels
+
 from pipeline.losses import (
     RECIPES,
     AugmentationParams,
@@ -307,6 +309,29 @@ def test_cross_view_minimal_at_true_depths():
     depth = (true_ref * 1.05).requires_grad_(True)
     cross_view_loss(depth, true_src, K, K, scene["src_from_ref"][:, 0]).backward()
     assert torch.isfinite(depth.grad).all() and depth.grad.abs().sum() > 0
+
+
+def test_cross_view_batches_are_independent():
+    # Two batch elements with different source poses (sources 1 and 2 of the scene) and slightly
+    # wrong depths: the batched loss is the pooled mean of the two elements' own losses (with
+    # each element's rotation, not a broadcast of one over the other).
+    scene = make_scene(SLANTED)
+    K = scene["K"]
+    ref = scene["depths"][:, 0] * 1.02
+    pairs = [(scene["depths"][:, 1], scene["src_from_ref"][:, 0]), (scene["depths"][:, 2], scene["src_from_ref"][:, 1])]
+    sums, counts = [], []
+    for src_depth, pose in pairs:
+        value = cross_view_loss(ref, src_depth, K, K, pose, max_relative_error=0.5)
+        sampled, valid = kernels.warp_image(src_depth, ref, K, K, pose)
+        count = float((valid & (sampled > 0)).sum())
+        sums.append(float(value) * count)
+        counts.append(count)
+    batched = cross_view_loss(
+        ref.expand(2, -1, -1, -1), torch.cat([p[0] for p in pairs]), K.expand(2, -1, -1), K.expand(2, -1, -1),
+        torch.cat([p[1] for p in pairs]), max_relative_error=0.5,
+    )
+    assert float(batched) == pytest.approx(sum(sums) / sum(counts), rel=1e-6)
+    assert abs(sums[0] / counts[0] - sums[1] / counts[1]) > 1e-4  # the two elements really differ
 
 
 # ------------------------------------------------------------------------------------------------

@@ -59,7 +59,8 @@ def cross_view_loss(
     check_image("src_depth", src_depth, 1)
     batch, _, height, width = ref_depth.shape
     points = pixel_rays(ref_K, height, width) * ref_depth
-    z_in_src = (src_from_ref[:, 2, :3] @ points.view(batch, 3, -1)).view(batch, 1, height, width) + src_from_ref[
+    # (B, 1, 3) @ (B, 3, HW): the third row of each batch element's rotation, batch by batch.
+    z_in_src = (src_from_ref[:, 2:3, :3] @ points.view(batch, 3, -1)).view(batch, 1, height, width) + src_from_ref[
         :, 2, 3
     ].view(batch, 1, 1, 1)
     sampled, valid = kernels.warp_image(src_depth, ref_depth, ref_K, src_K, src_from_ref)
