@@ -166,15 +166,15 @@ def test_finetune_freezes_batchnorm_and_respects_budget(scene_path, tmp_path):
         run_train(config, tmp_path / "x", finetune=scene_path)
 
 
-@pytest.mark.parametrize("recipe", ["jdacs", "mvs2", "m3vsnet"])
+@pytest.mark.parametrize("recipe", ["jdacs", "jdacs_ms", "mvs2", "m3vsnet"])
 def test_other_recipes_train(recipe, scene_path, tmp_path, caplog):
-    config = tiny_config(steps=1, loss={"recipe": recipe})
+    config = tiny_config(steps=1, batch_size=2, loss={"recipe": recipe})  # batch 2: per-element poses
     with caplog.at_level("WARNING"):
         run_train(config, tmp_path / recipe, [scene_path])
     row = read_rows(tmp_path / recipe)[0]
-    extra = {"jdacs": "augmentation", "mvs2": "cross_view", "m3vsnet": "depth_normal"}[recipe]
+    extra = {"jdacs": "augmentation", "jdacs_ms": "augmentation", "mvs2": "cross_view", "m3vsnet": "depth_normal"}[recipe]
     assert math.isfinite(float(row[extra])) and float(row["loss"]) > 0
-    if recipe == "jdacs":
+    if recipe.startswith("jdacs"):
         assert "cosegmentation" not in row and "co-segmentation consistency is OFF" in caplog.text
 
 
