@@ -148,6 +148,87 @@ def _adaptive_aggregation_bwd(
                         grad_offsets[b, 2 * k + 1, i, j] = grad_y[j]
 
 
+@numba.njit(parallel=True, cache=True)
+def _depth_weighted_fwd(cost, offsets, inverse, feature_weight, scale, eps, out):
+    """cost, inverse (B, D, H*W), offsets (B, 2K, H, W), feature_weight (B, K, H, W), scale (B,)
+    -> out (B, D, H, W); the (B, K, D, H, W) weights are formed on the fly, never stored."""
+    B, K, H, W = feature_weight.shape
+    D = cost.shape[1]
+    for row in numba.prange(B * H):
+        b = row // H
+        i = row - b * H
+        corner_index = np.empty((W, 4), dtype=np.uint32)
+        value_coef = np.empty((W, 4), dtype=cost.dtype)
+        dx_coef = np.empty((W, 4), dtype=cost.dtype)
+        dy_coef = np.empty((W, 4), dtype=cost.dtype)
+        border_index = np.empty((W, 4), dtype=np.uint32)
+        border_coef = np.empty((W, 4), dtype=cost.dtype)
+        numerator = np.zeros((D, W), dtype=cost.dtype)
+        denominator = np.zeros((D, W), dtype=cost.dtype)
+        for k in range(K):
+            _row_coefficients(offsets, b, k, i, H, W, corner_index, value_coef, dx_coef, dy_coef)
+            for j in range(W):
+                # The inverse depth is read with the border clamped (grid_sample "border").
+                sx = min(max(j + offsets[b, 2 * k, i, j], 0), W - 1)
+                sy = min(max(i + offsets[b, 2 * k + 1, i, j], 0), H - 1)
+                x0 = min(int(math.floor(sx)), W - 1)
+                y0 = min(int(math.floor(sy)), H - 1)
+                x1 = min(x0 + 1, W - 1)
+                y1 = min(y0 + 1, H - 1)
+                wx = sx - x0
+                wy = sy - y0
+                border_index[j, 0] = y0 * W + x0
+                border_index[j, 1] = y0 * W + x1
+                border_index[j, 2] = y1 * W + x0
+                border_index[j, 3] = y1 * W + x1
+                border_coef[j, 0] = (1 - wx) * (1 - wy)
+                border_coef[j, 1] = wx * (1 - wy)
+                border_coef[j, 2] = (1 - wx) * wy
+                border_coef[j, 3] = wx * wy
+            for d in range(D):
+                for j in range(W):
+                    sample = (
+                        value_coef[j, 0] * cost[b, d, corner_index[j, 0]]
+                        + value_coef[j, 1] * cost[b, d, corner_index[j, 1]]
+                        + value_coef[j, 2] * cost[b, d, corner_index[j, 2]]
+                        + value_coef[j, 3] * cost[b, d, corner_index[j, 3]]
+                    )
+                    neighbour = (
+                        border_coef[j, 0] * inverse[b, d, border_index[j, 0]]
+                        + border_coef[j, 1] * inverse[b, d, border_index[j, 1]]
+                        + border_coef[j, 2] * inverse[b, d, border_index[j, 2]]
+                        + border_coef[j, 3] * inverse[b, d, border_index[j, 3]]
+                    )
+                    distance = min(abs(neighbour - inverse[b, d, i * W + j]) * scale[b], 8)
+                    weight = feature_weight[b, k, i, j] / (1 + math.exp(distance - 4))
+                    numerator[d, j] += weight * sample
+                    denominator[d, j] += weight
+        for d in range(D):
+            for j in range(W):
+                out[b, d, i, j] = numerator[d, j] / (denominator[d, j] + eps)
+
+
+def depth_weighted_forward(cost, offsets, inverse_depth, feature_weight, scale, eps):
+    """Inference-only fused depth-weighted aggregation on CPU tensors (no autograd).
+
+    Shape:
+        cost, inverse_depth (B, D, H, W), offsets (B, 2K, H, W), feature_weight (B, K, H, W),
+        scale (B,) -> out (B, D, H, W)
+    """
+    B, D, H, W = cost.shape
+    flat = lambda t: t.detach().reshape(B, D, H * W).contiguous()  # noqa: E731
+    cost_flat, inverse_flat = flat(cost), flat(inverse_depth)
+    out = torch.empty((B, D, H, W), dtype=cost.dtype)
+    np_type = cost_flat.numpy().dtype.type
+    with numba_threads():
+        _depth_weighted_fwd(
+            cost_flat.numpy(), offsets.detach().contiguous().numpy(), inverse_flat.numpy(),
+            feature_weight.detach().contiguous().numpy(), scale.detach().to(cost.dtype).contiguous().numpy(),
+            np_type(eps), out.numpy(),
+        )
+    return out
+
+
 def forward(cost, offsets, weights, eps):
     """Forward on CPU tensors; returns (out, saved) with saved for :func:`backward`.
 

@@ -136,3 +136,88 @@ def test_cuda_matches_cpu_kernel(dtype_name):
     upstream = torch.randn_like(out)
     for got, want in zip(torch.autograd.grad(out_c, c, upstream.cuda()), torch.autograd.grad(out, a, upstream)):
         torch.testing.assert_close(got.cpu(), want, atol=atol * 10, rtol=rtol)
+
+
+# ----------------------------------------------------------------- depth-weighted (inference only)
+
+
+def make_depth_weighted_case(B, D, H, W, K, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    cost = torch.randn(B, D, H, W, generator=gen, dtype=torch.float64)
+    offsets = 2.5 * torch.randn(B, 2 * K, H, W, generator=gen, dtype=torch.float64)  # some outside
+    inverse = 0.2 + 0.05 * torch.rand(B, D, H, W, generator=gen, dtype=torch.float64)
+    feature_weight = torch.rand(B, K, H, W, generator=gen, dtype=torch.float64)
+    scale = 40.0 + 60.0 * torch.rand(B, generator=gen, dtype=torch.float64)
+    return [t.to(dtype) for t in (cost, offsets, inverse, feature_weight, scale)]
+
+
+@pytest.mark.parametrize("precision", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_depth_weighted_matches_reference(shape, precision):
+    from kernels.adaptive_aggregation import cpu, depth_weighted_aggregation, depth_weighted_aggregation_reference
+
+    inputs = make_depth_weighted_case(*shape, precision, seed=sum(shape))
+    with torch.no_grad():
+        out = cpu.depth_weighted_forward(*inputs, 1e-8)
+        public = depth_weighted_aggregation(*inputs)
+        expected = depth_weighted_aggregation_reference(*inputs)
+    tol = 1e-5 if precision == torch.float32 else 1e-10
+    torch.testing.assert_close(out, expected, rtol=tol, atol=tol)
+    torch.testing.assert_close(public, out, rtol=0.0, atol=0.0)
+    if shape[-1] > 1:  # with K > 1 neighbours the depth weights matter: feature weights alone differ
+        plain = adaptive_aggregation_reference(
+            inputs[0], inputs[1], inputs[3].unsqueeze(2).expand(-1, -1, shape[1], -1, -1)
+        )
+        assert (plain - expected).abs().max() > 1e-4
+
+
+def test_depth_weighted_gradients_come_from_the_reference():
+    from kernels.adaptive_aggregation import depth_weighted_aggregation
+
+    inputs = make_depth_weighted_case(1, 3, 5, 6, 4, torch.float64)
+    inputs[1].requires_grad_(True)
+    inputs[3].requires_grad_(True)
+    depth_weighted_aggregation(*inputs).sum().backward()
+    assert inputs[1].grad.abs().sum() > 0 and inputs[3].grad.abs().sum() > 0
+
+
+def test_depth_weighted_bad_inputs():
+    from kernels.adaptive_aggregation import depth_weighted_aggregation
+
+    cost, offsets, inverse, feature_weight, scale = make_depth_weighted_case(1, 3, 5, 6, 4, torch.float32)
+    with pytest.raises(ValueError, match="feature_weight"):
+        depth_weighted_aggregation(cost, offsets, inverse, feature_weight[:, :3], scale)
+    with pytest.raises(ValueError, match="inverse_depth"):
+        depth_weighted_aggregation(cost, offsets, inverse[:, :2], feature_weight, scale)
+    with pytest.raises(TypeError, match="scale"):
+        depth_weighted_aggregation(cost, offsets, inverse, feature_weight, scale.double())
+    with pytest.raises(ValueError, match="offsets"):
+        depth_weighted_aggregation(cost, offsets[:, :3], inverse, feature_weight, scale)
+
+
+def test_network_inference_takes_the_fused_path_with_the_same_depth(monkeypatch):
+    import kernels
+    from kernels.adaptive_aggregation import depth_weighted_aggregation_reference
+    from pipeline.model import ModelConfig, PatchmatchNet
+
+    torch.manual_seed(2)
+    model = PatchmatchNet(ModelConfig(num_initial_hypotheses=8, num_perturbation_hypotheses=(2, 2, 4))).eval()
+    gen = torch.Generator().manual_seed(1)
+    images = [torch.rand(1, 3, 32, 48, generator=gen) for _ in range(3)]
+    K = torch.tensor([[[40.0, 0.0, 24.0], [0.0, 40.0, 16.0], [0.0, 0.0, 1.0]]])
+    poses = []
+    for index in range(3):
+        pose = torch.eye(4)
+        pose[0, 3] = 0.1 * index
+        poses.append(pose.unsqueeze(0))
+    args = (images, [K] * 3, poses, torch.tensor([1.0]), torch.tensor([4.0]))
+    calls = []
+    fused = kernels.depth_weighted_aggregation
+    monkeypatch.setattr(kernels, "depth_weighted_aggregation", lambda *a: calls.append(1) or fused(*a))
+    with torch.inference_mode():
+        out = model(*args).depth
+    assert len(calls) == 5  # every PatchMatch iteration (1 + 2 + 2)
+    monkeypatch.setattr(kernels, "depth_weighted_aggregation", depth_weighted_aggregation_reference)
+    with torch.inference_mode():
+        reference = model(*args).depth
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
