@@ -40,19 +40,13 @@ num_groups) -> (correlation, valid)``
     weights (B, K, D, H, W) -> (B, D, H, W): sum_k w_k * bilinear(cost, p + offset_k) /
     (sum_k w_k + eps), zero outside the map. Gradients to cost, offsets and weights.
 
-``depth_weighted_aggregation(cost, offsets, inverse_depth, feature_weight, scale, eps=1e-8) -> Tensor``
-    adaptive_aggregation with PatchmatchNet's weights (eq. 7) formed inside:
-    w_k = sigmoid(4 - min(|inv(p + offset_k) - inv(p)| * scale, 8)) * feature_weight_k, inverse
-    depth sampled with the border clamped. cost, inverse_depth (B, D, H, W), feature_weight
-    (B, K, H, W), scale (B,). Inference only on CPU (numba); otherwise the torch composition.
-
 ``pointwise_mlp(x, w1, b1, w2, b2, w3, b3) -> Tensor``
     x (B, C, N) -> (B, N): w3 @ relu(w2 @ relu(w1 @ x + b1) + b2) + b3 per position, without
     forming the hidden layers (inference only: CPU numba kernel; the reference runs on CUDA and
     whenever a gradient is needed, so there is no CUDA kernel of this op).
 """
 
-from .adaptive_aggregation import adaptive_aggregation, depth_weighted_aggregation  # noqa: E402  (engineer D2)
+from .adaptive_aggregation import adaptive_aggregation  # noqa: E402  (engineer D2)
 from .warp_correlation import warp_correlation  # noqa: E402  (engineer D2)
 from .ssim import ssim  # noqa: E402  (engineer D1)
 from .warp_image import warp_image  # noqa: E402  (engineer D1)

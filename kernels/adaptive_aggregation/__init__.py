@@ -11,14 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from .reference import adaptive_aggregation_reference, depth_weighted_aggregation_reference
+from .reference import adaptive_aggregation_reference
 
-__all__ = [
-    "adaptive_aggregation",
-    "adaptive_aggregation_reference",
-    "depth_weighted_aggregation",
-    "depth_weighted_aggregation_reference",
-]
+__all__ = ["adaptive_aggregation", "adaptive_aggregation_reference"]
 
 
 def _backend(device: torch.device):
@@ -104,44 +99,3 @@ def adaptive_aggregation(
     if _backend(cost.device) is None:
         return adaptive_aggregation_reference(cost, offsets, weights, eps)
     return _AdaptiveAggregation.apply(cost, offsets, weights, float(eps))
-
-
-def depth_weighted_aggregation(
-    cost: torch.Tensor,
-    offsets: torch.Tensor,
-    inverse_depth: torch.Tensor,
-    feature_weight: torch.Tensor,
-    scale: torch.Tensor,
-    eps: float = 1e-8,
-) -> torch.Tensor:
-    """:func:`adaptive_aggregation` with PatchmatchNet's depth x feature weights formed inside.
-
-    ``w_k = sigmoid(4 - min(|inv(p + offset_k) - inv(p)| * scale, 8)) * feature_weight_k`` per
-    hypothesis (inverse depth sampled bilinearly with the border clamped), without the
-    ``(B, K, D, H, W)`` weight volume and its K ``grid_sample`` passes. For inference: on CPU with
-    no gradient needed the fused numba kernel runs; otherwise (training, CUDA) the reference
-    composition :func:`depth_weighted_aggregation_reference`, whose gradients are torch's.
-
-    Shape:
-        cost, inverse_depth (B, D, H, W), offsets (B, 2K, H, W), feature_weight (B, K, H, W),
-        scale (B,) -> (B, D, H, W)
-    """
-    B, D, H, W = cost.shape if cost.dim() == 4 else (0, 0, 0, 0)
-    K = offsets.shape[1] // 2 if offsets.dim() == 4 else 0
-    if not isinstance(cost, torch.Tensor):
-        raise TypeError(f"depth_weighted_aggregation: cost must be a torch.Tensor, got {type(cost).__name__}")
-    # The weights argument of the plain op is formed inside here: check the rest against its shape.
-    _check_inputs(cost, offsets, torch.zeros((), dtype=cost.dtype, device=cost.device).expand(B, K, D, H, W), eps)
-    for name, value, shape in (("inverse_depth", inverse_depth, (B, D, H, W)), ("feature_weight", feature_weight, (B, K, H, W)),
-                               ("scale", scale, (B,))):
-        if not isinstance(value, torch.Tensor) or value.dtype != cost.dtype or value.device != cost.device:
-            raise TypeError(f"depth_weighted_aggregation: {name} must be a {cost.dtype} tensor on {cost.device}")
-        if tuple(value.shape) != shape:
-            raise ValueError(f"depth_weighted_aggregation: expected {name} {shape}, got {tuple(value.shape)}")
-    tensors = (cost, offsets, inverse_depth, feature_weight, scale)
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    if cost.device.type != "cpu" or needs_grad:
-        return depth_weighted_aggregation_reference(*tensors, eps)
-    from . import cpu
-
-    return cpu.depth_weighted_forward(*tensors, eps)

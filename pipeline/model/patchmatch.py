@@ -335,28 +335,21 @@ class AdaptiveEvaluation(nn.Module):
         offsets, grids, feature_weight = aggregation
         inverse = hypotheses.reciprocal()
         scale = 2.0 / (inverse_range * interval_scale)
-        if in_place and score.device.type == "cpu":
-            # CPU inference: the depth weights are formed inside the aggregation kernel, never stored.
-            cost = kernels.depth_weighted_aggregation(
-                score, offsets, inverse, feature_weight, scale.reshape(-1).to(score.dtype)
-            )
-        else:
-            weights = score.new_empty(score.shape[0], len(grids), *score.shape[1:])  # (B, K, D, H, W)
-            for k, grid in enumerate(grids):
-                # Depth weight: neighbours whose k-th hypothesis is far (in inverse depth) from the
-                # centre's count less (PatchmatchNet eq. 7): sigmoid(4 - 2x), x = |difference| in
-                # perturbation intervals, clamped to [0, 4].
-                if in_place:
-                    x = sample(inverse, grid).sub_(inverse).abs_().mul_(scale).clamp_(max=8.0)
-                    torch.sigmoid(x.neg_().add_(4.0), out=x)
-                    torch.mul(x, feature_weight[:, k : k + 1], out=weights[:, k])
-                else:
-                    x = ((sample(inverse, grid) - inverse).abs() * scale).clamp(0.0, 8.0)
-                    weights[:, k] = torch.sigmoid(4.0 - x) * feature_weight[:, k : k + 1]
-                del x
-            cost = kernels.adaptive_aggregation(score, offsets, weights)
-            del weights
-        del score
+        weights = score.new_empty(score.shape[0], len(grids), *score.shape[1:])  # (B, K, D, H, W)
+        for k, grid in enumerate(grids):
+            # Depth weight: neighbours whose k-th hypothesis is far (in inverse depth) from the
+            # centre's count less (PatchmatchNet eq. 7): sigmoid(4 - 2x), x = |difference| in
+            # perturbation intervals, clamped to [0, 4].
+            if in_place:
+                x = sample(inverse, grid).sub_(inverse).abs_().mul_(scale).clamp_(max=8.0)
+                torch.sigmoid(x.neg_().add_(4.0), out=x)
+                torch.mul(x, feature_weight[:, k : k + 1], out=weights[:, k])
+            else:
+                x = ((sample(inverse, grid) - inverse).abs() * scale).clamp(0.0, 8.0)
+                weights[:, k] = torch.sigmoid(4.0 - x) * feature_weight[:, k : k + 1]
+            del x
+        cost = kernels.adaptive_aggregation(score, offsets, weights)
+        del weights, score
         probability = torch.softmax(cost, dim=1)
         # Depth regression in inverse depth (PatchmatchNet eq. 5 applied to 1 / depth).
         depth = (probability * inverse).sum(dim=1, keepdim=True).reciprocal()
