@@ -39,15 +39,9 @@ num_groups) -> (correlation, valid)``
     cost (B, D, H, W), offsets (B, 2K, H, W) in pixel-index units (x then y per tap),
     weights (B, K, D, H, W) -> (B, D, H, W): sum_k w_k * bilinear(cost, p + offset_k) /
     (sum_k w_k + eps), zero outside the map. Gradients to cost, offsets and weights.
-
-``pointwise_mlp(x, w1, b1, w2, b2, w3, b3) -> Tensor``
-    x (B, C, N) -> (B, N): w3 @ relu(w2 @ relu(w1 @ x + b1) + b2) + b3 per position, without
-    forming the hidden layers (inference only: CPU numba kernel; the reference runs on CUDA and
-    whenever a gradient is needed, so there is no CUDA kernel of this op).
 """
 
 from .adaptive_aggregation import adaptive_aggregation  # noqa: E402  (engineer D2)
 from .warp_correlation import warp_correlation  # noqa: E402  (engineer D2)
 from .ssim import ssim  # noqa: E402  (engineer D1)
 from .warp_image import warp_image  # noqa: E402  (engineer D1)
-from .pointwise_mlp import pointwise_mlp  # noqa: E402

@@ -14,7 +14,7 @@ from torch import nn
 
 import kernels
 
-from .feature import ConvBnReLU3D, PointwiseConv3d, _folded
+from .feature import ConvBnReLU3D, PointwiseConv3d
 
 _RING = [(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dx, dy) != (0, 0)]
 
@@ -81,41 +81,17 @@ def pointwise_in_chunks(net: nn.Module, volume: torch.Tensor, chunk: int = 1 << 
     """``net`` (1x1x1 layers ending in one channel) over (B, C, D, H, W), ``chunk`` positions at a time.
 
     The net is pointwise, so cutting the D * H * W positions into pieces changes nothing but the
-    size of its hidden layers (16 channels: the largest tensors of a stage otherwise). For
-    inference (BatchNorm in evaluation mode, no gradient wanted) a net of the standard shape,
-    two ``ConvBnReLU3D`` and a ``PointwiseConv3d``, runs as one fused ``kernels.pointwise_mlp``
-    call instead, which never forms the hidden layers at all.
+    size of its hidden layers (16 channels: the largest tensors of a stage otherwise).
 
     Shape: (B, C, D, H, W) -> (B, D, H, W).
     """
     batch, channels, num, height, width = volume.shape
-    folded = _inference_mlp(net, volume)
-    if folded is not None:
-        return kernels.pointwise_mlp(volume.reshape(batch, channels, -1), *folded).view(batch, num, height, width)
     positions = num * height * width
     if positions <= chunk:
         return net(volume)[:, 0]
     flat = volume.reshape(batch, channels, positions, 1, 1)
     pieces = [net(flat[:, :, start : start + chunk])[:, 0, :, 0, 0] for start in range(0, positions, chunk)]
     return torch.cat(pieces, dim=1).view(batch, num, height, width)
-
-
-def _inference_mlp(net: nn.Module, volume: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
-    """The folded (w1, b1, w2, b2, w3, b3) of a ConvBnReLU3D-ConvBnReLU3D-PointwiseConv3d net when it
-    may run fused (evaluation-mode BatchNorm, no gradient needed), else None."""
-    if not isinstance(net, nn.Sequential) or len(net) != 3:
-        return None
-    first, second, last = net
-    if not (isinstance(first, ConvBnReLU3D) and isinstance(second, ConvBnReLU3D) and isinstance(last, PointwiseConv3d)):
-        return None
-    if first.bn.training or second.bn.training:
-        return None
-    if torch.is_grad_enabled() and (volume.requires_grad or any(p.requires_grad for p in net.parameters())):
-        return None
-    w1, b1 = _folded(first.conv.weight, None, first.bn)
-    w2, b2 = _folded(second.conv.weight, None, second.bn)
-    flat = [w1.flatten(1), b1, w2.flatten(1), b2, last.weight.flatten(1), last.bias]
-    return tuple(t.to(volume.dtype).contiguous() for t in flat)
 
 
 class DepthInitialization(nn.Module):
@@ -265,7 +241,7 @@ class AdaptiveEvaluation(nn.Module):
             # layer of all points at once would be the largest tensor of the network.
             neighbour = sample(ref_feature, grid).view(batch, groups, channels // groups, height, width)
             correlation = (centre * neighbour).mean(dim=2).unsqueeze(2)  # (B, G, 1, H, W)
-            feature_weight[:, k] = torch.sigmoid(pointwise_in_chunks(self.feature_weight_net, correlation))[:, 0]
+            feature_weight[:, k] = torch.sigmoid(self.feature_weight_net(correlation))[:, 0, 0]
         return offsets, grids, feature_weight
 
     def forward(
