@@ -1,0 +1,121 @@
+"""Depth quality of a checkpoint on held-out synthetic scenes (never trained on), with and without
+per-scene fine-tuning.
+
+The training scenes are seeds 1000-1013 (``config/train_base.yaml``); the held-out ones default to
+seeds 2000 and 2001, rendered like them (``--varied``, 12 views 400x300: other geometry, textures,
+lighting and camera rig). For each scene: render, prepare, infer with the checkpoint, and compare
+``depth.h5`` with ``gt/depth.h5`` through both cameras (``pipeline.evaluation.depth_errors``: the
+prepared views are a centred crop of the rendered ones). With ``--finetune SECONDS`` the same again
+after fine-tuning on the scene for that budget (the workflow's default is 120 s). Every pixel with
+ground truth counts (pooled over the views); a pixel without an estimate counts as wrong.
+
+    .venv/bin/python bench/quality_heldout.py pipeline/checkpoints/selfmvs_synthetic.pt \\
+        [--seeds 2000,2001] [--num-sources 4] [--finetune 120] [--json bench/results/quality-....json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+THRESHOLDS = (0.005, 0.01, 0.02, 0.05)
+
+
+def selfmvs(*args: str) -> None:
+    command = [sys.executable, "-m", "pipeline", *args]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+
+
+def depth_quality(depth_h5: Path, gt_h5: Path) -> dict:
+    from pipeline.evaluation import depth_errors
+    from pipeline.formats.depth_file import list_depth_views, read_depth_view
+
+    errors, with_gt, covered = [], 0, 0
+    for image_id in list_depth_views(depth_h5):
+        estimate, gt = read_depth_view(depth_h5, image_id), read_depth_view(gt_h5, image_id)
+        depth = np.where(np.isfinite(estimate.depth), estimate.depth, 0.0)
+        rel, n_gt, n_cov = depth_errors(depth, gt.depth, gt_K=gt.K, estimate_K=estimate.K)
+        errors.append(rel)
+        with_gt += n_gt
+        covered += n_cov
+    rel = np.concatenate(errors)
+    row = {"pixels_with_gt": with_gt, "pixels_with_estimate": covered,
+           "median_rel_error": float(np.median(rel)) if rel.size else None}
+    for tau in THRESHOLDS:
+        row[f"within_{tau:g}"] = float((rel < tau).sum() / max(with_gt, 1))
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--seeds", default="2000,2001", help="held-out scene seeds (comma-separated)")
+    parser.add_argument("--num-sources", type=int, default=4)
+    parser.add_argument("--finetune", type=float, default=0.0, help="fine-tuning budget in seconds (0: none)")
+    parser.add_argument("--recipe", help="loss recipe of the fine-tuning (default: the config's)")
+    parser.add_argument("--no-base", action="store_true", help="only the fine-tuned run (with --finetune)")
+    parser.add_argument("--work", type=Path, help="folder for scenes and outputs (default: a temporary one)")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args(argv)
+    checkpoint = args.checkpoint.resolve()
+    if not checkpoint.is_file():
+        raise SystemExit(f"{checkpoint}: no such checkpoint")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = (args.work or Path(tmp)).resolve()
+        work.mkdir(parents=True, exist_ok=True)
+        results = []
+        for seed in (int(s) for s in args.seeds.split(",")):
+            scene_dir, scene_h5 = work / f"s{seed}", work / f"s{seed}.h5"
+            if not (scene_dir / "gt" / "depth.h5").is_file():
+                selfmvs("render-scene", str(scene_dir), "--seed", str(seed), "--varied", "--num-views", "12",
+                        "--width", "400", "--height", "300", "--no-distortion")
+            selfmvs("prepare", str(scene_dir), str(scene_h5))
+            runs = [] if (args.no_base and args.finetune > 0) else [("base", checkpoint)]
+            if args.finetune > 0:
+                config = work / f"finetune_{seed}.yaml"
+                train = {"finetune": {"max_seconds": args.finetune}}
+                if args.recipe:
+                    train["loss"] = {"recipe": args.recipe}
+                config.write_text(json.dumps({"train": train}))
+                out = work / f"finetune_{seed}"
+                started = time.perf_counter()
+                selfmvs("train", "--config", str(config), "--out", str(out), "--finetune", str(scene_h5),
+                        "--init", str(checkpoint))
+                runs.append((f"finetuned {args.finetune:g} s" + (f" {args.recipe}" if args.recipe else ""), out / "last.pt"))
+                finetune_wall = time.perf_counter() - started
+                with open(out / "losses.csv") as log:
+                    finetune_steps = int(log.read().strip().splitlines()[-1].split(",")[0])
+            for name, weights in runs:
+                depth_h5 = work / f"s{seed}_{name.replace(' ', '_')}.h5"
+                started = time.perf_counter()
+                selfmvs("infer", str(scene_h5), str(weights), str(depth_h5), "--num-sources", str(args.num_sources))
+                row = {"seed": seed, "run": name, "infer_wall_s": time.perf_counter() - started,
+                       **depth_quality(depth_h5, scene_dir / "gt" / "depth.h5")}
+                if name != "base":
+                    row["finetune_wall_s"] = finetune_wall
+                    row["finetune_steps"] = finetune_steps
+                results.append(row)
+                print(f"seed {seed} {name:>16}: median {100 * row['median_rel_error']:.3f} %, within 0.5/1/2/5 %: "
+                      + " / ".join(f"{100 * row[f'within_{t:g}']:.1f}" for t in THRESHOLDS), flush=True)
+    payload = {"checkpoint": str(args.checkpoint), "num_sources": args.num_sources, "finetune_s": args.finetune,
+               "recipe": args.recipe,
+               "threads": os.environ.get("OMP_NUM_THREADS"), "load_avg_1min": os.getloadavg()[0], "results": results}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(payload, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
