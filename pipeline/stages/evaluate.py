@@ -28,6 +28,7 @@ from pipeline.evaluation import (
     depth_summary,
     nearest_distances,
     random_subsample,
+    resample_nearest,
     sparse_depth_errors,
     voxel_downsample,
 )
@@ -182,15 +183,15 @@ def run_evaluate(
             warnings.append(message)
             gt_view = None
         if gt_view is not None:
-            rel, with_gt, covered = depth_errors(depth, gt_view.depth, gt_K=gt_view.K, estimate_K=estimate.K)
+            # The GT on the estimate's pixels, once for both the raw and the fusion-filtered errors.
+            gt_depth = resample_nearest(gt_view.depth, *depth.shape, gt_view.K, estimate.K)
+            rel, with_gt, covered = depth_errors(depth, gt_depth)
             row.update(depth_summary(rel, with_gt, covered, list(config.depth_thresholds)))
             pooled_rel.append(rel)
             pooled_gt += with_gt
             pooled_cov += covered
             if image_id in masks and masks[image_id].shape == depth.shape:
-                rel_f, with_gt_f, covered_f = depth_errors(
-                    np.where(masks[image_id], depth, 0.0), gt_view.depth, gt_K=gt_view.K, estimate_K=estimate.K
-                )
+                rel_f, with_gt_f, covered_f = depth_errors(np.where(masks[image_id], depth, 0.0), gt_depth)
                 summary = depth_summary(rel_f, with_gt_f, covered_f, list(config.depth_thresholds))
                 row.update({f"fused_{k}": v for k, v in summary.items()})
                 filtered_rel.append(rel_f)
