@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 THRESHOLDS = (0.005, 0.01, 0.02, 0.05)
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-sources", type=int, default=4)
     parser.add_argument("--finetune", type=float, default=0.0, help="fine-tuning budget in seconds (0: none)")
     parser.add_argument("--recipe", help="loss recipe of the fine-tuning (default: the config's)")
+    parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="fine-tuning option under train (dotted key, YAML value), e.g. loss.top_k=2; repeatable")
     parser.add_argument("--no-base", action="store_true", help="only the fine-tuned run (with --finetune)")
     parser.add_argument("--work", type=Path, help="folder for scenes and outputs (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -87,12 +90,20 @@ def main(argv: list[str] | None = None) -> int:
                 train = {"finetune": {"max_seconds": args.finetune}}
                 if args.recipe:
                     train["loss"] = {"recipe": args.recipe}
+                for item in args.train_set:
+                    key, _, value = item.partition("=")
+                    *parents, leaf = key.split(".")
+                    node = train
+                    for parent in parents:
+                        node = node.setdefault(parent, {})
+                    node[leaf] = yaml.safe_load(value)
                 config.write_text(json.dumps({"train": train}))
                 out = work / f"finetune_{seed}"
                 started = time.perf_counter()
                 selfmvs("train", "--config", str(config), "--out", str(out), "--finetune", str(scene_h5),
                         "--init", str(checkpoint))
-                runs.append((f"finetuned {args.finetune:g} s" + (f" {args.recipe}" if args.recipe else ""), out / "last.pt"))
+                label = f"finetuned {args.finetune:g} s" + (f" {args.recipe}" if args.recipe else "")
+                runs.append((label + "".join(f" {item}" for item in args.train_set), out / "last.pt"))
                 finetune_wall = time.perf_counter() - started
                 with open(out / "losses.csv") as log:
                     finetune_steps = int(log.read().strip().splitlines()[-1].split(",")[0])
@@ -109,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"seed {seed} {name:>16}: median {100 * row['median_rel_error']:.3f} %, within 0.5/1/2/5 %: "
                       + " / ".join(f"{100 * row[f'within_{t:g}']:.1f}" for t in THRESHOLDS), flush=True)
     payload = {"checkpoint": str(args.checkpoint), "num_sources": args.num_sources, "finetune_s": args.finetune,
-               "recipe": args.recipe,
+               "recipe": args.recipe, "train_set": args.train_set,
                "threads": os.environ.get("OMP_NUM_THREADS"), "load_avg_1min": os.getloadavg()[0], "results": results}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -227,7 +227,7 @@ class LossConfig:
 
     recipe: str = "unsup_mvsnet"
     weights: LossWeightsConfig = LossWeightsConfig()
-    top_k: int = 3
+    top_k: int = 2
     gradient_weight: float = 1.0
     robust: str = "l1"
     huber_delta: float = 0.05
@@ -245,7 +245,7 @@ class TrainConfig:
     seed: int = 0
     steps: int = 2000
     batch_size: int = 2
-    num_sources: int = 3
+    num_sources: int = 4
     width: int = 320
     height: int = 240
     crop_scale: tuple[float, float] = (0.7, 1.0)
