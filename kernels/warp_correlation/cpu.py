@@ -1,8 +1,9 @@
 """CPU kernels of the fused warp + group-wise correlation (numba, ``parallel=True``).
 
 Forward: one parallel task per reference row; the source features are read channels-last
-(``(B, Hs, Ws, C)``, a transient copy) so the 4 bilinear corners of a sample are 4 contiguous
-channel runs; the warped volume is never stored. Backward: recomputes the sample positions; one
+(``(B, Hs, Ws, C)``, a transient copy) so a corner's channels are one contiguous run; a sample's
+correlation is blended from the group dot products at its 4 integer corners, reused between a
+pixel's consecutive hypotheses that share corners; the warped volume is never stored. Backward: recomputes the sample positions; one
 parallel task per (batch, channel block), which owns those channels of both gradients (read and
 written channels-first, no copies), so no atomics and no private gradient buffers.
 Sample positions are computed in float64 also for float32 features (numba promotes the integer
@@ -41,7 +42,14 @@ def _sample_position(proj, consts, b, px, py, depth):
 
 @numba.njit(parallel=True, cache=True)
 def _warp_correlation_fwd(ref, src_cl, proj, consts, depth, num_groups, correlation, valid):
-    """ref (B, C, H, W), src_cl (B, Hs, Ws, C) -> correlation (B, G, D, H, W), valid (B, D, H, W)."""
+    """ref (B, C, H, W), src_cl (B, Hs, Ws, C) -> correlation (B, G, D, H, W), valid (B, D, H, W).
+
+    Bilinear sampling is linear, so a sample's group correlation is the bilinear blend of the
+    group dot products <ref(i, j), src(corner)> at its 4 integer corners. Hypotheses one pixel of
+    parallax apart or closer (the usual spacing, and PatchMatch's sorted local perturbations) share
+    most corners with the previous hypothesis of the pixel: those dot products are reused instead
+    of recomputed, so the work per pixel grows with the source pixels touched, not with D.
+    """
     B, C, H, W = ref.shape
     Hs, Ws = src_cl.shape[1], src_cl.shape[2]
     D = depth.shape[1]
@@ -51,8 +59,16 @@ def _warp_correlation_fwd(ref, src_cl, proj, consts, depth, num_groups, correlat
         b = row // H
         i = row - b * H
         py = i + consts[0]
+        ref_vec = np.empty(C, dtype=np.float64)
+        keys = np.empty(4, dtype=np.int64)  # flat source index of the corners in dots
+        dots = np.empty((4, num_groups), dtype=np.float64)
+        new_keys = np.empty(4, dtype=np.int64)
+        new_dots = np.empty((4, num_groups), dtype=np.float64)
         for j in range(W):
             px = j + consts[0]
+            for c in range(C):
+                ref_vec[c] = ref[b, c, i, j]
+            keys[:] = -1
             for d in range(D):
                 x, y, ok = _sample_position(proj, consts, b, px, py, depth[b, d, i, j])
                 if not ok:
@@ -71,17 +87,37 @@ def _warp_correlation_fwd(ref, src_cl, proj, consts, depth, num_groups, correlat
                 w01 = wx * (1 - wy)
                 w10 = (1 - wx) * wy
                 w11 = wx * wy
+                if keys[0] == y0 * Ws + x0:  # same 4 corners as the previous hypothesis
+                    for g in range(num_groups):
+                        correlation[b, g, d, i, j] = (
+                            w00 * dots[0, g] + w01 * dots[1, g] + w10 * dots[2, g] + w11 * dots[3, g]
+                        ) * inv_cg
+                    continue
+                for q in range(4):
+                    yq = y0 if q < 2 else y1
+                    xq = x0 if q % 2 == 0 else x1
+                    key = yq * Ws + xq
+                    new_keys[q] = key
+                    found = -1
+                    for p in range(4):
+                        if keys[p] == key:
+                            found = p
+                            break
+                    if found >= 0:
+                        for g in range(num_groups):
+                            new_dots[q, g] = dots[found, g]
+                    else:
+                        for g in range(num_groups):
+                            acc = 0.0
+                            for c in range(g * cg, (g + 1) * cg):
+                                acc += ref_vec[c] * src_cl[b, yq, xq, c]
+                            new_dots[q, g] = acc
                 for g in range(num_groups):
-                    acc = ref[b, 0, i, j] * 0
-                    for c in range(g * cg, (g + 1) * cg):
-                        sample = (
-                            w00 * src_cl[b, y0, x0, c]
-                            + w01 * src_cl[b, y0, x1, c]
-                            + w10 * src_cl[b, y1, x0, c]
-                            + w11 * src_cl[b, y1, x1, c]
-                        )
-                        acc += ref[b, c, i, j] * sample
-                    correlation[b, g, d, i, j] = acc * inv_cg
+                    correlation[b, g, d, i, j] = (
+                        w00 * new_dots[0, g] + w01 * new_dots[1, g] + w10 * new_dots[2, g] + w11 * new_dots[3, g]
+                    ) * inv_cg
+                keys, new_keys = new_keys, keys
+                dots, new_dots = new_dots, dots
 
 
 @numba.njit(parallel=True, cache=True)

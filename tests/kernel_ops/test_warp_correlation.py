@@ -89,6 +89,28 @@ def test_matches_reference(shape, contiguous, device, dtype, tolerance):
         assert_close(got, want, tolerance)
 
 
+def test_dense_sorted_hypotheses_match_reference(device, dtype, tolerance):
+    """Hypotheses a fraction of a pixel of parallax apart, sorted per pixel (PatchMatch's local
+    perturbations): consecutive samples share corners, and the CPU kernel reuses their dot
+    products; partly with exactly the same corners, partly with one or two shared."""
+    B, C, H, W, Hs, Ws, D, G = 2, 8, 7, 9, 8, 11, 12, 4
+    ref, src, ref_K, src_K, src_from_ref, _, G = make_case(B, C, H, W, Hs, Ws, D, G, device, dtype, seed=11)
+    gen = torch.Generator().manual_seed(12)
+    centre = 1.5 + 2.0 * torch.rand(B, 1, H, W, generator=gen, dtype=torch.float64)
+    steps = torch.linspace(-0.06, 0.06, D, dtype=torch.float64).view(1, D, 1, 1)
+    depth = (centre * (1.0 + steps)).to(device=device, dtype=dtype)  # about 0.1-0.3 px apart here
+    ref_a, src_a = ref.clone().requires_grad_(), src.clone().requires_grad_()
+    ref_b, src_b = ref.clone().requires_grad_(), src.clone().requires_grad_()
+    correlation, valid = warp_correlation(ref_a, src_a, ref_K, src_K, src_from_ref, depth, G)
+    expected, expected_valid = warp_correlation_reference(ref_b, src_b, ref_K, src_K, src_from_ref, depth, G)
+    assert torch.equal(valid, expected_valid) and valid.float().mean() > 0.5
+    assert_close(correlation, expected, tolerance)
+    upstream = torch.randn(correlation.shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+    for got, want in zip(torch.autograd.grad(correlation, (ref_a, src_a), upstream),
+                         torch.autograd.grad(expected, (ref_b, src_b), upstream)):
+        assert_close(got, want, tolerance)
+
+
 def test_points_behind_the_source_camera_are_invalid(device, dtype, tolerance):
     ref, src, ref_K, src_K, src_from_ref, depth, G = make_case(2, 8, 6, 7, 8, 9, 6, 4, device, dtype, behind=True)
     correlation, valid = warp_correlation(ref, src, ref_K, src_K, src_from_ref, depth, G)
