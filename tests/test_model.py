@@ -343,6 +343,21 @@ def test_both_upsampling_modes_run(mode):
     assert out.depth.shape == (1, 1, 24, 40) and torch.isfinite(out.depth).all()
 
 
+def test_without_refinement_the_depth_is_stage_1_upsampled(model):
+    views = make_views([(24, 40), (24, 40), (24, 40)])
+    plain = PatchmatchNet(ModelConfig(refinement=False)).eval()
+    plain.load_state_dict(model.state_dict())  # same weights: the refinement's stay, unused
+    with torch.inference_mode():
+        refined, unrefined = model(*views), plain(*views)
+    stage1 = unrefined.stage_depths[1][-1]
+    torch.testing.assert_close(stage1, refined.stage_depths[1][-1])  # everything before it agrees
+    torch.testing.assert_close(unrefined.depth, upsample(stage1, (24, 40), "bilinear"))
+    torch.testing.assert_close(unrefined.confidence, refined.confidence)
+    assert not torch.equal(unrefined.depth, refined.depth)
+    with pytest.raises(ValueError, match="refinement"):
+        ModelConfig(refinement="no")
+
+
 def test_other_configuration_runs():
     torch.manual_seed(4)
     config = ModelConfig(
@@ -377,6 +392,32 @@ def test_checkpoint_with_other_config(tmp_path):
     path = save_checkpoint(tmp_path / "small.pt", PatchmatchNet(config))
     loaded, extra = load_checkpoint(path)
     assert loaded.config == config and extra == {}
+
+
+def test_export_with_model_overrides(tmp_path, model):
+    from pipeline.model.checkpoint import export_weights
+
+    src = save_checkpoint(tmp_path / "train.pt", model, {"step": 7, "optimizer": {}})
+    dst = export_weights(src, tmp_path / "ship.pt", "note", {"refinement": False, "iterations": [1, 2, 3]})
+    loaded, extra = load_checkpoint(dst)
+    assert loaded.config.refinement is False and loaded.config.iterations == (1, 2, 3)
+    assert extra == {"step": 7, "note": "note", "model_overrides": {"refinement": False, "iterations": [1, 2, 3]}}
+    torch.testing.assert_close(loaded.state_dict(), model.state_dict())
+    # An override the weights do not fit is an error naming the file, not a partly random network.
+    with pytest.raises(CheckpointError, match=r"train\.pt.*shape"):
+        export_weights(src, tmp_path / "bad.pt", "", {"feature_channels": [8, 32, 64]})
+    with pytest.raises(CheckpointError, match="unknown option"):
+        load_checkpoint(src, model_overrides={"refine": False})
+
+
+def test_export_checkpoint_command_sets_model_options(tmp_path, model):
+    from pipeline.cli import main
+
+    src = save_checkpoint(tmp_path / "train.pt", model, {"step": 7})
+    assert main(["export-checkpoint", str(src), str(tmp_path / "ship.pt"), "--model", "refinement=false"]) == 0
+    assert load_checkpoint(tmp_path / "ship.pt")[0].config.refinement is False
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        main(["export-checkpoint", str(src), str(tmp_path / "x.pt"), "--model", "refinement"])
 
 
 def _write_raw(path, payload):

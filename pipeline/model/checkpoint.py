@@ -72,7 +72,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def load_checkpoint(
-    path: str | os.PathLike, strict: bool = True, map_location: str | torch.device = "cpu"
+    path: str | os.PathLike,
+    strict: bool = True,
+    map_location: str | torch.device = "cpu",
+    model_overrides: Mapping[str, Any] | None = None,
 ) -> tuple[PatchmatchNet, dict]:
     """Build the network from the stored config and load its weights.
 
@@ -81,6 +84,8 @@ def load_checkpoint(
         strict: if True (the default) any missing or unexpected weight, or a shape mismatch, is an
             error; if False, missing and unexpected keys are allowed (shapes must still agree).
         map_location: device of the returned model.
+        model_overrides: :class:`ModelConfig` options replacing the stored ones (e.g.
+            ``{"refinement": False}``); the weights must still fit (strict loading checks it).
 
     Returns:
         (model in eval mode, extra dict).
@@ -91,7 +96,7 @@ def load_checkpoint(
     path = Path(path)
     payload = read_checkpoint(path)
     try:
-        config = ModelConfig.from_dict(payload["model_config"])
+        config = ModelConfig.from_dict({**payload["model_config"], **dict(model_overrides or {})})
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: invalid model_config: {error}") from None
     model = PatchmatchNet(config)
@@ -126,14 +131,23 @@ def _shorten(items: list[str], limit: int = 12) -> str:
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
-def export_weights(src: str | os.PathLike, dst: str | os.PathLike, note: str = "") -> Path:
+def export_weights(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    note: str = "",
+    model_overrides: Mapping[str, Any] | None = None,
+) -> Path:
     """Ship a training checkpoint: the weights and model config, without optimizer/RNG state.
 
     Keeps the training facts a user needs to know what they run (step, recipe, scenes, seed) and
-    adds ``note`` (e.g. the command that trained it). The result loads strictly like any checkpoint.
+    adds ``note`` (e.g. the command that trained it). ``model_overrides`` changes inference options
+    of the stored :class:`ModelConfig` (e.g. ``{"refinement": False}``); they are recorded in the
+    extra as ``model_overrides``. The result loads strictly like any checkpoint.
     """
-    model, extra = load_checkpoint(src, strict=True)
+    model, extra = load_checkpoint(src, strict=True, model_overrides=model_overrides)
     kept = {key: extra[key] for key in ("mode", "step", "total_steps", "recipe", "seed", "scenes") if key in extra}
     if note:
         kept["note"] = note
+    if model_overrides:
+        kept["model_overrides"] = dict(model_overrides)
     return save_checkpoint(dst, model, kept)

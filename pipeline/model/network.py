@@ -27,7 +27,7 @@ class PatchmatchOutput:
 
     Attributes:
         depth: (B, 1, H, W) refined depth at the reference image's resolution, in
-            [depth_min, depth_max].
+            [depth_min, depth_max] (with ``ModelConfig.refinement`` off: stage 1's upsampled).
         confidence: (B, 1, H, W) in [0, 1]: probability mass of the 4 hypotheses nearest the
             regressed one at the last iteration of stage 1, upsampled.
         stage_depths: stage -> the depth (B, 1, h, w) of every PatchMatch iteration of that stage,
@@ -252,7 +252,10 @@ class PatchmatchNet(nn.Module):
             crop_h, crop_w = _ceil_div(height, 2**stage), _ceil_div(width, 2**stage)
             stage_depths[stage] = [d[..., :crop_h, :crop_w] for d in depths]
 
-        refined = self.refinement(ref_image, depth, depth_min, depth_max)
+        if self.config.refinement:
+            refined = self.refinement(ref_image, depth, depth_min, depth_max)
+        else:
+            refined = upsample(depth, ref_image.shape[-2:], self.config.refinement_upsampling)
         confidence = _confidence(probability)
         confidence = F.interpolate(confidence, size=ref_image.shape[-2:], mode="bilinear", align_corners=False)
         refined = refined[..., :height, :width]
