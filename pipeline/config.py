@@ -232,7 +232,7 @@ class LossConfig:
     robust: str = "l1"
     huber_delta: float = 0.05
     smoothness_order: int = 2
-    smoothness_inverse: bool = False
+    smoothness_inverse: bool = True
     cross_view_max_error: float = 0.05
     augmentation: AugmentationConfig = AugmentationConfig()
     cosegmentation: CoSegmentationConfig = CoSegmentationConfig()

@@ -257,6 +257,16 @@ def test_smoothness_zero_for_constant_and_lower_for_smooth(order, dtype):
     )
 
 
+def test_second_order_smoothness_of_inverse_depth_is_zero_on_a_slanted_plane():
+    # A plane's inverse depth is affine in the pixel coordinates: its second differences vanish.
+    # Its depth is not (1 / affine), so the depth form penalises the true slanted plane.
+    scene = make_scene(SLANTED, dtype=torch.float64)
+    true, image = scene["depths"][:, 0], scene["images"][:, 0]
+    on_inverse = float(smoothness_loss(true, image, order=2, inverse=True))
+    on_depth = float(smoothness_loss(true, image, order=2, inverse=False))
+    assert on_inverse < 1e-12 < 1e-6 < on_depth
+
+
 def test_smoothness_edge_aware_and_masked():
     depth = torch.ones(1, 1, 8, 8)
     depth[..., 4:] = 2.0  # a depth edge between columns 3 and 4

@@ -2,7 +2,10 @@
 
 Depth gradients are penalised with weights ``exp(-|grad I|)`` (channel mean), so depth may jump
 where the image has an edge. Unsup_MVS uses the *second-order* form (default here): it leaves
-slanted planes free, where a first-order penalty would flatten them toward fronto-parallel.
+slanted planes (nearly) free, where a first-order penalty would flatten them toward
+fronto-parallel. Exactly free only for the inverse depth (``inverse=True``, the workflow's default
+through ``train.loss.smoothness_inverse``): a plane's inverse depth is affine in the pixel
+coordinates, its depth is not (a floor's depth curves toward the horizon).
 
 The depth is divided by its per-sample mean first (Monodepth2's normalisation) so the term does
 not depend on the scene's unit and cannot be lowered by shrinking the depth; ``inverse=True``
