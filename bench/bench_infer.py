@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="full,cached")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--fixed-mmap", action="store_true", help="fix glibc's mmap threshold at 1 MiB")
+    parser.add_argument("--json", help="also write the rows (with the command and date) to this JSON file")
     parser.add_argument("--one", help="internal: run one case H,W,MODE in this process, print JSON")
     args = parser.parse_args(argv)
     if args.one:
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure(int(height), int(width), mode, args.threads, args.repeats, args.fixed_mmap)))
         return 0
     print(f"glibc mmap threshold fixed: {args.fixed_mmap}")
+    rows = []
     print(f"{'size':>9} {'mode':>7} {'threads':>7} {'wall s':>7} {'cpu s':>7} {'peak MB':>8} {'base MB':>8} {'load':>5}")
     for size in args.sizes.split(","):
         height, width = (int(v) for v in size.split("x"))
@@ -161,11 +163,17 @@ def main(argv: list[str] | None = None) -> int:
                        "--threads", str(args.threads), "--repeats", str(args.repeats)]
             command += ["--fixed-mmap"] if args.fixed_mmap else []
             result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+            rows.append(result)
             print(
                 f"{result['size']:>9} {mode:>7} {result['threads']:>7} {result['wall_s']:7.2f} {result['cpu_s']:7.2f} "
                 f"{result['peak_rss_mb']:8.0f} {result['baseline_rss_mb']:8.0f} {result['load_avg_1min']:5.1f}",
                 flush=True,
             )
+    if args.json:
+        payload = {"date": time.strftime("%Y-%m-%d"), "command": " ".join([sys.executable, *sys.argv]), "forward": rows}
+        with open(args.json, "w") as handle:
+            json.dump(payload, handle, indent=1)
+            handle.write("\n")
     return 0
 
 
