@@ -10,7 +10,8 @@ after fine-tuning on the scene for that budget (the workflow's default is 120 s)
 ground truth counts (pooled over the views); a pixel without an estimate counts as wrong.
 
     .venv/bin/python bench/quality_heldout.py pipeline/checkpoints/selfmvs_synthetic.pt \\
-        [--seeds 2000,2001] [--num-sources 4] [--finetune 120] [--json bench/results/quality-....json]
+        [--seeds 2000,2001] [--num-sources 4] [--finetune 120 [--recipe R] [--train-set loss.top_k=2]] \\
+        [--json bench/results/quality-....json]
 """
 
 from __future__ import annotations
