@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 THRESHOLDS = (0.005, 0.01, 0.02, 0.05)
@@ -72,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="folder for scenes and outputs (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
+    from pipeline.config import parse_assignments
     checkpoint = args.checkpoint.resolve()
     if not checkpoint.is_file():
         raise SystemExit(f"{checkpoint}: no such checkpoint")
@@ -91,13 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                 train = {"finetune": {"max_seconds": args.finetune}}
                 if args.recipe:
                     train["loss"] = {"recipe": args.recipe}
-                for item in args.train_set:
-                    key, _, value = item.partition("=")
-                    *parents, leaf = key.split(".")
-                    node = train
-                    for parent in parents:
-                        node = node.setdefault(parent, {})
-                    node[leaf] = yaml.safe_load(value)
+                for key, value in parse_assignments(args.train_set).items():
+                    train[key] = {**train[key], **value} if isinstance(value, dict) and key in train else value
                 config.write_text(json.dumps({"train": train}))
                 out = work / f"finetune_{seed}"
                 started = time.perf_counter()

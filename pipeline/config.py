@@ -82,6 +82,27 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     return validate_config(raw, source)
 
 
+def parse_assignments(items: list[str] | tuple[str, ...]) -> dict:
+    """Command-line ``KEY=VALUE`` items as a (nested) mapping: values are read as YAML
+    (``false`` -> False, ``[1, 2]`` -> a list), dotted keys nest (``loss.top_k=2`` ->
+    ``{"loss": {"top_k": 2}}``).
+
+    Raises:
+        ValueError: naming the item when it is not ``KEY=VALUE``.
+    """
+    result: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        *parents, leaf = key.strip().split(".")
+        node = result
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = yaml.safe_load(value)
+    return result
+
+
 T = typing.TypeVar("T")
 
 

@@ -70,3 +70,13 @@ def test_bad_config_names_file_and_key(tmp_path):
 def test_from_dict_rejects_unknown_keys():
     with pytest.raises(cfg.ConfigError, match="unknown option"):
         cfg.from_dict(cfg.DemoConfig, {"nmae": "x"})
+
+
+def test_parse_assignments_reads_yaml_values_and_nests_dotted_keys():
+    from pipeline.config import parse_assignments
+
+    assert parse_assignments(["refinement=false", "iterations=[1, 2, 2]", "loss.top_k=2", "loss.recipe=mvs2"]) == {
+        "refinement": False, "iterations": [1, 2, 2], "loss": {"top_k": 2, "recipe": "mvs2"},
+    }
+    with pytest.raises(ValueError, match="KEY=VALUE, got 'top_k'"):
+        parse_assignments(["top_k"])

@@ -87,7 +87,10 @@ def _warp_correlation_fwd(ref, src_cl, proj, consts, depth, num_groups, correlat
                 w01 = wx * (1 - wy)
                 w10 = (1 - wx) * wy
                 w11 = wx * wy
-                if keys[0] == y0 * Ws + x0:  # same 4 corners as the previous hypothesis
+                # Same 4 corners as the previous hypothesis: blend its dot products directly. (One
+                # shared blend after a conditional swap measured ~10 % slower, so the blend is
+                # written twice.)
+                if keys[0] == y0 * Ws + x0:
                     for g in range(num_groups):
                         correlation[b, g, d, i, j] = (
                             w00 * dots[0, g] + w01 * dots[1, g] + w10 * dots[2, g] + w11 * dots[3, g]

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import yaml
-
+from pipeline.config import parse_assignments
 from pipeline.model.checkpoint import export_weights
 
 
@@ -18,17 +17,10 @@ def add_arguments(parser) -> None:
     )
 
 
-def parse_overrides(items: list[str]) -> dict:
-    """``["refinement=false"]`` -> ``{"refinement": False}``; a malformed item is a clear error."""
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise SystemExit(f"export-checkpoint --model: expected KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
-
-
 def main(args) -> int:
-    export_weights(args.src, args.dst, args.note, parse_overrides(args.model))
+    try:
+        overrides = parse_assignments(args.model)
+    except ValueError as error:
+        raise SystemExit(f"export-checkpoint --model: {error}") from None
+    export_weights(args.src, args.dst, args.note, overrides)
     return 0
