@@ -116,6 +116,18 @@ def _check_inputs(images, intrinsics, cam_from_world, depth_min, depth_max) -> N
         )
 
 
+def _source_layout(feature: torch.Tensor) -> torch.Tensor:
+    """A source feature map in the layout its warp kernel reads without a copy of its own.
+
+    The CPU kernel of :func:`kernels.warp_correlation` reads source features channels-last and
+    otherwise makes that copy at every call (each source map is read by 1-2 iterations per stage);
+    converting once per stage here saves the rest. Other devices take the map as it is.
+    """
+    if feature.device.type == "cpu":
+        return feature.contiguous(memory_format=torch.channels_last)
+    return feature
+
+
 class PatchmatchNet(nn.Module):
     """The PatchmatchNet multi-view stereo network.
 
@@ -221,7 +233,7 @@ class PatchmatchNet(nn.Module):
             src_h, src_w = image.shape[-2:]
             src_features.append(
                 {
-                    stage: feature[..., : _ceil_div(src_h, 2**stage), : _ceil_div(src_w, 2**stage)]
+                    stage: _source_layout(feature[..., : _ceil_div(src_h, 2**stage), : _ceil_div(src_w, 2**stage)])
                     for stage, feature in view_features.items()
                 }
             )
