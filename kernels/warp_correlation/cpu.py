@@ -1,15 +1,23 @@
 """CPU kernels of the fused warp + group-wise correlation (numba, ``parallel=True``).
 
 Forward: one parallel task per reference row; the source features are read channels-last
-(``(B, Hs, Ws, C)``, a transient copy) so a corner's channels are one contiguous run; a sample's
-correlation is blended from the group dot products at its 4 integer corners, reused between a
-pixel's consecutive hypotheses that share corners; the warped volume is never stored. Backward: recomputes the sample positions; one
-parallel task per (batch, channel block), which owns those channels of both gradients (read and
-written channels-first, no copies), so no atomics and no private gradient buffers.
-Sample positions are computed in float64 also for float32 features (numba promotes the integer
-pixel index), so they are at least as accurate as the reference's.
-"""
+(``(B, Hs, Ws, C)``; no copy when the caller's map is channels-last, as the network's are) so a
+corner's channels are one contiguous run; a sample's correlation is blended from the group dot
+products at its 4 integer corners, reused between a pixel's consecutive hypotheses that share
+corners; the warped volume is never stored.
 
+Backward: the same walk over (pixel, hypothesis), positions recomputed. Both gradients are sums over
+a pixel's source corners of coef[corner, g] * (the other map's channels of group g at that corner),
+with coef the sum of bilinear weight * upstream gradient over the hypotheses that touch the corner.
+So coefficients are accumulated while consecutive hypotheses share corners and applied once per
+corner (one pass over its channels), not once per sample. The reference gradient of a pixel is its
+own; the source gradient is a scatter, into one private channels-last float64 buffer per parallel
+band of rows (summed afterwards): no atomics.
+
+Sample positions are computed in float64 also for float32 features (numba promotes the integer
+pixel index), so they are at least as accurate as the reference's. Kernels are compiled for a
+generic (channels, groups) and, with those fixed at compile time, for PatchmatchNet's stages.
+"""
 from __future__ import annotations
 
 import math
@@ -204,64 +212,177 @@ def _forward_kernel(channels: int, num_groups: int):
     return _SPECIALISED_FWD.get((channels, num_groups), _warp_correlation_fwd)
 
 
-@numba.njit(parallel=True, cache=True)
-def _warp_correlation_bwd(
-    grad_correlation, ref, src, proj, consts, depth, channel_block, need_ref, need_src, grad_ref, grad_src
-):
-    """grad_ref (B, C, H, W) and grad_src (B, C, Hs, Ws), zeroed by the caller.
+@numba.njit(inline="always")
+def _apply_corner(b, key, Ws, coef, cur, slot, num_groups, cg, need_ref, need_src, src_cl, ref_vec, acc_ref,
+                  grad_src_bands, band):
+    """Both gradients' share of one source corner (flat index ``key``) with coefficients coef[cur, slot]."""
+    y = key // Ws
+    x = key - y * Ws
+    for g in range(num_groups):
+        a = coef[cur, slot, g]
+        if need_ref:
+            for c in range(g * cg, (g + 1) * cg):
+                acc_ref[c] += a * src_cl[b, y, x, c]
+        if need_src:
+            for c in range(g * cg, (g + 1) * cg):
+                grad_src_bands[band, b, y, x, c] += a * ref_vec[c]
 
-    One parallel task per (batch, block of ``channel_block`` channels inside one group): a task
-    owns its channels of both gradients, so the scatter into ``grad_src`` needs neither atomics
-    nor private buffers; the price is one projection per (pixel, depth) per task. Features are
-    read channels-first: a task touches only its own channel planes, which stay in cache.
-    """
-    B, C, H, W = ref.shape
-    Hs, Ws = src.shape[2], src.shape[3]
+
+@numba.njit(inline="always")
+def _bwd_band(grad_correlation, ref, src_cl, proj, consts, depth, num_groups, channels, need_ref, need_src,
+              grad_ref, grad_src_bands, band, row_start, row_end):
+    """Rows [row_start, row_end) of :func:`_warp_correlation_bwd` (row = b * H + i)."""
+    B, _, H, W = ref.shape
+    C = channels
+    Hs, Ws = src_cl.shape[1], src_cl.shape[2]
     D = depth.shape[1]
-    num_groups = grad_correlation.shape[1]
     cg = C // num_groups
+    half = consts[0]
+    min_z = consts[1]
+    max_x = consts[2]
+    max_y = consts[3]
     inv_cg = consts[4]
-    blocks = C // channel_block
-    for task in numba.prange(B * blocks):
-        b = task // blocks
-        c_start = (task - b * blocks) * channel_block
-        g = c_start // cg
-        for i in range(H):
-            py = i + consts[0]
-            for j in range(W):
-                px = j + consts[0]
-                for d in range(D):
+    ref_vec = np.empty(C, dtype=np.float64)
+    acc_ref = np.empty(C, dtype=np.float64)
+    gg = np.empty(num_groups, dtype=np.float64)
+    coef = np.empty((2, 4, num_groups), dtype=np.float64)  # [cur]: the corners being accumulated
+    keys = np.empty((2, 4), dtype=np.int64)  # their flat source indices (-1: none yet)
+    carried = np.empty(4, dtype=np.bool_)
+    for row in range(row_start, row_end):
+        b = row // H
+        i = row - b * H
+        py = i + half
+        m0, m1, m2 = proj[b, 0], proj[b, 1], proj[b, 2]
+        m3, m4, m5 = proj[b, 3], proj[b, 4], proj[b, 5]
+        m6, m7, m8 = proj[b, 6], proj[b, 7], proj[b, 8]
+        t0, t1, t2 = proj[b, 9], proj[b, 10], proj[b, 11]
+        for j in range(W):
+            px = j + half
+            r0 = (m0 * px + m1 * py) + m2
+            r1 = (m3 * px + m4 * py) + m5
+            r2 = (m6 * px + m7 * py) + m8
+            for c in range(C):
+                ref_vec[c] = ref[b, c, i, j]
+                acc_ref[c] = 0.0
+            cur = 0
+            for q in range(4):
+                keys[0, q] = -1
+            for d in range(D):
+                dep = depth[b, d, i, j]
+                z = r2 * dep + t2
+                if not z > min_z:
+                    continue
+                x = (r0 * dep + t0) / z - half
+                y = (r1 * dep + t1) / z - half
+                if not (x >= 0 and x <= max_x and y >= 0 and y <= max_y):
+                    continue
+                x0 = int(math.floor(x))
+                y0 = int(math.floor(y))
+                wx = x - x0
+                wy = y - y0
+                x1 = min(x0 + 1, Ws - 1)
+                y1 = min(y0 + 1, Hs - 1)
+                n0 = y0 * Ws + x0
+                if n0 != keys[cur, 0]:
+                    # New corners: carry the coefficients of corners still in use (each old slot
+                    # at most once: clamped corners can repeat a key), apply the others.
+                    nxt = 1 - cur
+                    n1 = y0 * Ws + x1
+                    n2 = y1 * Ws + x0
+                    n3 = y1 * Ws + x1
+                    for p in range(4):
+                        carried[p] = False
+                    for q in range(4):
+                        key = n0 if q == 0 else (n1 if q == 1 else (n2 if q == 2 else n3))
+                        keys[nxt, q] = key
+                        found = -1
+                        for p in range(4):
+                            if not carried[p] and keys[cur, p] == key:
+                                found = p
+                                break
+                        if found >= 0:
+                            carried[found] = True
+                            for g in range(num_groups):
+                                coef[nxt, q, g] = coef[cur, found, g]
+                        else:
+                            for g in range(num_groups):
+                                coef[nxt, q, g] = 0.0
+                    for p in range(4):
+                        if not carried[p] and keys[cur, p] >= 0:
+                            _apply_corner(b, keys[cur, p], Ws, coef, cur, p, num_groups, cg, need_ref, need_src,
+                                          src_cl, ref_vec, acc_ref, grad_src_bands, band)
+                    cur = nxt
+                w00 = (1 - wx) * (1 - wy)
+                w01 = wx * (1 - wy)
+                w10 = (1 - wx) * wy
+                w11 = wx * wy
+                for g in range(num_groups):
                     gg = grad_correlation[b, g, d, i, j] * inv_cg
-                    if gg == 0:
-                        continue
-                    x, y, ok = _sample_position(proj, consts, b, px, py, depth[b, d, i, j])
-                    if not ok:
-                        continue
-                    x0 = int(math.floor(x))
-                    y0 = int(math.floor(y))
-                    wx = x - x0
-                    wy = y - y0
-                    x1 = min(x0 + 1, Ws - 1)
-                    y1 = min(y0 + 1, Hs - 1)
-                    w00 = (1 - wx) * (1 - wy)
-                    w01 = wx * (1 - wy)
-                    w10 = (1 - wx) * wy
-                    w11 = wx * wy
-                    for c in range(c_start, c_start + channel_block):
-                        if need_ref:
-                            sample = (
-                                w00 * src[b, c, y0, x0]
-                                + w01 * src[b, c, y0, x1]
-                                + w10 * src[b, c, y1, x0]
-                                + w11 * src[b, c, y1, x1]
-                            )
-                            grad_ref[b, c, i, j] += gg * sample
-                        if need_src:
-                            t = gg * ref[b, c, i, j]
-                            grad_src[b, c, y0, x0] += w00 * t
-                            grad_src[b, c, y0, x1] += w01 * t
-                            grad_src[b, c, y1, x0] += w10 * t
-                            grad_src[b, c, y1, x1] += w11 * t
+                    coef[cur, 0, g] += w00 * gg
+                    coef[cur, 1, g] += w01 * gg
+                    coef[cur, 2, g] += w10 * gg
+                    coef[cur, 3, g] += w11 * gg
+            for p in range(4):
+                if keys[cur, p] >= 0:
+                    _apply_corner(b, keys[cur, p], Ws, coef, cur, p, num_groups, cg, need_ref, need_src,
+                                  src_cl, ref_vec, acc_ref, grad_src_bands, band)
+            if need_ref:
+                for c in range(C):
+                    grad_ref[b, c, i, j] = acc_ref[c]
+
+
+@numba.njit(parallel=True, cache=True)
+def _warp_correlation_bwd(grad_correlation, ref, src_cl, proj, consts, depth, num_groups, need_ref, need_src,
+                          grad_ref, grad_src_bands):
+    """grad_ref (B, C, H, W), fully written where need_ref; grad_src_bands (T, B, Hs, Ws, C) float64,
+    zeroed by the caller, one per parallel band of rows (their sum is the source gradient)."""
+    bands = grad_src_bands.shape[0]
+    rows = ref.shape[0] * ref.shape[2]
+    for band in numba.prange(bands):
+        _bwd_band(grad_correlation, ref, src_cl, proj, consts, depth, num_groups, ref.shape[1], need_ref,
+                  need_src, grad_ref, grad_src_bands, band, (rows * band) // bands, (rows * (band + 1)) // bands)
+
+
+@numba.njit(parallel=True, cache=True)
+def _warp_correlation_bwd_c64_g8(grad_correlation, ref, src_cl, proj, consts, depth, num_groups, need_ref,
+                                 need_src, grad_ref, grad_src_bands):
+    bands = grad_src_bands.shape[0]
+    rows = ref.shape[0] * ref.shape[2]
+    for band in numba.prange(bands):
+        _bwd_band(grad_correlation, ref, src_cl, proj, consts, depth, 8, 64, need_ref, need_src, grad_ref,
+                  grad_src_bands, band, (rows * band) // bands, (rows * (band + 1)) // bands)
+
+
+@numba.njit(parallel=True, cache=True)
+def _warp_correlation_bwd_c32_g8(grad_correlation, ref, src_cl, proj, consts, depth, num_groups, need_ref,
+                                 need_src, grad_ref, grad_src_bands):
+    bands = grad_src_bands.shape[0]
+    rows = ref.shape[0] * ref.shape[2]
+    for band in numba.prange(bands):
+        _bwd_band(grad_correlation, ref, src_cl, proj, consts, depth, 8, 32, need_ref, need_src, grad_ref,
+                  grad_src_bands, band, (rows * band) // bands, (rows * (band + 1)) // bands)
+
+
+@numba.njit(parallel=True, cache=True)
+def _warp_correlation_bwd_c16_g4(grad_correlation, ref, src_cl, proj, consts, depth, num_groups, need_ref,
+                                 need_src, grad_ref, grad_src_bands):
+    bands = grad_src_bands.shape[0]
+    rows = ref.shape[0] * ref.shape[2]
+    for band in numba.prange(bands):
+        _bwd_band(grad_correlation, ref, src_cl, proj, consts, depth, 4, 16, need_ref, need_src, grad_ref,
+                  grad_src_bands, band, (rows * band) // bands, (rows * (band + 1)) // bands)
+
+
+_SPECIALISED_BWD = {
+    (64, 8): _warp_correlation_bwd_c64_g8,
+    (32, 8): _warp_correlation_bwd_c32_g8,
+    (16, 4): _warp_correlation_bwd_c16_g4,
+}
+
+
+def _backward_kernel(channels: int, num_groups: int):
+    """The backward kernel for these channels and groups: a specialised one where there is one."""
+    return _SPECIALISED_BWD.get((channels, num_groups), _warp_correlation_bwd)
 
 
 def _constants(dtype, src_height: int, src_width: int, channels_per_group: int) -> np.ndarray:
@@ -296,28 +417,25 @@ def forward(ref_feature, src_feature, proj, depth, num_groups):
     return correlation, valid, (ref, src_feature.detach(), proj, depth)
 
 
-def _channel_block(batch: int, channels: int, channels_per_group: int, num_threads: int) -> int:
-    """Channels per backward task: a whole group, halved while there are too few tasks to share."""
-    block = channels_per_group
-    while batch * (channels // block) < 2 * num_threads and block % 2 == 0:
-        block //= 2
-    return block
-
-
 def backward(saved, grad_correlation, need_ref: bool, need_src: bool):
-    """Gradients (grad_ref (B, C, H, W) | None, grad_src (B, C, Hs, Ws) | None) on CPU."""
+    """Gradients (grad_ref (B, C, H, W) | None, grad_src (B, C, Hs, Ws) | None) on CPU.
+
+    grad_src comes back channels-last in memory (a permuted view of the summed bands).
+    """
     ref, src, proj, depth = saved
     B, C = ref.shape[:2]
+    Hs, Ws = src.shape[2], src.shape[3]
     num_groups = grad_correlation.shape[1]
-    src = src.contiguous()
+    src_cl = src.permute(0, 2, 3, 1).contiguous()
     grad_correlation = grad_correlation.contiguous()
-    consts = _constants(ref.numpy().dtype, src.shape[2], src.shape[3], C // num_groups)
-    grad_ref = torch.zeros(ref.shape if need_ref else (1, 1, 1, 1), dtype=ref.dtype)
-    grad_src = torch.zeros(src.shape if need_src else (1, 1, 1, 1), dtype=ref.dtype)
+    consts = _constants(ref.numpy().dtype, Hs, Ws, C // num_groups)
+    grad_ref = torch.empty(ref.shape if need_ref else (1, 1, 1, 1), dtype=ref.dtype)
     with numba_threads() as num_threads:
-        block = _channel_block(B, C, C // num_groups, num_threads)
-        _warp_correlation_bwd(
-            grad_correlation.numpy(), ref.numpy(), src.numpy(), proj.numpy(), consts, depth.numpy(),
-            block, need_ref, need_src, grad_ref.numpy(), grad_src.numpy(),
+        bands = max(1, min(num_threads, B * ref.shape[2]))
+        grad_src_bands = torch.zeros((bands, B, Hs, Ws, C) if need_src else (1, 1, 1, 1, 1), dtype=torch.float64)
+        _backward_kernel(C, num_groups)(
+            grad_correlation.numpy(), ref.numpy(), src_cl.numpy(), proj.numpy(), consts, depth.numpy(),
+            num_groups, need_ref, need_src, grad_ref.numpy(), grad_src_bands.numpy(),
         )
-    return (grad_ref if need_ref else None), (grad_src if need_src else None)
+    grad_src = grad_src_bands.sum(dim=0).to(ref.dtype).permute(0, 3, 1, 2) if need_src else None
+    return (grad_ref if need_ref else None), grad_src

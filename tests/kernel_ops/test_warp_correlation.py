@@ -149,6 +149,46 @@ def test_cpu_kernels_specialised_for_patchmatchnet_stages(channels_groups):
         assert_close(got, want, (1e-5, 1e-5))
 
 
+def test_identity_pose_samples_on_pixel_centres_including_the_last_row_and_column(device, dtype, tolerance):
+    """Same camera, same size: every hypothesis samples its own pixel exactly, so consecutive
+    hypotheses share all corners, and on the last row/column the clamped corners repeat a key
+    (x1 == x0): the CPU backward's per-corner coefficients must count each corner once."""
+    B, C, H, W, D, G = 2, 8, 5, 6, 4, 4
+    gen = torch.Generator().manual_seed(5)
+    ref = torch.randn(B, C, H, W, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+    src = torch.randn(B, C, H, W, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+    # Powers of two and a binary-exact K keep the projection exact: samples land on x = j, y = i.
+    depth = (2.0 ** torch.randint(-1, 3, (B, D, H, W), generator=gen)).to(device=device, dtype=dtype)
+    K = torch.tensor([[4.0, 0.0, 2.0], [0.0, 4.0, 2.0], [0.0, 0.0, 1.0]], dtype=dtype, device=device).expand(B, 3, 3)
+    identity = torch.eye(4, dtype=dtype, device=device).expand(B, 4, 4).clone()
+    ref_a, src_a = ref.clone().requires_grad_(), src.clone().requires_grad_()
+    correlation, valid = warp_correlation(ref_a, src_a, K, K, identity, depth, G)
+    assert valid.all()
+    expected = (ref * src).view(B, G, C // G, H, W).mean(dim=2).unsqueeze(2).expand(B, G, D, H, W)
+    assert_close(correlation, expected, tolerance)
+    upstream = torch.randn(correlation.shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+    grad_ref, grad_src = torch.autograd.grad(correlation, (ref_a, src_a), upstream)
+    per_channel = upstream.sum(dim=2).repeat_interleave(C // G, dim=1) / (C // G)  # (B, C, H, W)
+    assert_close(grad_ref, per_channel * src, tolerance)
+    assert_close(grad_src, per_channel * ref, tolerance)
+
+    # A vertical shift of the source camera: x stays exactly j (the last column keeps its repeated
+    # corner key) while y moves between sorted hypotheses, so consecutive hypotheses share rows of
+    # corners and the backward carries coefficients across a repeated key.
+    shifted = identity.clone()
+    shifted[:, 1, 3] = 0.3
+    depth_sorted = depth.sort(dim=1).values
+    ref_a, src_a = ref.clone().requires_grad_(), src.clone().requires_grad_()
+    ref_b, src_b = ref.clone().requires_grad_(), src.clone().requires_grad_()
+    correlation, valid = warp_correlation(ref_a, src_a, K, K, shifted, depth_sorted, G)
+    expected, expected_valid = warp_correlation_reference(ref_b, src_b, K, K, shifted, depth_sorted, G)
+    assert torch.equal(valid, expected_valid) and valid[..., -1].any() and not valid.all()
+    assert_close(correlation, expected, tolerance)
+    for got, want in zip(torch.autograd.grad(correlation, (ref_a, src_a), upstream),
+                         torch.autograd.grad(expected, (ref_b, src_b), upstream)):
+        assert_close(got, want, tolerance)
+
+
 def test_points_behind_the_source_camera_are_invalid(device, dtype, tolerance):
     ref, src, ref_K, src_K, src_from_ref, depth, G = make_case(2, 8, 6, 7, 8, 9, 6, 4, device, dtype, behind=True)
     correlation, valid = warp_correlation(ref, src, ref_K, src_K, src_from_ref, depth, G)
