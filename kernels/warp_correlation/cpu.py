@@ -32,23 +32,6 @@ prefer_workqueue_threading()  # see its docstring: ~15x less call overhead next 
 
 
 @numba.njit(inline="always")
-def _sample_position(proj, consts, b, px, py, depth):
-    """Source sample (x, y) in pixel-index units and validity; the reference's formula, term order."""
-    r0 = (proj[b, 0] * px + proj[b, 1] * py) + proj[b, 2]
-    r1 = (proj[b, 3] * px + proj[b, 4] * py) + proj[b, 5]
-    r2 = (proj[b, 6] * px + proj[b, 7] * py) + proj[b, 8]
-    u = r0 * depth + proj[b, 9]
-    v = r1 * depth + proj[b, 10]
-    z = r2 * depth + proj[b, 11]
-    if not z > consts[1]:
-        return consts[0], consts[0], False
-    x = u / z - consts[0]
-    y = v / z - consts[0]
-    ok = x >= 0 and x <= consts[2] and y >= 0 and y <= consts[3]
-    return x, y, ok
-
-
-@numba.njit(inline="always")
 def _fwd_row(ref, src_cl, proj, consts, depth, num_groups, channels, correlation, valid, row):
     """One reference row of :func:`_warp_correlation_fwd` (``row`` = b * H + i).
 
@@ -68,7 +51,8 @@ def _fwd_row(ref, src_cl, proj, consts, depth, num_groups, channels, correlation
     b = row // H
     i = row - b * H
     py = i + half
-    # _sample_position's formula and term order, split into per-pixel and per-depth parts.
+    # reference.source_sample_positions's formula and term order, split into per-pixel and
+    # per-depth parts.
     m0, m1, m2 = proj[b, 0], proj[b, 1], proj[b, 2]
     m3, m4, m5 = proj[b, 3], proj[b, 4], proj[b, 5]
     m6, m7, m8 = proj[b, 6], proj[b, 7], proj[b, 8]
