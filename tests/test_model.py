@@ -490,8 +490,30 @@ def test_pointwise_nets_in_chunks_equal_one_pass():
     net = torch.nn.Sequential(ConvBnReLU3D(4, 16), PointwiseConv3d(16, 1)).eval()
     volume = torch.randn(2, 4, 5, 7, 9)
     expected = net(volume)[:, 0]
+    with torch.no_grad():  # chunks only without autograd (with it they would save no memory)
+        torch.testing.assert_close(pointwise_in_chunks(net, volume, chunk=37), expected)
+        torch.testing.assert_close(pointwise_in_chunks(net, volume), expected)
     torch.testing.assert_close(pointwise_in_chunks(net, volume, chunk=37), expected)
-    torch.testing.assert_close(pointwise_in_chunks(net, volume), expected)
+
+
+def test_pointwise_conv3d_matches_conv3d_with_gradients():
+    from pipeline.model.feature import pointwise_conv3d
+
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(3, 4, 2, 5, 6, generator=gen, dtype=torch.float64)
+    weight = torch.randn(7, 4, 1, 1, 1, generator=gen, dtype=torch.float64)
+    bias = torch.randn(7, generator=gen, dtype=torch.float64)
+    upstream = torch.randn(3, 7, 2, 5, 6, generator=gen, dtype=torch.float64)
+    for with_bias in (True, False):
+        inputs = [t.clone().requires_grad_() for t in (x, weight, bias)]
+        ours = pointwise_conv3d(inputs[0], inputs[1], inputs[2] if with_bias else None)
+        ref_inputs = [t.clone().requires_grad_() for t in (x, weight, bias)]
+        theirs = torch.nn.functional.conv3d(ref_inputs[0], ref_inputs[1], ref_inputs[2] if with_bias else None)
+        torch.testing.assert_close(ours, theirs)
+        used = 3 if with_bias else 2
+        for got, want in zip(torch.autograd.grad(ours, inputs[:used], upstream),
+                             torch.autograd.grad(theirs, ref_inputs[:used], upstream)):
+            torch.testing.assert_close(got, want)
 
 
 @pytest.mark.cuda

@@ -48,16 +48,22 @@ class ConvBnReLU(nn.Module):
 
 
 def pointwise_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """A 1x1x1 3-D convolution as one matrix product (several times faster than conv3d on CPU).
+    """A 1x1x1 3-D convolution as one batched matrix product (several times faster than conv3d on CPU).
+
+    ``bmm`` / ``baddbmm`` with the weight expanded over the batch, not ``matmul``: for
+    (2, 16, 153600) -> 8 channels on 2 CPU threads, forward + backward 13 ms instead of 48-60 ms
+    (matmul's backward transposes the input and the gradient through copies), forward alone
+    2.3 instead of 2.7-3.4 ms.
 
     Shape: x (B, C, D, H, W), weight (C_out, C, 1, 1, 1), bias (C_out,) -> (B, C_out, D, H, W).
     """
     batch, channels, depth, height, width = x.shape
-    matrix = weight.reshape(weight.shape[0], channels)
+    matrix = weight.reshape(weight.shape[0], channels).expand(batch, -1, -1)
     flat = x.reshape(batch, channels, -1)
-    out = torch.matmul(matrix, flat)
-    if bias is not None:
-        out.add_(bias.view(1, -1, 1))  # in place is safe: matmul's backward does not need its output
+    if bias is None:
+        out = torch.bmm(matrix, flat)
+    else:
+        out = torch.baddbmm(bias.view(1, -1, 1).expand(batch, -1, 1), matrix, flat)
     return out.view(batch, -1, depth, height, width)
 
 

@@ -87,7 +87,9 @@ def pointwise_in_chunks(net: nn.Module, volume: torch.Tensor, chunk: int = 1 << 
     """
     batch, channels, num, height, width = volume.shape
     positions = num * height * width
-    if positions <= chunk:
+    if positions <= chunk or torch.is_grad_enabled():
+        # Under autograd every chunk's hidden layers are kept for the backward anyway: cutting
+        # would save no memory, only add slice copies and a concatenation.
         return net(volume)[:, 0]
     flat = volume.reshape(batch, channels, positions, 1, 1)
     pieces = [net(flat[:, :, start : start + chunk])[:, 0, :, 0, 0] for start in range(0, positions, chunk)]
@@ -235,14 +237,16 @@ class AdaptiveEvaluation(nn.Module):
         grids = offset_grids(offsets)
         groups = self.num_groups
         centre = ref_feature.view(batch, groups, channels // groups, height, width)
-        feature_weight = ref_feature.new_empty(batch, len(grids), height, width)
-        for k, grid in enumerate(grids):
+        per_point = []
+        for grid in grids:
             # One sampling point at a time: the net is pointwise, and the (B, 16, K, H, W) hidden
             # layer of all points at once would be the largest tensor of the network.
             neighbour = sample(ref_feature, grid).view(batch, groups, channels // groups, height, width)
             correlation = (centre * neighbour).mean(dim=2).unsqueeze(2)  # (B, G, 1, H, W)
-            feature_weight[:, k] = torch.sigmoid(self.feature_weight_net(correlation))[:, 0, 0]
-        return offsets, grids, feature_weight
+            per_point.append(torch.sigmoid(self.feature_weight_net(correlation))[:, 0, 0])
+        # Stacked, not written into slices of one tensor: under autograd each slice assignment's
+        # backward copies the whole gradient (K full copies per stage).
+        return offsets, grids, torch.stack(per_point, dim=1)
 
     def forward(
         self,
@@ -311,19 +315,26 @@ class AdaptiveEvaluation(nn.Module):
         offsets, grids, feature_weight = aggregation
         inverse = hypotheses.reciprocal()
         scale = 2.0 / (inverse_range * interval_scale)
-        weights = score.new_empty(score.shape[0], len(grids), *score.shape[1:])  # (B, K, D, H, W)
-        for k, grid in enumerate(grids):
-            # Depth weight: neighbours whose k-th hypothesis is far (in inverse depth) from the
-            # centre's count less (PatchmatchNet eq. 7): sigmoid(4 - 2x), x = |difference| in
-            # perturbation intervals, clamped to [0, 4].
-            if in_place:
+        # Depth weight: neighbours whose k-th hypothesis is far (in inverse depth) from the centre's
+        # count less (PatchmatchNet eq. 7): sigmoid(4 - 2x), x = |difference| in perturbation
+        # intervals, clamped to [0, 4].
+        if in_place:
+            weights = score.new_empty(score.shape[0], len(grids), *score.shape[1:])  # (B, K, D, H, W)
+            for k, grid in enumerate(grids):
                 x = sample(inverse, grid).sub_(inverse).abs_().mul_(scale).clamp_(max=8.0)
                 torch.sigmoid(x.neg_().add_(4.0), out=x)
                 torch.mul(x, feature_weight[:, k : k + 1], out=weights[:, k])
-            else:
-                x = ((sample(inverse, grid) - inverse).abs() * scale).clamp(0.0, 8.0)
-                weights[:, k] = torch.sigmoid(4.0 - x) * feature_weight[:, k : k + 1]
-            del x
+                del x
+        else:
+            # Stacked, not assigned into slices (see spatial_weights).
+            weights = torch.stack(
+                [
+                    torch.sigmoid(4.0 - ((sample(inverse, grid) - inverse).abs() * scale).clamp(0.0, 8.0))
+                    * feature_weight[:, k : k + 1]
+                    for k, grid in enumerate(grids)
+                ],
+                dim=1,
+            )
         cost = kernels.adaptive_aggregation(score, offsets, weights)
         del weights, score
         probability = torch.softmax(cost, dim=1)
