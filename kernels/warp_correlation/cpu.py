@@ -214,9 +214,12 @@ def _apply_corner(b, key, Ws, coef, cur, slot, num_groups, cg, need_ref, need_sr
 
 @numba.njit(inline="always")
 def _bwd_band(grad_correlation, ref, src_cl, proj, consts, depth, num_groups, channels, need_ref, need_src,
-              grad_ref, grad_src_bands, band, row_start, row_end):
-    """Rows [row_start, row_end) of :func:`_warp_correlation_bwd` (row = b * H + i)."""
+              grad_ref, grad_src_bands, band):
+    """Band ``band`` of :func:`_warp_correlation_bwd`: an equal share of the B * H rows (b * H + i)."""
     B, _, H, W = ref.shape
+    bands = grad_src_bands.shape[0]
+    row_start = (B * H * band) // bands
+    row_end = (B * H * (band + 1)) // bands
     C = channels
     Hs, Ws = src_cl.shape[1], src_cl.shape[2]
     D = depth.shape[1]
@@ -320,41 +323,33 @@ def _warp_correlation_bwd(grad_correlation, ref, src_cl, proj, consts, depth, nu
                           grad_ref, grad_src_bands):
     """grad_ref (B, C, H, W), fully written where need_ref; grad_src_bands (T, B, Hs, Ws, C) float64,
     zeroed by the caller, one per parallel band of rows (their sum is the source gradient)."""
-    bands = grad_src_bands.shape[0]
-    rows = ref.shape[0] * ref.shape[2]
-    for band in numba.prange(bands):
+    for band in numba.prange(grad_src_bands.shape[0]):
         _bwd_band(grad_correlation, ref, src_cl, proj, consts, depth, num_groups, ref.shape[1], need_ref,
-                  need_src, grad_ref, grad_src_bands, band, (rows * band) // bands, (rows * (band + 1)) // bands)
+                  need_src, grad_ref, grad_src_bands, band)
 
 
 @numba.njit(parallel=True, cache=True)
 def _warp_correlation_bwd_c64_g8(grad_correlation, ref, src_cl, proj, consts, depth, num_groups, need_ref,
                                  need_src, grad_ref, grad_src_bands):
-    bands = grad_src_bands.shape[0]
-    rows = ref.shape[0] * ref.shape[2]
-    for band in numba.prange(bands):
+    for band in numba.prange(grad_src_bands.shape[0]):
         _bwd_band(grad_correlation, ref, src_cl, proj, consts, depth, 8, 64, need_ref, need_src, grad_ref,
-                  grad_src_bands, band, (rows * band) // bands, (rows * (band + 1)) // bands)
+                  grad_src_bands, band)
 
 
 @numba.njit(parallel=True, cache=True)
 def _warp_correlation_bwd_c32_g8(grad_correlation, ref, src_cl, proj, consts, depth, num_groups, need_ref,
                                  need_src, grad_ref, grad_src_bands):
-    bands = grad_src_bands.shape[0]
-    rows = ref.shape[0] * ref.shape[2]
-    for band in numba.prange(bands):
+    for band in numba.prange(grad_src_bands.shape[0]):
         _bwd_band(grad_correlation, ref, src_cl, proj, consts, depth, 8, 32, need_ref, need_src, grad_ref,
-                  grad_src_bands, band, (rows * band) // bands, (rows * (band + 1)) // bands)
+                  grad_src_bands, band)
 
 
 @numba.njit(parallel=True, cache=True)
 def _warp_correlation_bwd_c16_g4(grad_correlation, ref, src_cl, proj, consts, depth, num_groups, need_ref,
                                  need_src, grad_ref, grad_src_bands):
-    bands = grad_src_bands.shape[0]
-    rows = ref.shape[0] * ref.shape[2]
-    for band in numba.prange(bands):
+    for band in numba.prange(grad_src_bands.shape[0]):
         _bwd_band(grad_correlation, ref, src_cl, proj, consts, depth, 4, 16, need_ref, need_src, grad_ref,
-                  grad_src_bands, band, (rows * band) // bands, (rows * (band + 1)) // bands)
+                  grad_src_bands, band)
 
 
 _SPECIALISED_BWD = {
