@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import kernels
-from kernels.adaptive_aggregation import adaptive_aggregation_reference
+from kernels.adaptive_aggregation import adaptive_aggregation_reference, depth_weights_reference
 
 try:
     from _d2_memory import measure, peak_rss_growth
@@ -67,3 +67,40 @@ def test_adaptive_aggregation_fwd_bwd(benchmark, case, impl):
     benchmark.extra_info.update(dict(D=D, H=H, W=W, K=NUM_NEIGHBOURS, threads=torch.get_num_threads()))
     benchmark.extra_info["peak_rss_growth_bytes"] = peak_rss_growth("bench_adaptive_aggregation", case, impl)
     benchmark.pedantic(lambda *a: run(fn, *a), setup=lambda: (make_inputs(case), {}), rounds=5, iterations=1)
+
+
+def _weights_then_aggregate(cost, offsets, inverse, feature_weight, scale):
+    """The network's inference path before the fused kernel: K border-clamped ``grid_sample``
+    passes over the inverse depths build the (B, K, D, H, W) weights, then the aggregation."""
+    weights = depth_weights_reference(inverse, offsets, feature_weight, scale)
+    return kernels.adaptive_aggregation(cost, offsets, weights)
+
+
+DEPTH_IMPLS = {"weights_then_aggregation": _weights_then_aggregate, "fused": kernels.depth_weighted_aggregation}
+
+
+def make_depth_inputs(case: str, seed: int = 0):
+    cost, offsets, weights = make_inputs(case, seed)
+    D, H, W = STAGES[case]
+    gen = torch.Generator().manual_seed(seed + 1)
+    inverse = 0.3 + 0.01 * torch.randn(1, D, H, W, generator=gen)  # perturbations of a smooth map
+    feature_weight = torch.rand(1, NUM_NEIGHBOURS, H, W, generator=gen)
+    return cost.detach(), offsets.detach(), inverse, feature_weight, torch.tensor([200.0])
+
+
+@pytest.mark.parametrize("impl", list(DEPTH_IMPLS))
+@pytest.mark.parametrize("case", list(STAGES))
+def test_depth_weighted_aggregation_inference(benchmark, case, impl):
+    """Inference (no autograd) as the network runs it: weights of PatchmatchNet's eq. 7 + aggregation."""
+    fn = DEPTH_IMPLS[impl]
+    with torch.no_grad():
+        fn(*make_depth_inputs(case))  # warm-up (numba cache load)
+    D, H, W = STAGES[case]
+    benchmark.group = f"depth_weighted_aggregation-{case}"
+    benchmark.extra_info.update(dict(D=D, H=H, W=W, K=NUM_NEIGHBOURS, threads=torch.get_num_threads()))
+
+    def call(*args):
+        with torch.no_grad():
+            fn(*args)
+
+    benchmark.pedantic(call, setup=lambda: (make_depth_inputs(case), {}), rounds=7, iterations=1)

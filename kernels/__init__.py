@@ -39,9 +39,16 @@ num_groups) -> (correlation, valid)``
     cost (B, D, H, W), offsets (B, 2K, H, W) in pixel-index units (x then y per tap),
     weights (B, K, D, H, W) -> (B, D, H, W): sum_k w_k * bilinear(cost, p + offset_k) /
     (sum_k w_k + eps), zero outside the map. Gradients to cost, offsets and weights.
+
+``depth_weighted_aggregation(cost, offsets, inverse, feature_weight, scale, eps=1e-8) -> Tensor``
+    ``adaptive_aggregation`` with PatchmatchNet's weights (eq. 7) built on the fly:
+    w_kd = feature_weight_k * sigmoid(4 - min(|inv_d(p + offset_k) - inv_d(p)| * scale, 8)),
+    inverse (B, D, H, W) sampled with border clamping, feature_weight (B, K, H, W), scale (B,).
+    CPU without autograd: one fused kernel (no (B, K, D, H, W) weights); otherwise the weights
+    are built in torch and passed to ``adaptive_aggregation`` (gradients to all inputs).
 """
 
-from .adaptive_aggregation import adaptive_aggregation  # noqa: E402  (engineer D2)
+from .adaptive_aggregation import adaptive_aggregation, depth_weighted_aggregation  # noqa: E402  (engineer D2)
 from .warp_correlation import warp_correlation  # noqa: E402  (engineer D2)
 from .ssim import ssim  # noqa: E402  (engineer D1)
 from .warp_image import warp_image  # noqa: E402  (engineer D1)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -152,6 +154,25 @@ def test_float64(model):
         out = model64(*views)
     assert out.depth.dtype == torch.float64
     assert out.depth.min() >= views[3][0] * (1 - 1e-9) and out.depth.max() <= views[4][0] * (1 + 1e-9)
+
+
+def test_inference_path_equals_the_autograd_path():
+    """Without autograd the evaluation runs in place with fused kernels (depth-weighted aggregation
+    on CPU); with autograd the plain differentiable formulas. Same weights, same depths. The
+    shipped weights, because a random network's feature and depth weights are nearly uniform
+    (a fault in how they are applied would not show)."""
+    shipped = Path(__file__).resolve().parents[1] / "pipeline" / "checkpoints" / "selfmvs_synthetic.pt"
+    model64, _ = load_checkpoint(shipped)
+    model64 = model64.eval().double()
+    views = make_views([(32, 40), (32, 40), (32, 40)], dtype=torch.float64, seed=4)
+    with torch.inference_mode():
+        fast = model64(*views)
+    images = [image.clone().requires_grad_() for image in views[0]]
+    plain = model64(images, *views[1:])
+    assert plain.depth.requires_grad
+    for stage in (3, 2, 1):
+        torch.testing.assert_close(fast.stage_depths[stage][-1], plain.stage_depths[stage][-1].detach(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(fast.depth, plain.depth.detach(), rtol=1e-5, atol=0)
 
 
 def test_gradients_reach_every_parameter():

@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import torch
 
-from .reference import adaptive_aggregation_reference
+from .reference import adaptive_aggregation_reference, depth_weighted_aggregation_reference, depth_weights_reference
 
-__all__ = ["adaptive_aggregation", "adaptive_aggregation_reference"]
+__all__ = [
+    "adaptive_aggregation",
+    "adaptive_aggregation_reference",
+    "depth_weighted_aggregation",
+    "depth_weighted_aggregation_reference",
+    "depth_weights_reference",
+]
 
 
 def _backend(device: torch.device):
@@ -99,3 +105,57 @@ def adaptive_aggregation(
     if _backend(cost.device) is None:
         return adaptive_aggregation_reference(cost, offsets, weights, eps)
     return _AdaptiveAggregation.apply(cost, offsets, weights, float(eps))
+
+
+def depth_weighted_aggregation(
+    cost: torch.Tensor,
+    offsets: torch.Tensor,
+    inverse: torch.Tensor,
+    feature_weight: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """:func:`adaptive_aggregation` with PatchmatchNet's weights (eq. 7) computed on the fly.
+
+    ``w_kd = feature_weight_k * sigmoid(4 - min(|inv_d(p + offset_k) - inv_d(p)| * scale, 8))``,
+    ``inv_d(p + offset_k)`` sampled bilinearly with the position clamped into the map. On CPU
+    without autograd one fused kernel computes the weights while it aggregates: the
+    ``(B, K, D, H, W)`` weights and the K ``grid_sample`` passes over ``inverse`` never exist.
+    Otherwise (gradients needed, or CUDA) the weights are built by
+    :func:`depth_weights_reference` and passed to :func:`adaptive_aggregation`.
+
+    Shape:
+        cost, inverse (B, D, H, W), offsets (B, 2K, H, W), feature_weight (B, K, H, W), scale (B,)
+        -> (B, D, H, W)
+    """
+    if not (isinstance(inverse, torch.Tensor) and isinstance(feature_weight, torch.Tensor) and isinstance(scale, torch.Tensor)):
+        raise TypeError("depth_weighted_aggregation: inverse, feature_weight and scale must be torch.Tensors")
+    if cost.dim() != 4 or offsets.dim() != 4 or offsets.shape[1] % 2:
+        raise ValueError(
+            f"depth_weighted_aggregation: expected cost (B, D, H, W) and offsets (B, 2K, H, W), "
+            f"got {tuple(cost.shape)} and {tuple(offsets.shape)}"
+        )
+    B, D, H, W = cost.shape
+    K = offsets.shape[1] // 2
+    for name, value, shape in (
+        ("inverse", inverse, (B, D, H, W)),
+        ("feature_weight", feature_weight, (B, K, H, W)),
+        ("scale", scale.reshape(-1), (B,)),
+    ):
+        if tuple(value.shape) != shape:
+            raise ValueError(f"depth_weighted_aggregation: expected {name} {shape}, got {tuple(value.shape)}")
+        if value.device != cost.device or value.dtype != cost.dtype:
+            raise TypeError(
+                f"depth_weighted_aggregation: {name} is {value.dtype} on {value.device}, cost is {cost.dtype} on {cost.device}"
+            )
+    scale = scale.reshape(B)
+    grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (cost, offsets, inverse, feature_weight, scale)
+    )
+    if cost.device.type == "cpu" and not grad:
+        _check_inputs(cost, offsets, cost.new_empty(1).expand(B, K, D, H, W), eps)
+        from . import cpu
+
+        return cpu.depth_weighted_forward(cost, offsets, inverse, feature_weight, scale, eps)
+    weights = depth_weights_reference(inverse, offsets, feature_weight, scale)
+    return adaptive_aggregation(cost, offsets, weights, eps)

@@ -38,3 +38,49 @@ def adaptive_aggregation_reference(
     sampled = F.grid_sample(cost, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     sampled = sampled.view(B, D, K, H, W).transpose(1, 2)  # (B, K, D, H, W)
     return (weights * sampled).sum(dim=1) / (weights.sum(dim=1) + eps)
+
+
+def depth_weights_reference(
+    inverse: torch.Tensor, offsets: torch.Tensor, feature_weight: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """PatchmatchNet's aggregation weights (eq. 7): feature weight x depth weight.
+
+    The depth weight of neighbour k and hypothesis d is ``sigmoid(4 - min(|inv_k - inv| * scale,
+    8))`` with ``inv_k`` the bilinear sample of ``inverse`` at the neighbour's position, clamped
+    into the map (border padding), and ``scale`` per batch item. Precision policy: input dtype,
+    ``grid_sample`` with ``align_corners=True`` (exact pixel positions).
+
+    Shape:
+        inverse (B, D, H, W), offsets (B, 2K, H, W), feature_weight (B, K, H, W), scale (B,)
+        -> (B, K, D, H, W)
+    """
+    B, D, H, W = inverse.shape
+    K = offsets.shape[1] // 2
+    dtype, device = inverse.dtype, inverse.device
+    cols = torch.arange(W, device=device, dtype=dtype).view(1, 1, 1, W)
+    rows = torch.arange(H, device=device, dtype=dtype).view(1, 1, H, 1)
+    x = (cols + offsets[:, 0::2]) * (2.0 / max(W - 1, 1)) - 1.0  # (B, K, H, W)
+    y = (rows + offsets[:, 1::2]) * (2.0 / max(H - 1, 1)) - 1.0
+    grid = torch.stack((x, y), dim=-1).view(B, K * H, W, 2)
+    sampled = F.grid_sample(inverse, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    sampled = sampled.view(B, D, K, H, W).transpose(1, 2)  # (B, K, D, H, W)
+    distance = ((sampled - inverse.unsqueeze(1)).abs() * scale.view(B, 1, 1, 1, 1)).clamp(max=8.0)
+    return torch.sigmoid(4.0 - distance) * feature_weight.unsqueeze(2)
+
+
+def depth_weighted_aggregation_reference(
+    cost: torch.Tensor,
+    offsets: torch.Tensor,
+    inverse: torch.Tensor,
+    feature_weight: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """:func:`adaptive_aggregation_reference` with the weights of :func:`depth_weights_reference`.
+
+    Shape:
+        cost, inverse (B, D, H, W), offsets (B, 2K, H, W), feature_weight (B, K, H, W), scale (B,)
+        -> (B, D, H, W)
+    """
+    weights = depth_weights_reference(inverse, offsets, feature_weight, scale)
+    return adaptive_aggregation_reference(cost, offsets, weights, eps)

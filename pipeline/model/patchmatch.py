@@ -318,6 +318,13 @@ class AdaptiveEvaluation(nn.Module):
         # Depth weight: neighbours whose k-th hypothesis is far (in inverse depth) from the centre's
         # count less (PatchmatchNet eq. 7): sigmoid(4 - 2x), x = |difference| in perturbation
         # intervals, clamped to [0, 4].
+        if in_place and score.device.type == "cpu":
+            # One fused kernel: the depth weights are computed inside the aggregation.
+            cost = kernels.depth_weighted_aggregation(score, offsets, inverse, feature_weight, scale.reshape(-1))
+            del score
+            probability = torch.softmax(cost, dim=1)
+            depth = (probability * inverse).sum(dim=1, keepdim=True).reciprocal()
+            return probability, depth, view_weights
         if in_place:
             weights = score.new_empty(score.shape[0], len(grids), *score.shape[1:])  # (B, K, D, H, W)
             for k, grid in enumerate(grids):
