@@ -104,3 +104,45 @@ def test_depth_weighted_aggregation_inference(benchmark, case, impl):
             fn(*args)
 
     benchmark.pedantic(call, setup=lambda: (make_depth_inputs(case), {}), rounds=7, iterations=1)
+
+
+FEATURE_STAGES = {"stage3": (64, 8, 64, 80), "stage2": (32, 8, 128, 160), "stage1": (16, 4, 256, 320)}  # C, G, H, W
+
+
+def _per_neighbour_loop(feature, offsets, num_groups):
+    """The network's path before the kernel: one ``grid_sample`` of the whole map per neighbour."""
+    from pipeline.model.patchmatch import offset_grids, sample  # bench only; kernels never import pipeline
+
+    B, C, H, W = feature.shape
+    centre = feature.view(B, num_groups, C // num_groups, H, W)
+    return torch.stack(
+        [(centre * sample(feature, grid).view(B, num_groups, C // num_groups, H, W)).mean(dim=2) for grid in offset_grids(offsets)],
+        dim=2,
+    )
+
+
+FEATURE_IMPLS = {"per_neighbour_grid_sample": _per_neighbour_loop, "kernel": kernels.neighbour_correlation}
+
+
+@pytest.mark.parametrize("impl", list(FEATURE_IMPLS))
+@pytest.mark.parametrize("case", list(FEATURE_STAGES))
+def test_neighbour_correlation_inference(benchmark, case, impl):
+    """The correlations the feature weights are computed from, per stage (no autograd)."""
+    C, G, H, W = FEATURE_STAGES[case]
+    fn = FEATURE_IMPLS[impl]
+    gen = torch.Generator().manual_seed(0)
+    pattern = torch.tensor([(dx, dy) for dy in (-2, 0, 2) for dx in (-2, 0, 2)], dtype=torch.float32)
+
+    def setup():
+        feature = torch.randn(1, C, H, W, generator=gen)
+        offsets = pattern.reshape(1, 2 * NUM_NEIGHBOURS, 1, 1) + torch.randn(1, 2 * NUM_NEIGHBOURS, H, W, generator=gen)
+        return (feature, offsets, G), {}
+
+    def call(*args):
+        with torch.no_grad():
+            fn(*args)
+
+    call(*setup()[0])  # warm-up (numba cache load)
+    benchmark.group = f"neighbour_correlation-{case}"
+    benchmark.extra_info.update(dict(C=C, G=G, H=H, W=W, K=NUM_NEIGHBOURS, threads=torch.get_num_threads()))
+    benchmark.pedantic(call, setup=setup, rounds=7, iterations=1)

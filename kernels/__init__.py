@@ -46,9 +46,19 @@ num_groups) -> (correlation, valid)``
     inverse (B, D, H, W) sampled with border clamping, feature_weight (B, K, H, W), scale (B,).
     CPU without autograd: one fused kernel (no (B, K, D, H, W) weights); otherwise the weights
     are built in torch and passed to ``adaptive_aggregation`` (gradients to all inputs).
+
+``neighbour_correlation(feature, offsets, num_groups) -> Tensor``
+    feature (B, C, H, W), offsets (B, 2K, H, W) -> (B, G, K, H, W): group-wise mean of
+    feature(p) * bilinear(feature, p + offset_k), positions clamped into the map (the input of
+    PatchmatchNet's feature weights). CPU without autograd: a numba kernel; otherwise the
+    ``grid_sample`` reference (differentiable).
 """
 
-from .adaptive_aggregation import adaptive_aggregation, depth_weighted_aggregation  # noqa: E402  (engineer D2)
+from .adaptive_aggregation import (  # noqa: E402  (engineer D2)
+    adaptive_aggregation,
+    depth_weighted_aggregation,
+    neighbour_correlation,
+)
 from .warp_correlation import warp_correlation  # noqa: E402  (engineer D2)
 from .ssim import ssim  # noqa: E402  (engineer D1)
 from .warp_image import warp_image  # noqa: E402  (engineer D1)

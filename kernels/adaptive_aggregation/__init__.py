@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from .reference import adaptive_aggregation_reference, depth_weighted_aggregation_reference, depth_weights_reference
+from .reference import (
+    adaptive_aggregation_reference,
+    depth_weighted_aggregation_reference,
+    depth_weights_reference,
+    neighbour_correlation_reference,
+)
 
 __all__ = [
     "adaptive_aggregation",
@@ -19,6 +24,8 @@ __all__ = [
     "depth_weighted_aggregation",
     "depth_weighted_aggregation_reference",
     "depth_weights_reference",
+    "neighbour_correlation",
+    "neighbour_correlation_reference",
 ]
 
 
@@ -159,3 +166,41 @@ def depth_weighted_aggregation(
         return cpu.depth_weighted_forward(cost, offsets, inverse, feature_weight, scale, eps)
     weights = depth_weights_reference(inverse, offsets, feature_weight, scale)
     return adaptive_aggregation(cost, offsets, weights, eps)
+
+
+def neighbour_correlation(feature: torch.Tensor, offsets: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """Group-wise correlation of each pixel's feature with its K offset neighbours' features.
+
+    ``out[b, g, k, y, x]`` = mean over group g's channels of ``feature(p) * feature(p + offset_k)``,
+    the neighbour sampled bilinearly with its position clamped into the map: what PatchmatchNet's
+    feature weights of the aggregation are computed from. On CPU without autograd one numba
+    kernel (no sampled (B, C, H, W) map per neighbour); otherwise
+    :func:`neighbour_correlation_reference` (``grid_sample``; differentiable).
+
+    Shape:
+        feature (B, C, H, W), offsets (B, 2K, H, W) -> (B, G, K, H, W)
+    """
+    for name, value in (("feature", feature), ("offsets", offsets)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"neighbour_correlation: {name} must be a torch.Tensor, got {type(value).__name__}")
+        if value.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"neighbour_correlation: {name} must be float32 or float64, got {value.dtype}")
+    if feature.dim() != 4 or 0 in feature.shape:
+        raise ValueError(f"neighbour_correlation: expected feature (B, C, H, W), got {tuple(feature.shape)}")
+    B, C, H, W = feature.shape
+    if offsets.dim() != 4 or offsets.shape[0] != B or offsets.shape[2:] != (H, W) or offsets.shape[1] % 2 or offsets.shape[1] == 0:
+        raise ValueError(
+            f"neighbour_correlation: expected offsets ({B}, 2K, {H}, {W}) with K >= 1, got {tuple(offsets.shape)}"
+        )
+    if offsets.dtype != feature.dtype or offsets.device != feature.device:
+        raise TypeError(
+            f"neighbour_correlation: offsets are {offsets.dtype} on {offsets.device}, feature {feature.dtype} on {feature.device}"
+        )
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1 or C % num_groups:
+        raise ValueError(f"neighbour_correlation: num_groups must divide the {C} channels, got {num_groups!r}")
+    grad = torch.is_grad_enabled() and (feature.requires_grad or offsets.requires_grad)
+    if feature.device.type == "cpu" and not grad:
+        from . import cpu
+
+        return cpu.neighbour_correlation_forward(feature, offsets, num_groups)
+    return neighbour_correlation_reference(feature, offsets, num_groups)

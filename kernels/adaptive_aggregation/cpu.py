@@ -291,3 +291,58 @@ def depth_weighted_forward(cost, offsets, inverse, feature_weight, scale, eps):
             cost.numpy(), offsets.numpy(), inverse.numpy(), feature_weight.numpy(), scale.numpy(), eps_typed, out.numpy()
         )
     return out
+
+
+@numba.njit(parallel=True, cache=True)
+def _neighbour_correlation_fwd(feature, offsets, num_groups, out):
+    """feature (B, H, W, C) channels-last, offsets (B, 2K, H, W) -> out (B, G, K, H, W). Per pixel
+    and neighbour: the 4 border-clamped corners blended channel by channel and multiplied by the
+    centre (one flat loop over C that vectorises), then the group means."""
+    B, H, W, C = feature.shape
+    K = offsets.shape[1] // 2
+    group_size = C // num_groups
+    inv_group_size = feature.dtype.type(1.0 / group_size)
+    for row in numba.prange(B * H):
+        b = row // H
+        i = row - b * H
+        products = np.empty(C, dtype=feature.dtype)
+        for j in range(W):
+            for k in range(K):
+                sx = j + offsets[b, 2 * k, i, j]
+                sy = i + offsets[b, 2 * k + 1, i, j]
+                sx = min(max(sx, 0.0), W - 1.0) if sx == sx else 0.0
+                sy = min(max(sy, 0.0), H - 1.0) if sy == sy else 0.0
+                x0 = int(math.floor(sx))
+                y0 = int(math.floor(sy))
+                wx = sx - x0
+                wy = sy - y0
+                x1 = min(x0 + 1, W - 1)
+                y1 = min(y0 + 1, H - 1)
+                w00 = feature.dtype.type((1 - wx) * (1 - wy))
+                w01 = feature.dtype.type(wx * (1 - wy))
+                w10 = feature.dtype.type((1 - wx) * wy)
+                w11 = feature.dtype.type(wx * wy)
+                for c in range(C):
+                    products[c] = feature[b, i, j, c] * (
+                        w00 * feature[b, y0, x0, c]
+                        + w01 * feature[b, y0, x1, c]
+                        + w10 * feature[b, y1, x0, c]
+                        + w11 * feature[b, y1, x1, c]
+                    )
+                for g in range(num_groups):
+                    acc = products[g * group_size]
+                    for c in range(g * group_size + 1, (g + 1) * group_size):
+                        acc += products[c]
+                    out[b, g, k, i, j] = acc * inv_group_size
+
+
+def neighbour_correlation_forward(feature, offsets, num_groups):
+    """Inference-only forward of :func:`kernels.adaptive_aggregation.neighbour_correlation` on CPU."""
+    B, C, H, W = feature.shape
+    K = offsets.shape[1] // 2
+    channels_last = feature.detach().permute(0, 2, 3, 1).contiguous()
+    offsets = offsets.detach().contiguous()
+    out = torch.empty((B, num_groups, K, H, W), dtype=feature.dtype)
+    with numba_threads():
+        _neighbour_correlation_fwd(channels_last.numpy(), offsets.numpy(), num_groups, out.numpy())
+    return out

@@ -84,3 +84,27 @@ def depth_weighted_aggregation_reference(
     """
     weights = depth_weights_reference(inverse, offsets, feature_weight, scale)
     return adaptive_aggregation_reference(cost, offsets, weights, eps)
+
+
+def neighbour_correlation_reference(feature: torch.Tensor, offsets: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """Group-wise correlation of each pixel's feature with the features at its K offset neighbours.
+
+    ``out[b, g, k, y, x] = mean over the channels c of group g of feature[b, c, y, x] *
+    bilinear(feature[b, c], (x + dx_k, y + dy_k))``, the neighbour's position clamped into the map
+    (border padding): the input of PatchmatchNet's feature weights (Sec. 3.4). Precision policy:
+    input dtype, ``grid_sample`` with ``align_corners=True``.
+
+    Shape:
+        feature (B, C, H, W) with C divisible by num_groups, offsets (B, 2K, H, W) -> (B, G, K, H, W)
+    """
+    B, C, H, W = feature.shape
+    K = offsets.shape[1] // 2
+    dtype, device = feature.dtype, feature.device
+    cols = torch.arange(W, device=device, dtype=dtype).view(1, 1, 1, W)
+    rows = torch.arange(H, device=device, dtype=dtype).view(1, 1, H, 1)
+    x = (cols + offsets[:, 0::2]) * (2.0 / max(W - 1, 1)) - 1.0  # (B, K, H, W)
+    y = (rows + offsets[:, 1::2]) * (2.0 / max(H - 1, 1)) - 1.0
+    grid = torch.stack((x, y), dim=-1).view(B, K * H, W, 2)
+    sampled = F.grid_sample(feature, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    sampled = sampled.view(B, num_groups, C // num_groups, K, H, W)
+    return (sampled * feature.view(B, num_groups, C // num_groups, 1, H, W)).mean(dim=2)

@@ -228,14 +228,21 @@ class AdaptiveEvaluation(nn.Module):
         """What the aggregation needs that depends on the reference feature only (once per stage).
 
         Returns:
-            offsets (B, 2K, H, W) pixel offsets with the pattern; K sampling grids (B, H, W, 2);
+            offsets (B, 2K, H, W) pixel offsets with the pattern; K sampling grids (B, H, W, 2)
+            (none on the CPU inference path, which samples by offsets in its kernels);
             feature weights (B, K, H, W) in [0, 1]: learned similarity of each sampling point's
             feature to the centre's (group-wise correlation through a small 1x1x1 net).
         """
         batch, channels, height, width = ref_feature.shape
         offsets = self.offset_conv(ref_feature) + self.pattern.to(ref_feature.dtype).view(1, -1, 1, 1)
-        grids = offset_grids(offsets)
         groups = self.num_groups
+        if not torch.is_grad_enabled() and ref_feature.device.type == "cpu":
+            # Inference on CPU: one kernel correlates every pixel with its K neighbours, and the
+            # pointwise net runs over all of them in chunks (the same numbers as the loop below).
+            # No grids: the fused depth-weighted aggregation (forward) samples by offsets.
+            correlation = kernels.neighbour_correlation(ref_feature, offsets, groups)  # (B, G, K, H, W)
+            return offsets, [], torch.sigmoid(pointwise_in_chunks(self.feature_weight_net, correlation))
+        grids = offset_grids(offsets)
         centre = ref_feature.view(batch, groups, channels // groups, height, width)
         per_point = []
         for grid in grids:
