@@ -77,11 +77,13 @@ def sample(values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(values, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
-def pointwise_in_chunks(net: nn.Module, volume: torch.Tensor, chunk: int = 1 << 17) -> torch.Tensor:
+def pointwise_in_chunks(net: nn.Module, volume: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
     """``net`` (1x1x1 layers ending in one channel) over (B, C, D, H, W), ``chunk`` positions at a time.
 
     The net is pointwise, so cutting the D * H * W positions into pieces changes nothing but the
-    size of its hidden layers (16 channels: the largest tensors of a stage otherwise).
+    size of its hidden layers (16 channels: the largest tensors of a stage otherwise). 2**16
+    positions (a 4 MiB hidden layer in float32) measured fastest on a 2-core CPU: 107 ms of
+    pointwise nets per 640x480 forward, against 126 ms with 2**17 and 129 ms with 2**15.
 
     Shape: (B, C, D, H, W) -> (B, D, H, W).
     """
