@@ -68,11 +68,13 @@ def _write_view(views_group: h5py.Group, view: DepthView) -> None:
         del views_group[key]
     group = views_group.create_group(key)
     height, width = view.depth.shape
-    data = group.create_dataset("depth", data=view.depth, chunks=(height, width), compression="lzf")
+    # Not compressed: lzf saved 4 % of a 640x480 view's depth + confidence (2310 vs 2406 KiB) and
+    # cost 44 ms per view, 2.5 ms without (float32 network output barely compresses).
+    data = group.create_dataset("depth", data=view.depth, chunks=(height, width))
     data.attrs["units"] = "scene units (z-depth along the optical axis); 0 = no estimate"
     if view.confidence is not None:
         conf = group.create_dataset(
-            "confidence", data=view.confidence, chunks=(height, width), compression="lzf"
+            "confidence", data=view.confidence, chunks=(height, width)
         )
         conf.attrs["units"] = "probability in [0, 1]"
     group.attrs["name"] = view.name
