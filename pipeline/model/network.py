@@ -192,7 +192,16 @@ class PatchmatchNet(nn.Module):
         """
         if image.dim() != 4 or image.shape[1] != 3:
             raise ValueError(f"PatchmatchNet.extract_features: expected (B, 3, H, W), got {tuple(image.shape)}")
-        return self.feature(_pad_to_multiple(image, 8))
+        return self._pyramid(_pad_to_multiple(image, 8))
+
+    def _pyramid(self, image: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The feature pyramid of a padded image. CPU inference runs it channels-last (oneDNN's
+        convolutions: 45-52 instead of 59-74 ms per 640x480 image on 2 cores for a contiguous
+        (B, 3, H, W) image; one made from an (H, W, 3) array, as ``selfmvs infer`` does, already
+        is), so the maps come back channels-last, the layout the warp kernel reads sources in."""
+        if not torch.is_grad_enabled() and image.device.type == "cpu":
+            image = image.contiguous(memory_format=torch.channels_last)
+        return self.feature(image)
 
     def forward(
         self,
@@ -223,7 +232,7 @@ class PatchmatchNet(nn.Module):
         depth_max = depth_max.to(dtype)
         height, width = images[0].shape[-2:]
         ref_image = _pad_to_multiple(images[0], 8)
-        ref_features = self.feature(ref_image) if features is None else features[0]
+        ref_features = self._pyramid(ref_image) if features is None else features[0]
         ref_from_world = _as_4x4(cam_from_world[0].to(dtype))
         world_from_ref = rigid_inverse(ref_from_world)
         src_features, src_from_refs = [], []
@@ -250,7 +259,7 @@ class PatchmatchNet(nn.Module):
                 depth = upsample(depth.detach(), finer, cfg_upsampling)
                 view_weights = upsample(view_weights, finer, cfg_upsampling)
             depths, probability, hypotheses, view_weights = self.patchmatch[str(stage)](
-                ref_features[stage],
+                ref_features[stage].contiguous(),  # the kernels read the reference channels-first
                 [features[stage] for features in src_features],
                 scale_intrinsics(intrinsics[0].to(dtype), scale),
                 [scale_intrinsics(K.to(dtype), scale) for K in intrinsics[1:]],
