@@ -63,6 +63,11 @@ class _AdaptiveAggregation(torch.autograd.Function):
         return (*grads, None)
 
 
+def _check_offsets(op: str, offsets: torch.Tensor, B: int, H: int, W: int) -> None:
+    if offsets.dim() != 4 or offsets.shape[0] != B or offsets.shape[2:] != (H, W) or offsets.shape[1] % 2 or offsets.shape[1] == 0:
+        raise ValueError(f"{op}: expected offsets ({B}, 2K, {H}, {W}) with K >= 1, got {tuple(offsets.shape)}")
+
+
 def _check_inputs(cost, offsets, weights, eps):
     for name, value in (("cost", cost), ("offsets", offsets), ("weights", weights)):
         if not isinstance(value, torch.Tensor):
@@ -78,10 +83,7 @@ def _check_inputs(cost, offsets, weights, eps):
     if cost.dim() != 4 or 0 in cost.shape:
         raise ValueError(f"adaptive_aggregation: expected cost (B, D, H, W), got {tuple(cost.shape)}")
     B, D, H, W = cost.shape
-    if offsets.dim() != 4 or offsets.shape[0] != B or offsets.shape[2:] != (H, W) or offsets.shape[1] % 2 or offsets.shape[1] == 0:
-        raise ValueError(
-            f"adaptive_aggregation: expected offsets ({B}, 2K, {H}, {W}) with K >= 1, got {tuple(offsets.shape)}"
-        )
+    _check_offsets("adaptive_aggregation", offsets, B, H, W)
     K = offsets.shape[1] // 2
     if tuple(weights.shape) != (B, K, D, H, W):
         raise ValueError(f"adaptive_aggregation: expected weights {(B, K, D, H, W)}, got {tuple(weights.shape)}")
@@ -188,10 +190,7 @@ def neighbour_correlation(feature: torch.Tensor, offsets: torch.Tensor, num_grou
     if feature.dim() != 4 or 0 in feature.shape:
         raise ValueError(f"neighbour_correlation: expected feature (B, C, H, W), got {tuple(feature.shape)}")
     B, C, H, W = feature.shape
-    if offsets.dim() != 4 or offsets.shape[0] != B or offsets.shape[2:] != (H, W) or offsets.shape[1] % 2 or offsets.shape[1] == 0:
-        raise ValueError(
-            f"neighbour_correlation: expected offsets ({B}, 2K, {H}, {W}) with K >= 1, got {tuple(offsets.shape)}"
-        )
+    _check_offsets("neighbour_correlation", offsets, B, H, W)
     if offsets.dtype != feature.dtype or offsets.device != feature.device:
         raise TypeError(
             f"neighbour_correlation: offsets are {offsets.dtype} on {offsets.device}, feature {feature.dtype} on {feature.device}"

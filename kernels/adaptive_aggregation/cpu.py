@@ -186,20 +186,25 @@ def backward(saved, grad_out, eps, need_cost: bool, need_offsets: bool, need_wei
 
 
 @numba.njit(inline="always")
+def _border_corners(offsets, b, k, i, j, H, W):
+    """Pixel (i, j)'s neighbour k with its position clamped into the map (``grid_sample``'s border
+    padding with ``align_corners=True``; NaN reads pixel 0): corners x0, y0, x1, y1 and the
+    fractions wx, wy."""
+    sx = j + offsets[b, 2 * k, i, j]
+    sy = i + offsets[b, 2 * k + 1, i, j]
+    sx = min(max(sx, 0.0), W - 1.0) if sx == sx else 0.0
+    sy = min(max(sy, 0.0), H - 1.0) if sy == sy else 0.0
+    x0 = int(math.floor(sx))
+    y0 = int(math.floor(sy))
+    return x0, y0, min(x0 + 1, W - 1), min(y0 + 1, H - 1), sx - x0, sy - y0
+
+
+@numba.njit(inline="always")
 def _border_coefficients(offsets, b, k, i, H, W, border_index, border_coef):
-    """For every x of row i and neighbour k: the 4 bilinear corners of the sample position clamped
-    into the map (``grid_sample``'s border padding with ``align_corners=True``)."""
+    """For every x of row i and neighbour k: the 4 bilinear corners of the border-clamped sample
+    position (:func:`_border_corners`) as flat indices, and their coefficients."""
     for j in range(W):
-        sx = j + offsets[b, 2 * k, i, j]
-        sy = i + offsets[b, 2 * k + 1, i, j]
-        sx = min(max(sx, 0.0), W - 1.0) if sx == sx else 0.0
-        sy = min(max(sy, 0.0), H - 1.0) if sy == sy else 0.0
-        x0 = int(math.floor(sx))
-        y0 = int(math.floor(sy))
-        wx = sx - x0
-        wy = sy - y0
-        x1 = min(x0 + 1, W - 1)
-        y1 = min(y0 + 1, H - 1)
+        x0, y0, x1, y1, wx, wy = _border_corners(offsets, b, k, i, j, H, W)
         border_index[j, 0] = y0 * W + x0
         border_index[j, 1] = y0 * W + x1
         border_index[j, 2] = y1 * W + x0
@@ -308,16 +313,7 @@ def _neighbour_correlation_fwd(feature, offsets, num_groups, out):
         products = np.empty(C, dtype=feature.dtype)
         for j in range(W):
             for k in range(K):
-                sx = j + offsets[b, 2 * k, i, j]
-                sy = i + offsets[b, 2 * k + 1, i, j]
-                sx = min(max(sx, 0.0), W - 1.0) if sx == sx else 0.0
-                sy = min(max(sy, 0.0), H - 1.0) if sy == sy else 0.0
-                x0 = int(math.floor(sx))
-                y0 = int(math.floor(sy))
-                wx = sx - x0
-                wy = sy - y0
-                x1 = min(x0 + 1, W - 1)
-                y1 = min(y0 + 1, H - 1)
+                x0, y0, x1, y1, wx, wy = _border_corners(offsets, b, k, i, j, H, W)
                 w00 = feature.dtype.type((1 - wx) * (1 - wy))
                 w01 = feature.dtype.type(wx * (1 - wy))
                 w10 = feature.dtype.type((1 - wx) * wy)

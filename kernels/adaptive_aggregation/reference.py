@@ -54,16 +54,8 @@ def depth_weights_reference(
         inverse (B, D, H, W), offsets (B, 2K, H, W), feature_weight (B, K, H, W), scale (B,)
         -> (B, K, D, H, W)
     """
-    B, D, H, W = inverse.shape
-    K = offsets.shape[1] // 2
-    dtype, device = inverse.dtype, inverse.device
-    cols = torch.arange(W, device=device, dtype=dtype).view(1, 1, 1, W)
-    rows = torch.arange(H, device=device, dtype=dtype).view(1, 1, H, 1)
-    x = (cols + offsets[:, 0::2]) * (2.0 / max(W - 1, 1)) - 1.0  # (B, K, H, W)
-    y = (rows + offsets[:, 1::2]) * (2.0 / max(H - 1, 1)) - 1.0
-    grid = torch.stack((x, y), dim=-1).view(B, K * H, W, 2)
-    sampled = F.grid_sample(inverse, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    sampled = sampled.view(B, D, K, H, W).transpose(1, 2)  # (B, K, D, H, W)
+    B = inverse.shape[0]
+    sampled = _border_samples(inverse, offsets).transpose(1, 2)  # (B, K, D, H, W)
     distance = ((sampled - inverse.unsqueeze(1)).abs() * scale.view(B, 1, 1, 1, 1)).clamp(max=8.0)
     return torch.sigmoid(4.0 - distance) * feature_weight.unsqueeze(2)
 
@@ -98,13 +90,23 @@ def neighbour_correlation_reference(feature: torch.Tensor, offsets: torch.Tensor
         feature (B, C, H, W) with C divisible by num_groups, offsets (B, 2K, H, W) -> (B, G, K, H, W)
     """
     B, C, H, W = feature.shape
+    sampled = _border_samples(feature, offsets).view(B, num_groups, C // num_groups, -1, H, W)
+    return (sampled * feature.view(B, num_groups, C // num_groups, 1, H, W)).mean(dim=2)
+
+
+def _border_samples(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """``values`` sampled bilinearly at every pixel's K offset neighbours, positions clamped into
+    the map (``grid_sample``, border padding, ``align_corners=True``: exact pixel positions).
+
+    Shape: values (B, C, H, W), offsets (B, 2K, H, W) -> (B, C, K, H, W)
+    """
+    B, C, H, W = values.shape
     K = offsets.shape[1] // 2
-    dtype, device = feature.dtype, feature.device
+    dtype, device = values.dtype, values.device
     cols = torch.arange(W, device=device, dtype=dtype).view(1, 1, 1, W)
     rows = torch.arange(H, device=device, dtype=dtype).view(1, 1, H, 1)
     x = (cols + offsets[:, 0::2]) * (2.0 / max(W - 1, 1)) - 1.0  # (B, K, H, W)
     y = (rows + offsets[:, 1::2]) * (2.0 / max(H - 1, 1)) - 1.0
     grid = torch.stack((x, y), dim=-1).view(B, K * H, W, 2)
-    sampled = F.grid_sample(feature, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    sampled = sampled.view(B, num_groups, C // num_groups, K, H, W)
-    return (sampled * feature.view(B, num_groups, C // num_groups, 1, H, W)).mean(dim=2)
+    sampled = F.grid_sample(values, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return sampled.view(B, C, K, H, W)
