@@ -330,33 +330,34 @@ class AdaptiveEvaluation(nn.Module):
         if in_place and score.device.type == "cpu":
             # One fused kernel: the depth weights are computed inside the aggregation.
             cost = kernels.depth_weighted_aggregation(score, offsets, inverse, feature_weight, scale.reshape(-1))
-            del score
-            probability = torch.softmax(cost, dim=1)
-            depth = (probability * inverse).sum(dim=1, keepdim=True).reciprocal()
-            return probability, depth, view_weights
+        else:
+            cost = kernels.adaptive_aggregation(score, offsets, self._depth_weights(inverse, grids, feature_weight, scale, in_place))
+        del score
+        probability = torch.softmax(cost, dim=1)
+        # Depth regression in inverse depth (PatchmatchNet eq. 5 applied to 1 / depth).
+        depth = (probability * inverse).sum(dim=1, keepdim=True).reciprocal()
+        return probability, depth, view_weights
+
+    @staticmethod
+    def _depth_weights(inverse, grids, feature_weight, scale, in_place: bool) -> torch.Tensor:
+        """Feature x depth weights (B, K, D, H, W) for :func:`kernels.adaptive_aggregation`."""
         if in_place:
-            weights = score.new_empty(score.shape[0], len(grids), *score.shape[1:])  # (B, K, D, H, W)
+            weights = inverse.new_empty(inverse.shape[0], len(grids), *inverse.shape[1:])
             for k, grid in enumerate(grids):
                 x = sample(inverse, grid).sub_(inverse).abs_().mul_(scale).clamp_(max=8.0)
                 torch.sigmoid(x.neg_().add_(4.0), out=x)
                 torch.mul(x, feature_weight[:, k : k + 1], out=weights[:, k])
                 del x
-        else:
-            # Stacked, not assigned into slices (see spatial_weights).
-            weights = torch.stack(
-                [
-                    torch.sigmoid(4.0 - ((sample(inverse, grid) - inverse).abs() * scale).clamp(0.0, 8.0))
-                    * feature_weight[:, k : k + 1]
-                    for k, grid in enumerate(grids)
-                ],
-                dim=1,
-            )
-        cost = kernels.adaptive_aggregation(score, offsets, weights)
-        del weights, score
-        probability = torch.softmax(cost, dim=1)
-        # Depth regression in inverse depth (PatchmatchNet eq. 5 applied to 1 / depth).
-        depth = (probability * inverse).sum(dim=1, keepdim=True).reciprocal()
-        return probability, depth, view_weights
+            return weights
+        # Stacked, not assigned into slices (see spatial_weights).
+        return torch.stack(
+            [
+                torch.sigmoid(4.0 - ((sample(inverse, grid) - inverse).abs() * scale).clamp(0.0, 8.0))
+                * feature_weight[:, k : k + 1]
+                for k, grid in enumerate(grids)
+            ],
+            dim=1,
+        )
 
 
 class PatchMatch(nn.Module):
