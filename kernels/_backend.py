@@ -231,11 +231,37 @@ def numba_cuda_kernel(module: str, attr: str, signature: str, device_index: int)
     """
     from numba import cuda
 
-    pyfunc = getattr(importlib.import_module(module), attr)
-    if getattr(cuda, "simulator_enabled", False) or os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-        return cuda.jit(pyfunc)  # the simulator ignores signatures
-    with cuda.gpus[device_index]:
-        return cuda.jit(signature)(pyfunc)
+    try:
+        pyfunc = getattr(importlib.import_module(module), attr)
+        if getattr(cuda, "simulator_enabled", False) or os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+            return cuda.jit(pyfunc)  # the simulator ignores signatures
+        with cuda.gpus[device_index]:
+            return cuda.jit(signature)(pyfunc)
+    except AttributeError as error:
+        if "numpy" not in str(error):
+            raise
+        raise RuntimeError(numpy_mismatch_message(f"{module}.{attr}", error)) from error
+
+
+def numpy_mismatch_message(what: str, error: BaseException) -> str:
+    """The error for a numba-cuda that uses NumPy API its NumPy no longer has.
+
+    Seen on a GPU machine (2026-11-26): numba-cuda 0.30.4 with NumPy 2.5.2 fails at the first
+    kernel compile with ``module 'numpy' has no attribute 'row_stack'`` (removed in NumPy 2.5).
+    """
+    import numpy
+
+    try:
+        from importlib.metadata import version
+
+        numba_cuda = version("numba-cuda")
+    except Exception:  # noqa: BLE001 - the message is still useful without the version
+        numba_cuda = "?"
+    return (
+        f"numba-cuda {numba_cuda} cannot compile {what} with NumPy {numpy.__version__} ({error}). "
+        "Install the pinned versions (requirements.txt: numpy==2.4.6, numba-cuda==0.30.4) or a "
+        "numba-cuda release that supports this NumPy."
+    )
 
 
 @functools.lru_cache(maxsize=None)

@@ -423,7 +423,20 @@ class PatchMatch(nn.Module):
         Returns:
             the depth (B, 1, H, W) of every iteration, the last probability volume (B, D, H, W)
             with its hypotheses (B, D, H, W), and the view weights (B, V, H, W).
+
+        Under autocast (``train.amp``) the stage runs in float32 with autocast off: the features
+        may arrive in bfloat16/float16 from the pyramid, but the correlations, the softmax over
+        hypotheses and the depth regression need float32 (the fused kernels take float32/64 only).
         """
+        device_type = ref_feature.device.type
+        if torch.is_autocast_enabled(device_type):
+            with torch.autocast(device_type, enabled=False):
+                return self.forward(
+                    ref_feature.float(), [f.float() for f in src_features], ref_K.float(),
+                    [k.float() for k in src_Ks], [p.float() for p in src_from_refs], depth_min.float(),
+                    depth_max.float(), None if depth is None else depth.float(),
+                    None if view_weights is None else view_weights.float(),
+                )
         batch, _, height, width = ref_feature.shape
         inverse_range = (1.0 / depth_min - 1.0 / depth_max).view(batch, 1, 1, 1)
         aggregation = self.evaluation.spatial_weights(ref_feature)

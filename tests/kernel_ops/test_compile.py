@@ -140,3 +140,28 @@ def test_nvcc_helper_compiles_and_reports_errors():
     assert b"scale_kernel" in compile_nvcc(_GOOD_SOURCE, "sm_90")
     with pytest.raises(RuntimeError, match="nvcc failed"):
         compile_nvcc(_GOOD_SOURCE.replace("factor;", "undefined_name;"), "sm_80")
+
+
+def test_numba_cuda_numpy_mismatch_is_named(monkeypatch):
+    """A numba-cuda too old for the installed NumPy (numba-cuda 0.30.4 + NumPy 2.5 on a GPU
+    machine) fails at the first compile; the error names both versions and the fix instead of a
+    traceback from deep inside numba."""
+    import contextlib
+
+    from numba import cuda
+
+    from kernels import _backend
+
+    def broken_jit(*args, **kwargs):
+        raise AttributeError("module 'numpy' has no attribute 'row_stack'")
+
+    monkeypatch.delenv("NUMBA_ENABLE_CUDASIM", raising=False)
+    monkeypatch.setattr(cuda, "simulator_enabled", False, raising=False)
+    monkeypatch.setattr(cuda, "gpus", {0: contextlib.nullcontext()})
+    monkeypatch.setattr(cuda, "jit", broken_jit)
+    compile_uncached = _backend.numba_cuda_kernel.__wrapped__
+    with pytest.raises(RuntimeError, match=r"numba-cuda .* cannot compile kernels\.ssim\.cuda\.ssim_fwd_kernel with NumPy .*row_stack.*numpy==2\.4\.6"):
+        compile_uncached("kernels.ssim.cuda", "ssim_fwd_kernel", "void()", 0)
+    monkeypatch.setattr(cuda, "jit", lambda *a, **k: (_ for _ in ()).throw(AttributeError("other")))
+    with pytest.raises(AttributeError, match="other"):  # unrelated errors pass through unchanged
+        compile_uncached("kernels.ssim.cuda", "ssim_fwd_kernel", "void()", 0)

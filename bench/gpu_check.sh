@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The device checks of a session that is lent a GPU, in one call (see bench/README.md, "GPU runs"):
+#   1. the CUDA tests (every test marked `cuda` and every device-parametrised case on cuda),
+#   2. the kernel and inference benchmarks on the GPU (pytest-benchmark JSON),
+#   3. `selfmvs infer` end to end on a prepared scene (DATA/s640.h5), twice (the first compiles),
+#   4. `selfmvs train` steps on the GPU, fp32 and bf16 autocast, on DATA/demo_scene.h5.
+# Each stage has its own time limit, so one that hangs leaves time for the rest. Results go to
+# $OUT (the device tool's folder; 8 files, its limit) or bench/results/gpu-<date>/.
+#   DATA=.devcarry bash bench/gpu_check.sh
+set -u
+OUT=${OUT:-bench/results/gpu-$(date +%F)}
+DATA=${DATA:-.devcarry}
+PY=${PY:-python3}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS=0
+log() { echo "== $(date +%T) $*" | tee -a "$OUT/summary.txt"; }
+
+log "environment"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  $PY - <<'EOF'
+import importlib, platform
+print("python", platform.python_version())
+for name in ("torch", "numpy", "numba", "numba_cuda", "cupy", "h5py"):
+    try:
+        print(name, importlib.import_module(name).__version__)
+    except Exception as error:  # noqa: BLE001
+        print(name, "missing:", error)
+import torch
+print("cuda", torch.version.cuda, torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))
+EOF
+} 2>&1 | tee -a "$OUT/summary.txt"
+
+log "1. CUDA tests"
+timeout 170 $PY -m pytest tests -n 4 --device cuda -k "cuda and not cudasim" -p no:cacheprovider -q -rfEs \
+    > "$OUT/tests-cuda.log" 2>&1
+echo "rc=$?" | tee -a "$OUT/summary.txt"; tail -n 25 "$OUT/tests-cuda.log" | tee -a "$OUT/summary.txt"
+
+log "2. benchmarks"
+timeout 160 $PY -m pytest bench/bench_cuda_ops.py bench/bench_ssim.py bench/bench_warp_image.py bench/bench_infer.py \
+    --bench-device cuda --bench-threads 16 --benchmark-only -p no:cacheprovider -q \
+    --benchmark-max-time 0.5 --benchmark-columns min,median,mean,rounds --benchmark-sort name \
+    --benchmark-json "$OUT/bench-cuda.json" > "$OUT/bench-cuda.log" 2>&1
+echo "rc=$?" | tee -a "$OUT/summary.txt"; grep -E "passed|failed|error" "$OUT/bench-cuda.log" | tail -n 5 | tee -a "$OUT/summary.txt"
+
+log "3. selfmvs infer on $DATA/s640.h5 (cuda)"
+for run in 1 2; do
+    start=$(date +%s.%N)
+    timeout 45 $PY -m pipeline infer "$DATA/s640.h5" pipeline/checkpoints/selfmvs_synthetic.pt /tmp/depth_$run.h5 \
+        --device cuda >> "$OUT/infer.log" 2>&1
+    rc=$?
+    echo "run $run rc=$rc wall $(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s" | tee -a "$OUT/summary.txt"
+done
+$PY - <<'EOF' 2>&1 | tee -a "$OUT/summary.txt"
+import h5py, numpy as np
+with h5py.File("/tmp/depth_2.h5") as f:
+    views = list(f["views"])
+    d = f["views"][views[0]]["depth"][()]
+    print(len(views), "views", d.shape, "depth range", float(d[d > 0].min()), float(d.max()))
+EOF
+
+log "4. selfmvs train on $DATA/demo_scene.h5 (cuda)"
+for amp in off bf16; do
+    printf 'train: {device: cuda, amp: "%s", steps: 60, checkpoint_every: 1000, progress: false}\n' "$amp" > /tmp/train_$amp.yaml
+    timeout 55 $PY -m pipeline train --config /tmp/train_$amp.yaml --scenes "$DATA/demo_scene.h5" --out /tmp/train_$amp \
+        >> "$OUT/train.log" 2>&1
+    echo "amp=$amp rc=$?" | tee -a "$OUT/summary.txt"
+    cp /tmp/train_$amp/losses.csv "$OUT/train_${amp}_losses.csv" 2>/dev/null
+    $PY - "$OUT/train_${amp}_losses.csv" <<'EOF' 2>&1 | tee -a "$OUT/summary.txt"
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+secs = [float(r["seconds"]) for r in rows[10:]]
+print(f"{len(rows)} steps, median {statistics.median(secs):.4f} s/step after 10, loss {rows[0]['loss']} -> {rows[-1]['loss']}")
+EOF
+done
+log "done"
