@@ -227,7 +227,8 @@ def numba_cuda_kernel(module: str, attr: str, signature: str, device_index: int)
     """Compile ``module.attr`` with numba.cuda for ``signature`` on one device (cached).
 
     The key is (device, signature string = dtype specialisation, function): compiling eagerly for
-    one signature avoids numba's per-call type dispatch and keeps one cubin per device.
+    one signature avoids numba's per-call type dispatch and keeps one cubin per device. Compiled
+    kernels are also cached on disk (numba-cuda's ``cache=True``).
     """
     from numba import cuda
 
@@ -236,7 +237,9 @@ def numba_cuda_kernel(module: str, attr: str, signature: str, device_index: int)
         if getattr(cuda, "simulator_enabled", False) or os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
             return cuda.jit(pyfunc)  # the simulator ignores signatures
         with cuda.gpus[device_index]:
-            return cuda.jit(signature)(pyfunc)
+            # cache=True: the cubin goes to __pycache__ (or numba's user cache), so a new process
+            # loads it instead of compiling again (per compute capability).
+            return cuda.jit(signature, cache=True)(pyfunc)
     except AttributeError as error:
         if "numpy" not in str(error):
             raise
