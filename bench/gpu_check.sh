@@ -6,6 +6,7 @@
 #   4. `selfmvs train` steps on the GPU, fp32 and bf16 autocast, on DATA/demo_scene.h5.
 # Each stage has its own time limit, so one that hangs leaves time for the rest. Results go to
 # $OUT (the device tool's folder; 8 files, its limit) or bench/results/gpu-<date>/.
+# Needs pytest-xdist for stage 1 (the GPU image has it; `-n 4` spreads the tests over 4 workers).
 #   DATA=.devcarry bash bench/gpu_check.sh
 set -u
 OUT=${OUT:-bench/results/gpu-$(date +%F)}
