@@ -34,33 +34,42 @@ def _skip_cpu(bench_device):
         pytest.skip("CPU timings: bench_warp_correlation.py / bench_adaptive_aggregation.py")
 
 
+def _time_on_device(benchmark, bench_device, sync, make_args, run, group: str, info: dict) -> None:
+    """Warm up twice (compile, allocator), then time ``run(*make_args())`` synchronised, ROUNDS times,
+    fresh inputs per round; records the card and the peak CUDA memory of the timed rounds."""
+
+    def setup():
+        args = make_args()
+        sync()
+        return args, {}
+
+    def step(*args):
+        run(*args)
+        sync()
+
+    for _ in range(2):
+        step(*setup()[0])
+    benchmark.group = f"{group} {bench_device.type}"
+    benchmark.extra_info.update(info, device=str(bench_device), card=torch.cuda.get_device_name(bench_device))
+    torch.cuda.reset_peak_memory_stats(bench_device)
+    benchmark.pedantic(step, setup=setup, rounds=ROUNDS, iterations=1)
+    benchmark.extra_info["peak_cuda_bytes"] = torch.cuda.max_memory_allocated(bench_device)
+
+
 @pytest.mark.parametrize("impl", list(corr.IMPLS))
 @pytest.mark.parametrize("case", list(corr.STAGES))
 def test_warp_correlation_cuda(benchmark, bench_device, sync, case, impl):
     _skip_cpu(bench_device)
     fn = corr.IMPLS[impl]
 
-    def setup():
+    def make_args():
         ref, srcs, K, poses, depth, G = corr.make_inputs(case)
         ref, *srcs = _on(bench_device, [ref, *srcs])
-        K, depth = K.to(bench_device), depth.to(bench_device)
-        poses = [p.to(bench_device) for p in poses]
-        sync()
-        return (ref, srcs, K, poses, depth, G), {}
+        return ref, srcs, K.to(bench_device), [p.to(bench_device) for p in poses], depth.to(bench_device), G
 
-    def step(*args):
-        corr.run(fn, *args)
-        sync()
-
-    for _ in range(2):  # compile + allocator warm-up
-        step(*setup()[0])
     C, G, D, H, W = corr.STAGES[case]
-    benchmark.group = f"warp_correlation-{case} {bench_device.type}"
-    benchmark.extra_info.update(dict(C=C, G=G, D=D, H=H, W=W, views=corr.NUM_VIEWS, device=str(bench_device),
-                                     card=torch.cuda.get_device_name(bench_device), impl=impl))
-    torch.cuda.reset_peak_memory_stats(bench_device)
-    benchmark.pedantic(step, setup=setup, rounds=ROUNDS, iterations=1)
-    benchmark.extra_info["peak_cuda_bytes"] = torch.cuda.max_memory_allocated(bench_device)
+    info = dict(C=C, G=G, D=D, H=H, W=W, views=corr.NUM_VIEWS, impl=impl)
+    _time_on_device(benchmark, bench_device, sync, make_args, lambda *a: corr.run(fn, *a), f"warp_correlation-{case}", info)
 
 
 @pytest.mark.parametrize("impl", list(agg.IMPLS))
@@ -68,22 +77,7 @@ def test_warp_correlation_cuda(benchmark, bench_device, sync, case, impl):
 def test_adaptive_aggregation_cuda(benchmark, bench_device, sync, case, impl):
     _skip_cpu(bench_device)
     fn = agg.IMPLS[impl]
-
-    def setup():
-        inputs = _on(bench_device, agg.make_inputs(case))
-        sync()
-        return tuple(inputs), {}
-
-    def step(*args):
-        agg.run(fn, *args)
-        sync()
-
-    for _ in range(2):
-        step(*setup()[0])
     D, H, W = agg.STAGES[case]
-    benchmark.group = f"adaptive_aggregation-{case} {bench_device.type}"
-    benchmark.extra_info.update(dict(D=D, H=H, W=W, K=agg.NUM_NEIGHBOURS, device=str(bench_device),
-                                     card=torch.cuda.get_device_name(bench_device), impl=impl))
-    torch.cuda.reset_peak_memory_stats(bench_device)
-    benchmark.pedantic(step, setup=setup, rounds=ROUNDS, iterations=1)
-    benchmark.extra_info["peak_cuda_bytes"] = torch.cuda.max_memory_allocated(bench_device)
+    info = dict(D=D, H=H, W=W, K=agg.NUM_NEIGHBOURS, impl=impl)
+    _time_on_device(benchmark, bench_device, sync, lambda: tuple(_on(bench_device, agg.make_inputs(case))),
+                    lambda *a: agg.run(fn, *a), f"adaptive_aggregation-{case}", info)
