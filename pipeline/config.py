@@ -301,6 +301,7 @@ class InferConfig:
     num_threads: int | None = None
     mask_invalid: bool = True
     feature_cache: int = 6
+    model: dict = dataclasses.field(default_factory=dict)
 
 
 # --- fuse (owned by the fuse stage) -----------------------------------------------------------

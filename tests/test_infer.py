@@ -237,6 +237,43 @@ def test_infer_does_not_resume_another_runs_partial_file(tmp_path, checkpoint):
     assert not (read_depth_file(out)[11].depth == 7.0).all()
 
 
+def test_infer_model_overrides_act_like_a_checkpoint_with_that_config(tmp_path, checkpoint):
+    """infer.model replaces the checkpoint's hypothesis settings for the run (and says so in depth.h5)."""
+    import dataclasses
+
+    from pipeline.model import CheckpointError, load_checkpoint
+
+    make_scene(tmp_path / "scene.h5")
+    overrides = {"iterations": [1, 3, 1], "num_initial_hypotheses": 8, "num_perturbation_hypotheses": [4, 1, 16]}
+    run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "o.h5", InferConfig(device="cpu", model=overrides))
+    model, _ = load_checkpoint(checkpoint)
+    changed = dataclasses.replace(SMALL, iterations=(1, 3, 1), num_initial_hypotheses=8, num_perturbation_hypotheses=(4, 1, 16))
+    same_weights = PatchmatchNet(changed)
+    same_weights.load_state_dict(model.state_dict())
+    other = save_checkpoint(tmp_path / "changed.pt", same_weights, {})
+    run_infer(tmp_path / "scene.h5", other, tmp_path / "c.h5", InferConfig(device="cpu"))
+    run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "d.h5", InferConfig(device="cpu"))
+    o, c, d = (read_depth_file(tmp_path / f"{n}.h5") for n in "ocd")
+    for image_id in o:
+        np.testing.assert_array_equal(o[image_id].depth, c[image_id].depth)
+    assert any(not np.array_equal(o[i].depth, d[i].depth) for i in o)  # the override did act
+    stored = json.loads(read_depth_attrs(tmp_path / "o.h5")["model_config"])
+    assert stored["iterations"] == [1, 3, 1] and stored["num_perturbation_hypotheses"] == [4, 1, 16]
+    # Settings the weights do not fit, and unknown ones, name infer.model and the culprit.
+    with pytest.raises(CheckpointError, match=r"infer\.model.*offset_conv"):
+        run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "e.h5",
+                  InferConfig(device="cpu", model={"propagation_neighbors": [0, 4, 8]}))
+    with pytest.raises(CheckpointError, match=r"infer\.model.*bogus"):
+        run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "e.h5", InferConfig(device="cpu", model={"bogus": 1}))
+    code = cli_main(["infer", str(tmp_path / "scene.h5"), str(checkpoint), str(tmp_path / "cli.h5"), "--device", "cpu",
+                     "--model", "iterations=[1,3,1]", "--model", "num_initial_hypotheses=8",
+                     "--model", "num_perturbation_hypotheses=[4,1,16]"])
+    assert code == 0
+    cli = read_depth_file(tmp_path / "cli.h5")
+    for image_id in o:
+        np.testing.assert_array_equal(o[image_id].depth, cli[image_id].depth)
+
+
 @pytest.mark.cuda
 def test_infer_on_cuda(tmp_path, checkpoint):
     make_scene(tmp_path / "scene.h5", sizes=((24, 32), (24, 32), (20, 30)))

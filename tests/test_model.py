@@ -284,6 +284,12 @@ def test_perturbation_around_previous_depth():
     torch.testing.assert_close(inverse[:-1] - inverse[1:], torch.full((7,), 0.05 * (1 - 1 / 5)))
     assert (hypotheses >= 1.0 - 1e-6).all()  # clamped at the near plane
     assert (hypotheses.diff(dim=1) >= 0).all()
+    # One perturbation hypothesis is the estimate itself (the shipped checkpoint's stage 2: the
+    # previous depth plus the propagated ones); two are the estimate and one step nearer.
+    torch.testing.assert_close(init(depth_min, depth_max, 1, 1, 2, previous, 0.05), previous)
+    two = init(depth_min, depth_max, 2, 1, 2, previous, 0.05)
+    torch.testing.assert_close(two[:, 1:], previous)
+    torch.testing.assert_close(1 / two[0, 0, 0, 0], torch.tensor(0.5 + 0.05 * 0.8))
 
 
 @pytest.mark.parametrize("num_neighbors", [4, 8, 9, 16, 17])

@@ -20,10 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import InferConfig, load_config, section
+from pipeline.config import InferConfig, load_config, parse_assignments, section
 from pipeline.formats.depth_file import DepthView, DepthWriter
 from pipeline.formats.scene_file import SceneView, read_scene, read_view
 from pipeline.model import PatchmatchNet, load_checkpoint
+from pipeline.model.checkpoint import CheckpointError
 
 log = logging.getLogger("selfmvs.infer")
 
@@ -226,7 +227,12 @@ def run_infer(
     device = resolve_device(config.device)
     if config.num_threads is not None:
         torch.set_num_threads(int(config.num_threads))
-    model, _ = load_checkpoint(checkpoint, strict=True, map_location=device)
+    try:
+        model, _ = load_checkpoint(checkpoint, strict=True, map_location=device, model_overrides=config.model)
+    except CheckpointError as error:
+        if not config.model:
+            raise
+        raise CheckpointError(f"infer.model {dict(config.model)} does not fit: {error}") from None
     model.eval()
     scene = read_scene(scene_path, load_images=False)  # metadata only; images are read per view
     attrs = {
@@ -295,6 +301,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-sources", type=int, default=None, help="source views per reference (default 4; 8 gave better depth at ~1.5x the time, see README)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="default: auto")
     parser.add_argument("--max-size", type=int, default=None, help="longest image side the network sees")
+    parser.add_argument(
+        "--model", action="append", default=[], metavar="KEY=VALUE",
+        help="replace a model option of the checkpoint for this run (YAML value), e.g. iterations=[1,4,1]; "
+        "the weights must still fit; repeatable (config: infer.model)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -308,6 +319,11 @@ def main(args: argparse.Namespace) -> int:
         )
         if value is not None
     }
+    if args.model:
+        try:
+            overrides["model"] = {**config.model, **parse_assignments(args.model)}
+        except ValueError as error:
+            raise SystemExit(f"infer --model: {error}") from None
     config = dataclasses.replace(config, **overrides)
     run_infer(args.scene, args.checkpoint, args.out, config)
     return 0
