@@ -7,7 +7,11 @@ Two ways of running one reference view are compared in the same run:
   view cache, where each view's features are computed once for the whole scene): the reference's
   features, then PatchMatch and refinement.
 
-Random weights (speed does not depend on them). As pytest-benchmark cases::
+The network is the shipped checkpoint (``pipeline/checkpoints/selfmvs_synthetic.pt``: its weights
+and its inference settings, e.g. PatchMatch iterations (1, 2, 1)), what ``selfmvs infer`` runs by
+default; ``--model paper`` (standalone) or ``SELFMVS_BENCH_MODEL=paper`` takes PatchmatchNet's
+default ``ModelConfig`` with random weights instead. Trained weights spread the hypotheses
+differently from random ones, which changes the kernels' work a little. As pytest-benchmark cases::
 
     .venv/bin/python -m pytest bench/bench_infer.py --benchmark-only -p no:cacheprovider [--bench-threads 2]
 
@@ -49,9 +53,18 @@ def make_inputs(height: int, width: int, num_sources: int = NUM_SOURCES, seed: i
     return images, intrinsics, poses, torch.tensor([1.0]), torch.tensor([5.0])
 
 
-def make_model():
-    from pipeline.model import ModelConfig, PatchmatchNet
+SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pipeline", "checkpoints", "selfmvs_synthetic.pt")
 
+
+def make_model(kind: str | None = None):
+    """``shipped`` (default): the shipped checkpoint; ``paper``: default ModelConfig, random weights."""
+    from pipeline.model import ModelConfig, PatchmatchNet, load_checkpoint
+
+    kind = kind or os.environ.get("SELFMVS_BENCH_MODEL", "shipped")
+    if kind == "shipped":
+        return load_checkpoint(SHIPPED)[0].eval()
+    if kind != "paper":
+        raise ValueError(f"model kind must be 'shipped' or 'paper', got {kind!r}")
     torch.manual_seed(0)
     return PatchmatchNet(ModelConfig()).eval()
 
@@ -86,7 +99,8 @@ def test_infer_view(benchmark, model, bench_device, sync, size, mode):
     sources = source_features_of(net, inputs) if mode == "cached" else None
     benchmark.group = f"infer {size[1]}x{size[0]} {bench_device.type}"
     benchmark.extra_info.update(
-        {"impl": mode, "threads": torch.get_num_threads(), "num_sources": NUM_SOURCES, "device": str(bench_device)}
+        {"impl": mode, "threads": torch.get_num_threads(), "num_sources": NUM_SOURCES, "device": str(bench_device),
+         "model": os.environ.get("SELFMVS_BENCH_MODEL", "shipped")}
     )
 
     def run():
@@ -103,7 +117,8 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def measure(height: int, width: int, mode: str, threads: int, repeats: int, fixed_mmap: bool = False) -> dict:
+def measure(height: int, width: int, mode: str, threads: int, repeats: int, fixed_mmap: bool = False,
+            kind: str = "shipped") -> dict:
     """One case in this process: wall and CPU seconds per view (median), peak and baseline RSS."""
     if fixed_mmap:
         import ctypes
@@ -112,7 +127,7 @@ def measure(height: int, width: int, mode: str, threads: int, repeats: int, fixe
         # page faults on every large allocation.
         ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)
     torch.set_num_threads(threads)
-    model = make_model()
+    model = make_model(kind)
     run_once(model, make_inputs(24, 32), "full")  # load the kernels' compiled code
     baseline = _rss_mb()
     inputs = make_inputs(height, width)
@@ -135,6 +150,7 @@ def measure(height: int, width: int, mode: str, threads: int, repeats: int, fixe
         "baseline_rss_mb": baseline,
         "load_avg_1min": os.getloadavg()[0],
         "fixed_mmap": fixed_mmap,
+        "model": kind,
     }
 
 
@@ -145,14 +161,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="full,cached")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--fixed-mmap", action="store_true", help="fix glibc's mmap threshold at 1 MiB")
+    parser.add_argument("--model", choices=("shipped", "paper"), default="shipped",
+                        help="shipped checkpoint (default) or PatchmatchNet's default config with random weights")
     parser.add_argument("--json", help="also write the rows (with the command and date) to this JSON file")
     parser.add_argument("--one", help="internal: run one case H,W,MODE in this process, print JSON")
     args = parser.parse_args(argv)
     if args.one:
         height, width, mode = args.one.split(",")
-        print(json.dumps(measure(int(height), int(width), mode, args.threads, args.repeats, args.fixed_mmap)))
+        print(json.dumps(measure(int(height), int(width), mode, args.threads, args.repeats, args.fixed_mmap, args.model)))
         return 0
-    print(f"glibc mmap threshold fixed: {args.fixed_mmap}")
+    print(f"model: {args.model}; glibc mmap threshold fixed: {args.fixed_mmap}")
     rows = []
     print(f"{'size':>9} {'mode':>7} {'threads':>7} {'wall s':>7} {'cpu s':>7} {'peak MB':>8} {'base MB':>8} {'load':>5}")
     for size in args.sizes.split(","):
@@ -160,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode in args.modes.split(","):
             # A fresh process per case: ru_maxrss is the peak over a process's whole life.
             command = [sys.executable, __file__, "--one", f"{height},{width},{mode}",
-                       "--threads", str(args.threads), "--repeats", str(args.repeats)]
+                       "--threads", str(args.threads), "--repeats", str(args.repeats), "--model", args.model]
             command += ["--fixed-mmap"] if args.fixed_mmap else []
             result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
             rows.append(result)

@@ -19,6 +19,11 @@ UPSAMPLING_MODES = ("nearest", "bilinear")
 class ModelConfig:
     """Options of :class:`pipeline.model.PatchmatchNet`.
 
+    The defaults are PatchmatchNet's (training from scratch uses them). The shipped checkpoint
+    stores other values for four options that need no other weights (refinement off, iterations
+    (1, 2, 1), 32 initial hypotheses, one perturbation hypothesis at stage 2), measured better and
+    faster on held-out scenes (pipeline/checkpoints/README.md); ``infer.model`` changes them per run.
+
     Attributes:
         feature_channels: FPN output channels at (1/2, 1/4, 1/8) resolution.
         num_initial_hypotheses: hypotheses stratified in inverse depth at the first iteration of
