@@ -10,7 +10,7 @@ after fine-tuning on the scene for that budget (the workflow's default is 120 s)
 ground truth counts (pooled over the views); a pixel without an estimate counts as wrong.
 
     .venv/bin/python bench/quality_heldout.py pipeline/checkpoints/selfmvs_synthetic.pt \\
-        [--seeds 2000,2001] [--num-sources 4] [--finetune 120 [--recipe R] [--train-set loss.top_k=2]] \\
+        [--seeds 2000,2001] [--num-sources 4] [--model iterations=[1,3,1]] [--finetune 120 [--recipe R] [--train-set loss.top_k=2]] \\
         [--json bench/results/quality-....json]
 """
 
@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", help="loss recipe of the fine-tuning (default: the config's)")
     parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
                         help="fine-tuning option under train (dotted key, YAML value), e.g. loss.top_k=2; repeatable")
+    parser.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
+                        help="inference setting replacing the checkpoint's (selfmvs infer --model), e.g. "
+                        "iterations=[1,3,1]; repeatable")
     parser.add_argument("--no-base", action="store_true", help="only the fine-tuned run (with --finetune)")
     parser.add_argument("--work", type=Path, help="folder for scenes and outputs (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -106,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, weights in runs:
                 depth_h5 = work / f"s{seed}_{name.replace(' ', '_')}.h5"
                 started = time.perf_counter()
-                selfmvs("infer", str(scene_h5), str(weights), str(depth_h5), "--num-sources", str(args.num_sources))
+                selfmvs("infer", str(scene_h5), str(weights), str(depth_h5), "--num-sources", str(args.num_sources),
+                        *(arg for item in args.model for arg in ("--model", item)))
                 row = {"seed": seed, "run": name, "infer_wall_s": time.perf_counter() - started,
                        **depth_quality(depth_h5, scene_dir / "gt" / "depth.h5")}
                 if name != "base":
@@ -115,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(row)
                 print(f"seed {seed} {name:>16}: median {100 * row['median_rel_error']:.3f} %, within 0.5/1/2/5 %: "
                       + " / ".join(f"{100 * row[f'within_{t:g}']:.1f}" for t in THRESHOLDS), flush=True)
-    payload = {"checkpoint": str(args.checkpoint), "num_sources": args.num_sources, "finetune_s": args.finetune,
+    payload = {"checkpoint": str(args.checkpoint), "num_sources": args.num_sources, "model": args.model,
+               "finetune_s": args.finetune,
                "recipe": args.recipe, "train_set": args.train_set,
                "threads": os.environ.get("OMP_NUM_THREADS"), "load_avg_1min": os.getloadavg()[0], "results": results}
     if args.json:
