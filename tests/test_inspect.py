@@ -167,3 +167,35 @@ def test_colmap_model_folder(tmp_path):
     assert "points3D: 1, mean track length 2.00, mean reprojection error 0.25 px" in text
     assert "images: 2, 1.0 observations per image on average" in text
     assert "[2] im2.png  camera 1  keypoints 2  triangulated 1  centre [2.0, 0.0, 0.0]" in text
+
+
+def test_checkpoint(tmp_path, capsys):
+    import zipfile
+
+    import torch
+
+    from pipeline.model import ModelConfig, PatchmatchNet, save_checkpoint
+
+    torch.manual_seed(0)
+    model = PatchmatchNet(ModelConfig(iterations=(1, 2, 1), refinement=False))
+    path = save_checkpoint(tmp_path / "net.pt", model, {"mode": "train", "step": 12, "total_steps": 40,
+                                                          "recipe": "unsup_mvsnet", "note": "a test run",
+                                                          "scenes": ["a/1000.h5", "a/1001.h5"]})
+    text = describe(path)
+    assert "network checkpoint" in text and "step 12 of 40, recipe unsup_mvsnet" in text
+    assert "trained on 2 scene(s): 1000.h5, 1001.h5" in text and "note: a test run" in text
+    assert "* iterations: [1, 2, 1]   (default [1, 2, 2])" in text
+    assert "* refinement: False   (default True)" in text
+    assert "    num_groups: [4, 8, 8]" in text  # a default: listed, not marked
+    assert "resumable: no" in text
+    parameters = sum(p.numel() for p in model.parameters())
+    assert f"{parameters:,} parameters" in text
+    save_checkpoint(tmp_path / "train.pt", model, {"step": 3, "optimizer": {"state": {}}})
+    assert "resumable: yes" in describe(tmp_path / "train.pt")
+    assert cli_main(["inspect", str(path)]) == 0
+    assert "* refinement: False" in capsys.readouterr().out
+    other = tmp_path / "other.zip"
+    with zipfile.ZipFile(other, "w") as archive:
+        archive.writestr("x.txt", "not a network")
+    with pytest.raises(InspectError, match="other.zip: not a readable torch checkpoint"):
+        describe(other)

@@ -1,4 +1,5 @@
-"""``selfmvs inspect FILE.h5``: a readable summary of any selfmvs HDF5 file (or of a COLMAP model folder).
+"""``selfmvs inspect FILE``: a readable summary of any selfmvs HDF5 file, of a network checkpoint
+(``.pt``), or of a COLMAP model folder.
 
 For files with a ``/views`` group (scene.h5, depth.h5, gt/depth.h5, fused masks, ...) it prints the
 kind, the format version, the file attributes, what each view holds (units from the datasets'
@@ -29,6 +30,7 @@ class InspectError(ValueError):
 
 def add_arguments(parser) -> None:
     parser.add_argument("file", help="an HDF5 file written by selfmvs (scene.h5, depth.h5, ...) or any HDF5 file; "
+                        "a network checkpoint (.pt: settings, training facts, weights); "
                         "or a folder with a COLMAP model (scene folder, sparse/, sparse/0/)")
     parser.add_argument("--max-views", type=int, default=20,
                         help="list at most this many views one per line (default 20; 0 lists none)")
@@ -288,6 +290,8 @@ def describe(path: str | os.PathLike, max_views: int | None = 20) -> str:
     """
     if Path(path).is_dir():
         return describe_colmap_model(path, max_views=max_views)
+    if _is_zip(Path(path)):
+        return describe_checkpoint(path)
     summary = summarize(path, detail_views=max_views)
     lines = [f"{summary['path']}  ({summary['size_bytes'] / 2**20:.2f} MiB, HDF5)"]
     kind = summary["kind"]
@@ -409,4 +413,62 @@ def describe_colmap_model(path: str | os.PathLike, max_views: int | None = 20) -
                      f"  triangulated {seen}  centre {centre}")
     if len(shown) < len(images):
         lines.append(f"  ... {len(images) - len(shown)} more images (--all lists them)")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+
+
+def _is_zip(path: Path) -> bool:
+    """torch.save's format is a zip archive; anything else (or nothing) is not a checkpoint."""
+    if not path.is_file():
+        return False
+    with open(path, "rb") as handle:
+        return handle.read(4) == b"PK\x03\x04"
+
+
+def describe_checkpoint(path: str | os.PathLike) -> str:
+    """What a selfmvs checkpoint holds: training facts, the network's settings (those that differ
+    from PatchmatchNet's defaults marked), the weights' size, and whether it can resume training.
+
+    Raises:
+        InspectError: a zip file that is not a selfmvs checkpoint, naming the file.
+    """
+    from pipeline.model import CheckpointError, ModelConfig
+    from pipeline.model.checkpoint import read_checkpoint
+
+    path = Path(path)
+    try:
+        payload = read_checkpoint(path)
+    except CheckpointError as error:
+        raise InspectError(str(error)) from None
+    extra = dict(payload.get("extra") or {})
+    lines = [f"{path}  ({path.stat().st_size / 2**20:.2f} MiB, network checkpoint)",
+             f"kind: {payload['kind']}   format_version: {payload['format_version']}"]
+    if "step" in extra:
+        total = f" of {extra['total_steps']}" if "total_steps" in extra else ""
+        lines.append(f"training: {extra.get('mode', '?')} run, step {extra['step']}{total}"
+                     + (f", recipe {extra['recipe']}" if "recipe" in extra else "")
+                     + (f", seed {extra['seed']}" if "seed" in extra else ""))
+    if extra.get("scenes"):
+        scenes = [Path(str(scene)).name for scene in extra["scenes"]]
+        lines.append(f"  trained on {len(scenes)} scene(s): {_short(', '.join(scenes), 120)}")
+    if extra.get("note"):
+        lines.append(f"note: {extra['note']}")
+    lines.append("resumable: yes (optimizer and schedule state inside)" if "optimizer" in extra
+                 else "resumable: no (weights only, as shipped)")
+    defaults = ModelConfig().to_dict()
+    lines.append("network settings (* = differs from PatchmatchNet's default):")
+    for key, value in payload["model_config"].items():
+        default = defaults.get(key, "(unknown option)")
+        changed = value != default
+        lines.append(f"  {'*' if changed else ' '} {key}: {_short(value)}" + (f"   (default {_short(default)})" if changed else ""))
+    if extra.get("model_overrides"):
+        lines.append(f"  set at export: {_short(extra['model_overrides'], 200)}")
+    state = payload["state_dict"]
+    tensors = [value for value in state.values() if hasattr(value, "numel")]
+    parameters = sum(int(value.numel()) for key, value in state.items()
+                     if hasattr(value, "numel") and not key.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    dtypes = sorted({str(value.dtype).replace("torch.", "") for value in tensors})
+    lines.append(f"weights: {len(tensors)} tensors, {parameters:,} parameters ({', '.join(dtypes)})")
     return "\n".join(lines)
