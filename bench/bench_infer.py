@@ -53,7 +53,8 @@ def make_inputs(height: int, width: int, num_sources: int = NUM_SOURCES, seed: i
     return images, intrinsics, poses, torch.tensor([1.0]), torch.tensor([5.0])
 
 
-SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pipeline", "checkpoints", "selfmvs_synthetic.pt")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED = os.path.join(REPO, "pipeline", "checkpoints", "selfmvs_synthetic.pt")
 
 
 def make_model(kind: str | None = None):

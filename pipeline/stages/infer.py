@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from pipeline.config import InferConfig, load_config, parse_assignments, section
 from pipeline.formats.depth_file import DepthView, DepthWriter
 from pipeline.formats.scene_file import SceneView, read_scene, read_view
-from pipeline.model import PatchmatchNet, load_checkpoint
-from pipeline.model.checkpoint import CheckpointError
+from pipeline.model import CheckpointError, PatchmatchNet, load_checkpoint
 
 log = logging.getLogger("selfmvs.infer")
 
