@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import typing
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,6 +30,17 @@ def load_schema() -> dict:
         return yaml.safe_load(handle)
 
 
+# YAML 1.1 (PyYAML, and Snakemake's config loading) reads "3e-5" -- no dot -- as a string; YAML 1.2
+# and every ML config a user copies from read it as a number.
+_SCIENTIFIC = re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$")
+
+
+def _wants_number(schema: Mapping[str, Any]) -> bool:
+    types = schema.get("type")
+    types = [types] if isinstance(types, str) else list(types or [])
+    return "number" in types and "string" not in types
+
+
 def _fill_defaults(validator_class):
     validate_properties = validator_class.VALIDATORS["properties"]
 
@@ -37,6 +49,9 @@ def _fill_defaults(validator_class):
             for name, subschema in properties.items():
                 if "default" in subschema and name not in instance:
                     instance[name] = copy.deepcopy(subschema["default"])
+                value = instance.get(name)
+                if isinstance(value, str) and _SCIENTIFIC.match(value.strip()) and _wants_number(subschema):
+                    instance[name] = float(value)
         yield from validate_properties(validator, properties, instance, schema)
 
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})

@@ -80,3 +80,22 @@ def test_parse_assignments_reads_yaml_values_and_nests_dotted_keys():
     }
     with pytest.raises(ValueError, match="KEY=VALUE, got 'top_k'"):
         parse_assignments(["top_k"])
+
+
+def test_scientific_notation_without_a_dot_is_a_number_where_the_schema_wants_one(tmp_path):
+    """PyYAML (YAML 1.1) and Snakemake read `3e-5` as a string; where the schema asks for a number it
+    is one (as YAML 1.2 and every copied ML config mean it); strings elsewhere stay strings."""
+    path = tmp_path / "lr.yaml"
+    path.write_text("train:\n  learning_rate: 3e-5\n  finetune: {learning_rate: 1E-4}\n"
+                    "scenes: {a: 1e5}\nfuse: {max_relative_depth_error: 2.5e-3}\n")
+    assert yaml.safe_load(path.read_text())["train"]["learning_rate"] == "3e-5"  # the trap itself
+    config = cfg.load_config(path)
+    assert config["train"]["learning_rate"] == pytest.approx(3e-5)
+    assert config["train"]["finetune"]["learning_rate"] == pytest.approx(1e-4)
+    assert config["fuse"]["max_relative_depth_error"] == pytest.approx(2.5e-3)
+    assert config["scenes"] == {"a": "1e5"}  # a scene folder named 1e5 stays a path
+    train = cfg.section(config, "train", cfg.TrainConfig)
+    assert isinstance(train.learning_rate, float)
+    path.write_text("train:\n  steps: 1e3\n")  # integers are not guessed: still a clear error
+    with pytest.raises(cfg.ConfigError, match=r"train/steps"):
+        cfg.load_config(path)
