@@ -57,11 +57,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = os.path.join(REPO, "pipeline", "checkpoints", "selfmvs_synthetic.pt")
 
 
+def _kind_from_env() -> str:
+    return os.environ.get("SELFMVS_BENCH_MODEL", "shipped")
+
+
 def make_model(kind: str | None = None):
     """``shipped`` (default): the shipped checkpoint; ``paper``: default ModelConfig, random weights."""
     from pipeline.model import ModelConfig, PatchmatchNet, load_checkpoint
 
-    kind = kind or os.environ.get("SELFMVS_BENCH_MODEL", "shipped")
+    kind = kind or _kind_from_env()
     if kind == "shipped":
         return load_checkpoint(SHIPPED)[0].eval()
     if kind != "paper":
@@ -101,7 +105,7 @@ def test_infer_view(benchmark, model, bench_device, sync, size, mode):
     benchmark.group = f"infer {size[1]}x{size[0]} {bench_device.type}"
     benchmark.extra_info.update(
         {"impl": mode, "threads": torch.get_num_threads(), "num_sources": NUM_SOURCES, "device": str(bench_device),
-         "model": os.environ.get("SELFMVS_BENCH_MODEL", "shipped")}
+         "model": _kind_from_env()}
     )
 
     def run():
