@@ -101,6 +101,45 @@ def test_any_number_of_sources(model, num_sources):
     assert out.view_weights.shape[1] == num_sources
 
 
+class _RecordingGroupSum(torch.nn.Module):
+    """A stand-in similarity net that keeps its input: (B, G, D, H, W) -> sum over G (B, 1, D, H, W)."""
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        self.seen = volume.detach().clone()
+        return volume.sum(dim=1, keepdim=True)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "autograd"])
+def test_valid_view_normalisation(grad):
+    """The view-weighted mean of the correlations: PatchmatchNet's divides by every source's weight,
+    so a source that sees nothing (every hypothesis behind it) scales the others' evidence down;
+    ``valid_view_normalisation`` divides per hypothesis by the weights of the sources it projects into."""
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(3)
+    H, W, C, D = 10, 14, 16, 6
+    ref = torch.randn(1, C, H, W, generator=generator)
+    src = torch.randn(1, C, H, W, generator=generator)
+    K = torch.tensor([[12.0, 0, 7.0], [0, 12.0, 5.0], [0, 0, 1]])[None]
+    near = torch.eye(4)[None].clone()
+    near[0, 0, 3] = -0.1
+    behind = torch.diag(torch.tensor([-1.0, 1.0, -1.0, 1.0]))[None]  # turned 180 degrees about y
+    hypotheses = torch.linspace(1.0, 4.0, D).view(1, D, 1, 1).expand(1, D, H, W).contiguous()
+    weights = torch.tensor([0.8, 0.3]).view(1, 2, 1, 1).expand(1, 2, H, W).contiguous()
+    seen = {}
+    for valid_only in (False, True):
+        evaluation = PatchmatchNet(ModelConfig(valid_view_normalisation=valid_only)).patchmatch["1"].evaluation.eval()
+        evaluation.similarity_net = _RecordingGroupSum()
+        with torch.set_grad_enabled(grad):
+            aggregation = evaluation.spatial_weights(ref)
+            for name, sources in (("one", [(src, near)]), ("two", [(src, near), (src, behind)])):
+                evaluation(ref, [s for s, _ in sources], K, [K] * len(sources), [p for _, p in sources], hypotheses,
+                           weights[:, : len(sources)], aggregation, torch.ones(1, 1, 1, 1), 0.005)
+                seen[valid_only, name] = evaluation.similarity_net.seen
+    assert seen[False, "one"].abs().max() > 0.1  # the near source does see the reference
+    torch.testing.assert_close(seen[True, "two"], seen[True, "one"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(seen[False, "two"], seen[False, "one"] * 0.8 / 1.1, rtol=1e-4, atol=1e-6)
+
+
 def test_eval_mode_is_deterministic(model):
     views = make_views([(40, 48)] * 3)
     with torch.inference_mode():

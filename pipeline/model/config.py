@@ -53,6 +53,11 @@ class ModelConfig:
             weights stay in the model, so a checkpoint loads either way and the switch can be set
             at export or inference. Measured on the held-out synthetic scenes for the self-supervised
             base run: the refinement costs about 1 point within 1 % (bench/README.md).
+        valid_view_normalisation: how the view-weighted mean of the correlations is normalised.
+            ``False`` (PatchmatchNet): by the sum of the pixel's view weights, so a source in which
+            a hypothesis projects outside the image (or behind the camera) still counts, with a
+            correlation of 0. ``True``: per hypothesis, by the weights of the sources where it
+            projects inside; no weights change, so it can be set at export or inference.
     """
 
     feature_channels: tuple[int, int, int] = (16, 32, 64)
@@ -69,6 +74,7 @@ class ModelConfig:
     stage_upsampling: str = "bilinear"
     refinement_upsampling: str = "bilinear"
     refinement: bool = True
+    valid_view_normalisation: bool = False
 
     def __post_init__(self) -> None:
         for name in (
@@ -108,8 +114,9 @@ class ModelConfig:
         for name in ("stage_upsampling", "refinement_upsampling"):
             if getattr(self, name) not in UPSAMPLING_MODES:
                 raise ValueError(f"ModelConfig.{name}: expected one of {UPSAMPLING_MODES}, got {getattr(self, name)!r}")
-        if not isinstance(self.refinement, bool):
-            raise ValueError(f"ModelConfig.refinement: expected true or false, got {self.refinement!r}")
+        for name in ("refinement", "valid_view_normalisation"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ModelConfig.{name}: expected true or false, got {getattr(self, name)!r}")
         if self.num_initial_hypotheses < 2:
             raise ValueError(
                 f"ModelConfig.num_initial_hypotheses: expected >= 2, got {self.num_initial_hypotheses}"

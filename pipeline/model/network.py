@@ -163,6 +163,7 @@ class PatchmatchNet(nn.Module):
                 num_initial_hypotheses=cfg.num_initial_hypotheses,
                 with_view_weight_net=stage == STAGES[0],
                 momentum=momentum,
+                valid_view_normalisation=cfg.valid_view_normalisation,
             )
         self.refinement = Refinement(cfg.refinement_channels, momentum, cfg.refinement_upsampling)
         self._batchnorm_frozen = False

@@ -198,6 +198,8 @@ class AdaptiveEvaluation(nn.Module):
         with_view_weight_net: whether this stage computes pixel-wise view weights itself (the
             coarsest stage); finer stages reuse the upsampled weights.
         momentum: BatchNorm momentum.
+        valid_view_normalisation: normalise the view-weighted correlation per hypothesis by the
+            weights of the sources it projects into (``ModelConfig.valid_view_normalisation``).
     """
 
     def __init__(
@@ -208,9 +210,11 @@ class AdaptiveEvaluation(nn.Module):
         dilation: int,
         with_view_weight_net: bool,
         momentum: float = 0.1,
+        valid_view_normalisation: bool = False,
     ) -> None:
         super().__init__()
         self.num_groups = num_groups
+        self.valid_view_normalisation = valid_view_normalisation
         self.num_neighbors = num_neighbors
         self.view_weight_net = PixelwiseViewWeight(num_groups, momentum) if with_view_weight_net else None
         self.similarity_net = nn.Sequential(
@@ -295,7 +299,7 @@ class AdaptiveEvaluation(nn.Module):
         weight_sum = None
         new_weights = []
         for index, (src_feature, src_K, src_from_ref) in enumerate(zip(src_features, src_Ks, src_from_refs)):
-            correlation, _ = kernels.warp_correlation(
+            correlation, valid = kernels.warp_correlation(
                 ref_feature, src_feature, ref_K, src_K, src_from_ref, hypotheses, self.num_groups
             )
             if view_weights is None:
@@ -303,19 +307,22 @@ class AdaptiveEvaluation(nn.Module):
                 new_weights.append(weight)
             else:
                 weight = view_weights[:, index : index + 1]
+            # (B, 1, H, W), or (B, D, H, W) counting only the sources each hypothesis projects into
+            counted = weight * valid.to(weight.dtype) if self.valid_view_normalisation else weight
             if weighted_sum is None:
                 weighted_sum = correlation.mul_(weight.unsqueeze(2)) if in_place else correlation * weight.unsqueeze(2)
-                weight_sum = weight
+                weight_sum = counted
             elif in_place:
                 weighted_sum.addcmul_(correlation, weight.unsqueeze(2))
-                weight_sum = weight_sum + weight
+                weight_sum = weight_sum + counted
             else:
                 weighted_sum = weighted_sum + correlation * weight.unsqueeze(2)
-                weight_sum = weight_sum + weight
-            del correlation
+                weight_sum = weight_sum + counted
+            del correlation, valid
         if view_weights is None:
             view_weights = torch.cat(new_weights, dim=1)
-        normaliser = (weight_sum + 1e-5).reciprocal_().unsqueeze(2)
+        # (B, 1, 1 or D, H, W): the correlations are (B, G, D, H, W)
+        normaliser = (weight_sum + 1e-5).reciprocal_().unsqueeze(1)
         similarity = weighted_sum.mul_(normaliser) if in_place else weighted_sum * normaliser  # (B, G, D, H, W)
         del weighted_sum
         score = pointwise_in_chunks(self.similarity_net, similarity)  # (B, D, H, W)
@@ -386,6 +393,7 @@ class PatchMatch(nn.Module):
         num_initial_hypotheses: int,
         with_view_weight_net: bool,
         momentum: float = 0.1,
+        valid_view_normalisation: bool = False,
     ) -> None:
         super().__init__()
         self.stage = stage
@@ -398,7 +406,8 @@ class PatchMatch(nn.Module):
             Propagation(feature_channels, propagation_neighbors, dilation) if propagation_neighbors > 0 else None
         )
         self.evaluation = AdaptiveEvaluation(
-            feature_channels, num_groups, evaluation_neighbors, dilation, with_view_weight_net, momentum
+            feature_channels, num_groups, evaluation_neighbors, dilation, with_view_weight_net, momentum,
+            valid_view_normalisation,
         )
 
     def forward(
