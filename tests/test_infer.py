@@ -282,3 +282,32 @@ def test_infer_on_cuda(tmp_path, checkpoint):
     gpu, cpu = read_depth_file(tmp_path / "gpu.h5"), read_depth_file(tmp_path / "cpu.h5")
     for image_id in cpu:
         np.testing.assert_allclose(gpu[image_id].depth, cpu[image_id].depth, rtol=1e-3, atol=6e-3)
+
+
+def test_infer_loads_the_kernels_once_before_the_first_view(tmp_path, checkpoint, caplog, monkeypatch):
+    import logging
+
+    import pipeline.stages.infer as infer_stage
+
+    calls = []
+    warm_up, estimate_view = infer_stage.warm_up, infer_stage.estimate_view
+    monkeypatch.setattr(infer_stage, "warm_up", lambda *a: calls.append("warm-up") or warm_up(*a))
+    monkeypatch.setattr(infer_stage, "estimate_view", lambda *a: calls.append("view") or estimate_view(*a))
+    make_scene(tmp_path / "scene.h5")
+    with caplog.at_level(logging.INFO, logger="selfmvs.infer"):
+        run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "depth.h5", InferConfig(num_sources=2, device="cpu"))
+    assert calls == ["warm-up"] + ["view"] * 4
+    assert "kernels ready in" in caplog.text
+
+
+def test_warm_up_leaves_the_model_as_it_was(checkpoint):
+    from pipeline.model import load_checkpoint
+    from pipeline.stages.infer import warm_up
+
+    model, _ = load_checkpoint(checkpoint, strict=True)
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert warm_up(model, torch.device("cpu")) > 0
+    assert not model.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
