@@ -527,6 +527,14 @@ def run_train(
             )
             schedule.step()
             step += 1
+            if step == start_step + 1:
+                # The first step also loads the kernels (compiles them on a machine's first run: about a
+                # minute on 2 CPU cores), so the time budget counts from its end: a first run on a new
+                # machine fine-tunes as many steps as later ones.
+                started = time.monotonic()
+                if dist.is_main:
+                    log.info("%s: first step %.1f s (kernels loaded; compiled on a machine's first run)",
+                             mode, time.perf_counter() - tic)
             if dist.enabled:
                 packed = torch.stack([total.detach(), *[values[t].detach() for t in terms]]).to(device)
                 torch.distributed.all_reduce(packed)
@@ -541,7 +549,7 @@ def run_train(
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix({"loss": f"{row['loss']:.4f}", **{t: f"{row[t]:.3g}" for t in terms}})
-            out_of_time = max_seconds is not None and time.monotonic() - started > max_seconds
+            out_of_time = max_seconds is not None and step > start_step + 1 and time.monotonic() - started > max_seconds
             if dist.enabled and max_seconds is not None:  # every rank stops at the same step
                 flag = torch.tensor([float(out_of_time)], device=device)
                 torch.distributed.all_reduce(flag)
