@@ -37,13 +37,12 @@ def pixel_rays(K: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def source_status(world: np.ndarray, gt_src) -> tuple[np.ndarray, np.ndarray]:
     """(sees, out_of_frame) boolean maps of one source for world points (H, W, 3)."""
-    rotation, translation = gt_src.cam_from_world[:, :3], gt_src.cam_from_world[:, 3]
-    cam = world @ rotation.T + translation
-    z = cam[..., 2]
-    pixels = cam @ gt_src.K.T
-    safe = np.maximum(z, 1e-9)
-    x = np.floor(pixels[..., 0] / safe).astype(np.int64)
-    y = np.floor(pixels[..., 1] / safe).astype(np.int64)
+    from pipeline.evaluation.metrics import project
+
+    pixels, z = project(world.reshape(-1, 3), gt_src.K, gt_src.cam_from_world)
+    z = z.reshape(world.shape[:-1])
+    x = np.floor(pixels[:, 0]).astype(np.int64).reshape(z.shape)
+    y = np.floor(pixels[:, 1]).astype(np.int64).reshape(z.shape)
     height, width = gt_src.depth.shape
     inside = (z > 1e-9) & (x >= 0) & (x < width) & (y >= 0) & (y < height)
     depth_there = np.zeros_like(z)

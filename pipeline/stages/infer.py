@@ -215,9 +215,9 @@ def warm_up(model: PatchmatchNet, device: torch.device) -> float:
     started = time.perf_counter()
     height, width = 64, 80
     K = torch.tensor([[[64.0, 0.0, 40.0], [0.0, 64.0, 32.0], [0.0, 0.0, 1.0]]], device=device)
-    poses = [torch.eye(4, device=device)[None] for _ in range(2)]
-    poses[1] = poses[1].clone()
-    poses[1][0, 0, 3] = -0.1
+    shifted = torch.eye(4, device=device)[None].clone()
+    shifted[0, 0, 3] = -0.1  # the source 0.1 to the side of the reference
+    poses = [torch.eye(4, device=device)[None], shifted]
     generator = torch.Generator().manual_seed(0)
     images = [torch.rand(1, 3, height, width, generator=generator).to(device) for _ in range(2)]
     with torch.inference_mode():

@@ -527,7 +527,8 @@ def run_train(
             )
             schedule.step()
             step += 1
-            if step == start_step + 1:
+            first_step = step == start_step + 1
+            if first_step:
                 # The first step also loads the kernels (compiles them on a machine's first run: about a
                 # minute on 2 CPU cores), so the time budget counts from its end: a first run on a new
                 # machine fine-tunes as many steps as later ones.
@@ -549,7 +550,7 @@ def run_train(
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix({"loss": f"{row['loss']:.4f}", **{t: f"{row[t]:.3g}" for t in terms}})
-            out_of_time = max_seconds is not None and step > start_step + 1 and time.monotonic() - started > max_seconds
+            out_of_time = max_seconds is not None and not first_step and time.monotonic() - started > max_seconds
             if dist.enabled and max_seconds is not None:  # every rank stops at the same step
                 flag = torch.tensor([float(out_of_time)], device=device)
                 torch.distributed.all_reduce(flag)
