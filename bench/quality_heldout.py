@@ -10,7 +10,7 @@ after fine-tuning on the scene for that budget (the workflow's default is 120 s)
 ground truth counts (pooled over the views); a pixel without an estimate counts as wrong.
 
     .venv/bin/python bench/quality_heldout.py pipeline/checkpoints/selfmvs_synthetic.pt \\
-        [--seeds 2000,2001] [--num-sources 4] [--model iterations=[1,3,1]] [--finetune 120 [--recipe R] [--train-set loss.top_k=2]] \\
+        [--seeds 2000,2001] [--num-sources 6] [--model iterations=[1,3,1]] [--finetune 120 [--recipe R] [--train-set loss.top_k=2]] \\
         [--json bench/results/quality-....json]
 """
 
@@ -59,10 +59,13 @@ def depth_quality(depth_h5: Path, gt_h5: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.config import InferConfig
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--seeds", default="2000,2001", help="held-out scene seeds (comma-separated)")
-    parser.add_argument("--num-sources", type=int, default=4)
+    parser.add_argument("--num-sources", type=int, default=InferConfig().num_sources,
+                        help="source views per reference (default: the workflow's, infer.num_sources)")
     parser.add_argument("--finetune", type=float, default=0.0, help="fine-tuning budget in seconds (0: none)")
     parser.add_argument("--recipe", help="loss recipe of the fine-tuning (default: the config's)")
     parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",

@@ -310,7 +310,7 @@ class InferConfig:
     """``infer``: scene.h5 + checkpoint -> depth.h5 (see config.schema.yaml for each option)."""
 
     checkpoint: str | None = None
-    num_sources: int = 4
+    num_sources: int = 6
     device: str = "auto"
     max_size: int | None = None
     num_threads: int | None = None

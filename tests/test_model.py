@@ -469,6 +469,11 @@ def test_export_with_model_overrides(tmp_path, model):
     assert loaded.config.refinement is False and loaded.config.iterations == (1, 2, 3)
     assert extra == {"step": 7, "note": "note", "model_overrides": {"refinement": False, "iterations": [1, 2, 3]}}
     torch.testing.assert_close(loaded.state_dict(), model.state_dict())
+    # Re-exporting a shipped file adds to its departures and keeps its note unless given a new one.
+    again = export_weights(dst, tmp_path / "again.pt", "", {"iterations": [1, 4, 1]})
+    loaded, extra = load_checkpoint(again)
+    assert loaded.config.refinement is False and loaded.config.iterations == (1, 4, 1)
+    assert extra == {"step": 7, "note": "note", "model_overrides": {"refinement": False, "iterations": [1, 4, 1]}}
     # An override the weights do not fit is an error naming the file, not a partly random network.
     with pytest.raises(CheckpointError, match=r"train\.pt.*shape"):
         export_weights(src, tmp_path / "bad.pt", "", {"feature_channels": [8, 32, 64]})

@@ -142,12 +142,15 @@ def export_weights(
     Keeps the training facts a user needs to know what they run (step, recipe, scenes, seed) and
     adds ``note`` (e.g. the command that trained it). ``model_overrides`` changes inference options
     of the stored :class:`ModelConfig` (e.g. ``{"refinement": False}``); they are recorded in the
-    extra as ``model_overrides``. The result loads strictly like any checkpoint.
+    extra as ``model_overrides``, added to those of ``src`` when it is itself an exported file (so a
+    re-export keeps the whole list of departures, and its note unless a new one is given). The
+    result loads strictly like any checkpoint.
     """
     model, extra = load_checkpoint(src, strict=True, model_overrides=model_overrides)
     kept = {key: extra[key] for key in ("mode", "step", "total_steps", "recipe", "seed", "scenes") if key in extra}
-    if note:
-        kept["note"] = note
-    if model_overrides:
-        kept["model_overrides"] = dict(model_overrides)
+    if note or extra.get("note"):
+        kept["note"] = note or extra["note"]
+    overrides = {**extra.get("model_overrides", {}), **(model_overrides or {})}
+    if overrides:
+        kept["model_overrides"] = overrides
     return save_checkpoint(dst, model, kept)
