@@ -59,7 +59,7 @@ def depth_quality(depth_h5: Path, gt_h5: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.config import InferConfig
+    from pipeline.config import InferConfig, parse_assignments
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
@@ -77,7 +77,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="folder for scenes and outputs (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
-    from pipeline.config import parse_assignments
     checkpoint = args.checkpoint.resolve()
     if not checkpoint.is_file():
         raise SystemExit(f"{checkpoint}: no such checkpoint")

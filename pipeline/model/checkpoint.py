@@ -148,8 +148,9 @@ def export_weights(
     """
     model, extra = load_checkpoint(src, strict=True, model_overrides=model_overrides)
     kept = {key: extra[key] for key in ("mode", "step", "total_steps", "recipe", "seed", "scenes") if key in extra}
-    if note or extra.get("note"):
-        kept["note"] = note or extra["note"]
+    note = note or extra.get("note", "")
+    if note:
+        kept["note"] = note
     overrides = {**extra.get("model_overrides", {}), **(model_overrides or {})}
     if overrides:
         kept["model_overrides"] = overrides
