@@ -2,7 +2,11 @@
 
 Each op has a plain-PyTorch reference (``<op>_reference``, same signature, its docstring states
 its precision policy), a CPU implementation (numba ``njit(parallel=True)``) and a CUDA
-implementation, dispatched by device inside one ``torch.autograd.Function``. All ops are batched,
+implementation, dispatched by device inside one ``torch.autograd.Function``. The CPU forwards that
+inference runs (``warp_correlation``, ``neighbour_correlation``, the depth-weighted aggregation)
+also exist in C++ (``kernels._native``: built with the system compiler on first use, equal to the
+numba kernels bit for bit) and are preferred where they build, so an inference process never loads
+numba. All ops are batched,
 take float32/float64 CPU or CUDA tensors, check their inputs (``TypeError``/``ValueError`` quoting
 what they got) and make non-contiguous inputs contiguous. This package imports torch (and numba
 for CPU work, lazily), never ``pipeline``; numba.cuda/cupy are imported only when a CUDA tensor

@@ -42,6 +42,20 @@ def _backend(device: torch.device):
     return None
 
 
+def _cpu_forwards():
+    """The module with the inference-only CPU forwards: the native library's where it is built
+    (no numba in the process), else numba's."""
+    from .. import _native
+
+    if _native.library() is not None:
+        from . import native
+
+        return native
+    from . import cpu
+
+    return cpu
+
+
 class _AdaptiveAggregation(torch.autograd.Function):
     """Fused sample + weighted mean; saves inputs and output, never the sampled (B, K, D, H, W)."""
 
@@ -163,9 +177,7 @@ def depth_weighted_aggregation(
     )
     if cost.device.type == "cpu" and not grad:
         _check_inputs(cost, offsets, cost.new_empty(1).expand(B, K, D, H, W), eps)
-        from . import cpu
-
-        return cpu.depth_weighted_forward(cost, offsets, inverse, feature_weight, scale, eps)
+        return _cpu_forwards().depth_weighted_forward(cost, offsets, inverse, feature_weight, scale, eps)
     weights = depth_weights_reference(inverse, offsets, feature_weight, scale)
     return adaptive_aggregation(cost, offsets, weights, eps)
 
@@ -199,7 +211,5 @@ def neighbour_correlation(feature: torch.Tensor, offsets: torch.Tensor, num_grou
         raise ValueError(f"neighbour_correlation: num_groups must divide the {C} channels, got {num_groups!r}")
     grad = torch.is_grad_enabled() and (feature.requires_grad or offsets.requires_grad)
     if feature.device.type == "cpu" and not grad:
-        from . import cpu
-
-        return cpu.neighbour_correlation_forward(feature, offsets, num_groups)
+        return _cpu_forwards().neighbour_correlation_forward(feature, offsets, num_groups)
     return neighbour_correlation_reference(feature, offsets, num_groups)

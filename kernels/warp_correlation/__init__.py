@@ -17,8 +17,16 @@ __all__ = ["warp_correlation", "warp_correlation_reference"]
 
 
 def _backend(device: torch.device):
-    """The kernel module for a device (imported lazily: CUDA code never loads on a CPU run)."""
+    """The kernel module for a device (imported lazily: CUDA code never loads on a CPU run). On CPU
+    the native library's forward where it is built (``native.py``: numba loads only for a
+    backward), else numba's forward and backward (``cpu.py``)."""
     if device.type == "cpu":
+        from .. import _native
+
+        if _native.library() is not None:
+            from . import native
+
+            return native
         from . import cpu
 
         return cpu

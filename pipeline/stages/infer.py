@@ -205,8 +205,10 @@ def estimate_view(
 def warm_up(model: PatchmatchNet, device: torch.device) -> float:
     """Run the network once on a small synthetic input (one source view); returns the seconds taken.
 
-    The first call of each kernel in a process loads it (numba: from its on-disk cache, or compiles
-    it on the first run on a machine, ~30 s on a 2-core CPU; CUDA: loads or compiles the modules).
+    The first call of each kernel in a process loads it (CPU: the native forwards of
+    ``kernels._native``, built with the C++ compiler on a machine's first run in a few seconds, or
+    without a compiler numba's kernels from its on-disk cache, compiled on the first run in ~30 s on
+    a 2-core CPU; CUDA: loads or compiles the modules).
     Doing that here, before any real image is in memory, says what the pause is, keeps the one-off
     cost out of the per-view rate in the log (which reports it apart), and puts the compilers'
     long-lived allocations below the first view's large tensors (12 views at 640x480: peak RSS
@@ -223,7 +225,12 @@ def warm_up(model: PatchmatchNet, device: torch.device) -> float:
     with torch.inference_mode():
         model(images, [K, K], poses, torch.tensor([1.0], device=device), torch.tensor([10.0], device=device))
     seconds = time.perf_counter() - started
-    log.info("kernels ready in %.1f s (a first run on this machine compiles them, later runs load them)", seconds)
+    which = ""
+    if device.type == "cpu":
+        from kernels import _native
+
+        which = f"; CPU forwards: {_native.status()}"
+    log.info("kernels ready in %.1f s (a first run on this machine compiles them, later runs load them%s)", seconds, which)
     return seconds
 
 
