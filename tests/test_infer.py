@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -16,6 +19,7 @@ from pipeline.formats.scene_file import Scene, SceneView, write_scene
 from pipeline.model import ModelConfig, PatchmatchNet, save_checkpoint
 from pipeline.stages.infer import run_infer
 
+REPO = Path(__file__).resolve().parents[1]
 SMALL = ModelConfig(iterations=(1, 1, 1), num_initial_hypotheses=16)
 
 
@@ -311,3 +315,24 @@ def test_warm_up_leaves_the_model_as_it_was(checkpoint):
     assert not model.training
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_cli_infer_on_cpu_never_loads_numba(tmp_path, checkpoint):
+    """With the native CPU forwards built (a C++ compiler on the machine), ``selfmvs infer`` runs
+    without numba in the process (its JIT alone is ~120 MB of resident memory)."""
+    from kernels import _native
+
+    if _native._compiler() is None:
+        pytest.skip("no C++ compiler: inference uses the numba kernels on this machine")
+    make_scene(tmp_path / "scene.h5", sizes=((24, 32), (24, 32), (24, 32)))
+    code = (
+        "import sys\n"
+        "from pipeline.cli import main\n"
+        f"assert main(['infer', {str(tmp_path / 'scene.h5')!r}, {str(checkpoint)!r}, {str(tmp_path / 'depth.h5')!r},"
+        " '--device', 'cpu']) == 0\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'numba'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
+    assert "CPU forwards: native" in result.stderr
