@@ -13,8 +13,9 @@ C++ compiler (``$CXX``, else ``c++`` / ``g++`` / ``clang++``; ``-O3 -march=nativ
 seconds) into a cache folder (``$SELFMVS_CACHE_DIR``, else ``$XDG_CACHE_HOME/selfmvs``, else
 ``~/.cache/selfmvs``) under a name hashing the source, the flags, the compiler's version and the CPU,
 written to a temporary file and renamed (concurrent first runs are safe); later processes load it.
-Without a compiler, or when the build fails, :func:`library` returns None, :func:`status` says
-why, and the numba kernels run instead — slower to start and ~120 MB larger, same results.
+Where the cache folder cannot be written the library is built in a private folder of the temp
+dir; a cached file that does not load is built again. Without a compiler, or when the build fails,
+:func:`library` returns None, :func:`status` says why, and the numba kernels run instead — slower to start and ~120 MB larger, same results.
 ``SELFMVS_NATIVE_KERNELS=0`` turns the native path off.
 
 Loading the library does not import numba and queries no GPU. Its OpenMP loops run on the
@@ -138,31 +139,33 @@ def library() -> ctypes.CDLL | None:
     key = hashlib.sha256(
         b"\0".join(s.encode() for s in (SOURCE.read_text(), " ".join(BASE_FLAGS), version, _cpu_fingerprint(), platform.machine()))
     ).hexdigest()[:16]
-    target = cache_dir() / f"forward-{key}.so"
-    built = ""
-    if not target.is_file():
-        started = time.perf_counter()
-        try:
-            flags = _build(compiler, target)
-        except (OSError, RuntimeError) as error:
-            _status = f"build with {compiler} failed ({error}): numba kernels"
-            log.warning("native CPU kernels: %s", _status)
-            return None
-        built = f", built in {time.perf_counter() - started:.1f} s ({' '.join(flags)})"
-        log.info("native CPU kernels: compiled %s%s", target, built)
-    try:
-        lib = ctypes.CDLL(str(target))
-        if lib.selfmvs_native_abi() != ABI:
-            raise OSError(f"ABI {lib.selfmvs_native_abi()}, expected {ABI}")
-        _bind(lib)
-    except (OSError, AttributeError) as error:
-        _status = f"{target} does not load ({error}): numba kernels"
-        log.warning("native CPU kernels: %s", _status)
-        return None
-    _status = f"native ({target.name}{built})"
-    return lib
-
-
-def pointer(tensor: torch.Tensor) -> int:
-    """The address of a contiguous CPU tensor's first element (for the ctypes calls)."""
-    return tensor.data_ptr()
+    name = f"forward-{key}.so"
+    # the cache folder, else (read-only home, full disk) a private folder in the temp dir
+    folders = [cache_dir(), Path(tempfile.gettempdir()) / f"selfmvs-native-{os.getuid()}"]
+    problems = []
+    for folder in folders:
+        target = folder / name
+        for rebuild in (False, True):  # a cached file that does not load is built again
+            built = ""
+            if rebuild or not target.is_file():
+                started = time.perf_counter()
+                try:
+                    flags = _build(compiler, target)
+                except (OSError, RuntimeError) as error:
+                    problems.append(f"build with {compiler} in {folder} failed ({error})")
+                    break
+                built = f", built in {time.perf_counter() - started:.1f} s ({' '.join(flags)})"
+                log.info("native CPU kernels: compiled %s%s", target, built)
+            try:
+                lib = ctypes.CDLL(str(target))
+                if lib.selfmvs_native_abi() != ABI:
+                    raise OSError(f"ABI {lib.selfmvs_native_abi()}, expected {ABI}")
+                _status = f"native ({target}{built})"
+                return _bind(lib)
+            except (OSError, AttributeError) as error:
+                problems.append(f"{target} does not load ({error})")
+                if built:
+                    break
+    _status = "; ".join(problems) + ": numba kernels"
+    log.warning("native CPU kernels: %s", _status)
+    return None

@@ -181,3 +181,30 @@ def test_an_inference_forward_never_loads_numba():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]", result.stdout
+
+
+@pytest.mark.skipif(not HAVE_COMPILER, reason="no C++ compiler")
+def test_a_broken_cached_library_is_built_again(fresh_native, monkeypatch, tmp_path):
+    assert _native.library() is not None
+    (built,) = fresh_native.glob("forward-*.so")
+    # not a library, under the same name in another cache folder (the loaded file stays intact:
+    # overwriting a mapped library would crash this process, and the loader would not reopen it;
+    # builds are renamed into place, so a half-written file never has the name)
+    other = tmp_path / "other"
+    (other / "native").mkdir(parents=True)
+    (other / "native" / built.name).write_bytes(b"not an ELF file")
+    monkeypatch.setenv("SELFMVS_CACHE_DIR", str(other))
+    _native.library.cache_clear()
+    assert _native.library() is not None
+    assert "built in" in _native.status() and str(other) in _native.status()
+    assert (other / "native" / built.name).stat().st_size == built.stat().st_size
+
+
+@pytest.mark.skipif(not HAVE_COMPILER, reason="no C++ compiler")
+def test_an_unwritable_cache_folder_falls_back_to_the_temp_dir(fresh_native, monkeypatch, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("SELFMVS_CACHE_DIR", str(blocker))
+    monkeypatch.setattr(_native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    assert _native.library() is not None
+    assert str(tmp_path / "tmp") in _native.status()
