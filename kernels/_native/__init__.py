@@ -15,8 +15,8 @@ seconds) into a cache folder (``$SELFMVS_CACHE_DIR``, else ``$XDG_CACHE_HOME/sel
 written to a temporary file and renamed (concurrent first runs are safe); later processes load it.
 Where the cache folder cannot be written the library is built in a private folder of the temp
 dir; a cached file that does not load is built again. Without a compiler, or when the build fails,
-:func:`library` returns None, :func:`status` says why, and the numba kernels run instead — slower to start and ~120 MB larger, same results.
-``SELFMVS_NATIVE_KERNELS=0`` turns the native path off.
+:func:`library` returns None, :func:`status` says why, and the numba kernels run instead (slower to
+start, ~120 MB larger, same results). ``SELFMVS_NATIVE_KERNELS=0`` turns the native path off.
 
 Loading the library does not import numba and queries no GPU. Its OpenMP loops run on the
 libgomp that torch's CPU wheel has already loaded (same soname), so they share torch's threads.
