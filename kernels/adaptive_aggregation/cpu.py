@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .._backend import numba_threads, prefer_workqueue_threading
+from ._layout import depth_weighted_inputs
 
 prefer_workqueue_threading()  # see its docstring: ~15x less call overhead next to torch's OpenMP
 
@@ -283,13 +284,7 @@ def _depth_weighted_fwd(cost, offsets, inverse, feature_weight, scale, eps, out)
 def depth_weighted_forward(cost, offsets, inverse, feature_weight, scale, eps):
     """Inference-only forward of :func:`kernels.adaptive_aggregation.depth_weighted_aggregation`
     on CPU tensors (no autograd)."""
-    B, D, H, W = cost.shape
-    cost = cost.detach().reshape(B, D, H * W).contiguous()
-    inverse = inverse.detach().reshape(B, D, H * W).contiguous()
-    offsets = offsets.detach().contiguous()
-    feature_weight = feature_weight.detach().contiguous()
-    scale = scale.detach().reshape(B).to(cost.dtype).contiguous()
-    out = torch.empty((B, D, H, W), dtype=cost.dtype)
+    cost, offsets, inverse, feature_weight, scale, out = depth_weighted_inputs(cost, offsets, inverse, feature_weight, scale)
     eps_typed = cost.numpy().dtype.type(eps)
     with numba_threads():
         _depth_weighted_fwd(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from .. import _native
+from ._layout import depth_weighted_inputs
 
 
 def depth_weighted_forward(cost, offsets, inverse, feature_weight, scale, eps):
@@ -14,12 +15,7 @@ def depth_weighted_forward(cost, offsets, inverse, feature_weight, scale, eps):
     lib = _native.library()
     B, D, H, W = cost.shape
     K = offsets.shape[1] // 2
-    cost = cost.detach().reshape(B, D, H * W).contiguous()
-    inverse = inverse.detach().reshape(B, D, H * W).contiguous()
-    offsets = offsets.detach().contiguous()
-    feature_weight = feature_weight.detach().contiguous()
-    scale = scale.detach().reshape(B).to(cost.dtype).contiguous()
-    out = torch.empty((B, D, H, W), dtype=cost.dtype)
+    cost, offsets, inverse, feature_weight, scale, out = depth_weighted_inputs(cost, offsets, inverse, feature_weight, scale)
     kernel = lib.depth_weighted_fwd_f32 if cost.dtype == torch.float32 else lib.depth_weighted_fwd_f64
     kernel(cost.data_ptr(), offsets.data_ptr(), inverse.data_ptr(), feature_weight.data_ptr(), scale.data_ptr(),
            float(torch.tensor(eps, dtype=cost.dtype)), B, K, D, H, W, out.data_ptr(), torch.get_num_threads())

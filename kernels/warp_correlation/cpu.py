@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .._backend import numba_threads, prefer_workqueue_threading
+from ._layout import forward_inputs
 
 prefer_workqueue_threading()  # see its docstring: ~15x less call overhead next to torch's OpenMP
 
@@ -376,14 +377,8 @@ def forward(ref_feature, src_feature, proj, depth, num_groups):
         ref_feature (B, C, H, W), src_feature (B, C, Hs, Ws), proj (B, 12) = [M row-major, T],
         depth (B, D, H, W) -> correlation (B, G, D, H, W), valid (B, D, H, W) bool
     """
-    B, C, H, W = ref_feature.shape
-    D = depth.shape[1]
-    ref = ref_feature.detach().contiguous()
-    src_cl = src_feature.detach().permute(0, 2, 3, 1).contiguous()
-    depth = depth.detach().contiguous()
-    proj = proj.contiguous()
-    correlation = torch.empty((B, num_groups, D, H, W), dtype=ref.dtype)
-    valid = torch.empty((B, D, H, W), dtype=torch.bool)
+    C = ref_feature.shape[1]
+    ref, src_cl, proj, depth, correlation, valid = forward_inputs(ref_feature, src_feature, proj, depth, num_groups)
     consts = _constants(ref.numpy().dtype, src_cl.shape[1], src_cl.shape[2], C // num_groups)
     with numba_threads():
         _forward_kernel(C, num_groups)(

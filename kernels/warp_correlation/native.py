@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .. import _native
+from ._layout import forward_inputs
 
 
 def forward(ref_feature, src_feature, proj, depth, num_groups):
@@ -17,14 +18,9 @@ def forward(ref_feature, src_feature, proj, depth, num_groups):
     lib = _native.library()
     B, C, H, W = ref_feature.shape
     D = depth.shape[1]
-    ref = ref_feature.detach().contiguous()
-    src_cl = src_feature.detach().permute(0, 2, 3, 1).contiguous()
-    depth = depth.detach().contiguous()
-    proj = proj.contiguous()
+    ref, src_cl, proj, depth, correlation, valid = forward_inputs(ref_feature, src_feature, proj, depth, num_groups)
     Hs, Ws = src_cl.shape[1], src_cl.shape[2]
     consts = torch.tensor([0.5, 1e-6, Ws - 1, Hs - 1, 1.0 / (C // num_groups)], dtype=ref.dtype)
-    correlation = torch.empty((B, num_groups, D, H, W), dtype=ref.dtype)
-    valid = torch.empty((B, D, H, W), dtype=torch.bool)
     kernel = lib.warp_correlation_fwd_f32 if ref.dtype == torch.float32 else lib.warp_correlation_fwd_f64
     kernel(ref.data_ptr(), src_cl.data_ptr(), proj.data_ptr(), consts.data_ptr(), depth.data_ptr(),
            B, C, num_groups, H, W, Hs, Ws, D, correlation.data_ptr(), valid.data_ptr(), torch.get_num_threads())
