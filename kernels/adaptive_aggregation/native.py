@@ -16,9 +16,10 @@ def depth_weighted_forward(cost, offsets, inverse, feature_weight, scale, eps):
     B, D, H, W = cost.shape
     K = offsets.shape[1] // 2
     cost, offsets, inverse, feature_weight, scale, out = depth_weighted_inputs(cost, offsets, inverse, feature_weight, scale)
+    # eps goes in as a C float or double: ctypes rounds it as numba's dtype.type(eps) does
     kernel = lib.depth_weighted_fwd_f32 if cost.dtype == torch.float32 else lib.depth_weighted_fwd_f64
     kernel(cost.data_ptr(), offsets.data_ptr(), inverse.data_ptr(), feature_weight.data_ptr(), scale.data_ptr(),
-           float(torch.tensor(eps, dtype=cost.dtype)), B, K, D, H, W, out.data_ptr(), torch.get_num_threads())
+           eps, B, K, D, H, W, out.data_ptr(), torch.get_num_threads())
     return out
 
 
