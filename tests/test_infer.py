@@ -204,6 +204,33 @@ def test_view_cache_reuses_prepared_views(tmp_path, checkpoint):
     cache.get(12)  # evicts 10, the least recently used
     assert cache.get(10) is not first and cache.misses == 4
     assert first.image.shape == (1, 3, 24, 32) and set(first.features) == {1, 2, 3}
+    # a cached view keeps its image's size, not its pixels (the features carry what the network reads)
+    assert first.image.stride() == (0, 0, 0, 0) and first.image.untyped_storage().nbytes() <= 4
+    assert all(f.is_contiguous(memory_format=torch.channels_last) for f in first.features.values())
+
+
+def test_estimate_view_equals_the_network_on_the_images(tmp_path, checkpoint):
+    """The cached sources hand the network placeholders for their images: same depth as the images."""
+    from pipeline.formats.scene_file import read_view
+    from pipeline.model import load_checkpoint
+    from pipeline.stages.infer import ViewCache, estimate_view, prepare_view
+
+    make_scene(tmp_path / "scene.h5", with_mask=False)
+    model, _ = load_checkpoint(checkpoint)
+    cache = ViewCache(model, tmp_path / "scene.h5", torch.device("cpu"), capacity=4)
+    views = [read_view(tmp_path / "scene.h5", image_id) for image_id in (10, 11, 12)]
+    with torch.inference_mode():
+        got = estimate_view(model, views[0], [cache.get(11), cache.get(12)], cache)
+        prepared = [prepare_view(view, None, torch.device("cpu")) for view in views]
+        expected = model(
+            [image for image, _ in prepared],
+            [torch.from_numpy(K).float()[None] for _, K in prepared],
+            [torch.from_numpy(view.cam_from_world_4x4).float()[None] for view in views],
+            torch.tensor([float(views[0].depth_range[0])]),
+            torch.tensor([float(views[0].depth_range[1])]),
+        )
+    torch.testing.assert_close(torch.from_numpy(got.depth), expected.depth[0, 0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(got.confidence), expected.confidence[0, 0], rtol=1e-5, atol=1e-4)
 
 
 def test_view_cache_with_a_schedule_evicts_the_view_needed_last(tmp_path, checkpoint):

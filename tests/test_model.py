@@ -184,6 +184,21 @@ def test_precomputed_features_give_the_same_output(model):
     assert torch.equal(a.depth, b.depth)
 
 
+def test_inference_features_come_back_channels_last_whatever_the_batch_stride(model):
+    """An (H, W, 3) array permuted and then unsqueezed has batch stride 3: ``is_contiguous(channels_last)``
+    says yes, but oneDNN then ran channels-first and every source map needed a channels-last copy."""
+    pixels = torch.rand(48, 64, 3)
+    odd = pixels.permute(2, 0, 1).unsqueeze(0)  # strides (3, 1, 192, 3)
+    canonical = pixels.permute(2, 0, 1).unsqueeze(0).contiguous()
+    assert odd.is_contiguous(memory_format=torch.channels_last) and odd.stride()[0] == 3
+    with torch.inference_mode():
+        a, b = model.extract_features(odd), model.extract_features(canonical)
+    for stage in (1, 2, 3):
+        assert a[stage].is_contiguous(memory_format=torch.channels_last)
+        assert a[stage].stride()[0] == a[stage][0].numel()
+        torch.testing.assert_close(a[stage], b[stage], rtol=1e-5, atol=1e-5)
+
+
 def test_float64(model):
     model64 = PatchmatchNet(model.config).eval()
     model64.load_state_dict(model.state_dict())

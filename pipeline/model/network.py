@@ -199,9 +199,16 @@ class PatchmatchNet(nn.Module):
         """The feature pyramid of a padded image. CPU inference runs it channels-last (oneDNN's
         convolutions: 45-52 instead of 59-74 ms per 640x480 image on 2 cores for a contiguous
         (B, 3, H, W) image; one made from an (H, W, 3) array, as ``selfmvs infer`` does, already
-        is), so the maps come back channels-last, the layout the warp kernel reads sources in."""
+        is), so the maps come back channels-last, the layout the warp kernel reads sources in.
+
+        ``is_contiguous(memory_format=torch.channels_last)`` is not enough: it ignores the stride of a
+        batch of one, which oneDNN does not (an (H, W, 3) array permuted first and unsqueezed after
+        has batch stride 3, and its convolutions then run channels-first and return channels-first
+        maps); the strides are compared with those of a channels-last tensor of the same shape."""
         if not torch.is_grad_enabled() and image.device.type == "cpu":
-            image = image.contiguous(memory_format=torch.channels_last)
+            channels_last = torch.empty_like(image, memory_format=torch.channels_last)
+            if image.stride() != channels_last.stride():
+                image = channels_last.copy_(image)
         return self.feature(image)
 
     def forward(
