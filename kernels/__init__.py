@@ -56,6 +56,12 @@ num_groups) -> (correlation, valid)``
     feature(p) * bilinear(feature, p + offset_k), positions clamped into the map (the input of
     PatchmatchNet's feature weights). CPU without autograd: a numba kernel; otherwise the
     ``grid_sample`` reference (differentiable).
+
+``pointwise_mlp(x, weights, biases, *, chunk=2**16) -> Tensor``
+    x (B, C_0, *S), weights[l] (C_{l+1}, C_l), biases[l] (C_{l+1},) -> (B, C_L, *S): linear layers at
+    every position, ReLU between them (PatchmatchNet's 1x1x1 nets). CPU without autograd: a C++
+    kernel of ``kernels._native`` that keeps the hidden layers in per-thread buffers (no numba
+    twin: without the library, the reference in chunks); otherwise the ``baddbmm`` reference.
 """
 
 from .adaptive_aggregation import (  # noqa: E402  (engineer D2)
@@ -63,6 +69,7 @@ from .adaptive_aggregation import (  # noqa: E402  (engineer D2)
     depth_weighted_aggregation,
     neighbour_correlation,
 )
+from .pointwise_mlp import pointwise_mlp  # noqa: E402
 from .warp_correlation import warp_correlation  # noqa: E402  (engineer D2)
 from .ssim import ssim  # noqa: E402  (engineer D1)
 from .warp_image import warp_image  # noqa: E402  (engineer D1)

@@ -315,7 +315,8 @@ class InferConfig:
     max_size: int | None = None
     num_threads: int | None = None
     mask_invalid: bool = True
-    feature_cache: int = 6
+    feature_cache: int | None = None
+    mmap_threshold_kib: int = 512
     model: dict = dataclasses.field(default_factory=dict)
 
 

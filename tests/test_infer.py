@@ -187,8 +187,27 @@ def test_feature_cache_changes_nothing_but_the_work(tmp_path, checkpoint):
     for image_id in a:
         np.testing.assert_array_equal(a[image_id].depth, b[image_id].depth)
         np.testing.assert_array_equal(a[image_id].confidence, b[image_id].confidence)
+    run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "d.h5", InferConfig(device="cpu", feature_cache=None))
+    d = read_depth_file(tmp_path / "d.h5")
+    for image_id in a:
+        np.testing.assert_array_equal(a[image_id].depth, d[image_id].depth)
     with pytest.raises(ValueError, match="feature_cache"):
         run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "c.h5", InferConfig(feature_cache=-1))
+    with pytest.raises(ValueError, match="mmap_threshold_kib"):
+        run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "c.h5", InferConfig(mmap_threshold_kib=65536))
+
+
+def test_mmap_threshold_is_set_through_mallopt():
+    """glibc (this project's Linux machines) takes the threshold; elsewhere the line says why not."""
+    import platform
+
+    from pipeline.stages.infer import set_mmap_threshold
+
+    line = set_mmap_threshold(512)
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert line.startswith("mmap threshold 512 KiB (")
+    else:
+        assert "not set" in line
 
 
 def test_view_cache_reuses_prepared_views(tmp_path, checkpoint):

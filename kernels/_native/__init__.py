@@ -6,7 +6,9 @@ what the whole inference process may hold by the issue's memory target. The thre
 ``selfmvs infer`` runs (``warp_correlation``, ``neighbour_correlation``, the depth-weighted
 aggregation) are therefore also written in C++ (``forward.cpp``, line for line the numba kernels)
 and, where a C++ compiler exists, used for every CPU forward; numba stays the CPU path of the
-backward passes (training) and of everything when no compiler is there.
+backward passes (training) and of everything when no compiler is there. ``forward.cpp`` also holds
+the inference forward of ``kernels.pointwise_mlp`` (PatchmatchNet's 1x1x1 nets), which has no
+numba twin: without the library it runs its torch reference in chunks.
 
 Build: the first call of :func:`library` in a process compiles ``forward.cpp`` with the system's
 C++ compiler (``$CXX``, else ``c++`` / ``g++`` / ``clang++``; ``-O3 -march=native -fopenmp``; a few
@@ -43,7 +45,7 @@ __all__ = ["library", "status", "cache_dir", "ABI"]
 log = logging.getLogger("selfmvs.kernels")
 
 #: must match ``selfmvs_native_abi()`` in forward.cpp
-ABI = 1
+ABI = 2
 SOURCE = Path(__file__).with_name("forward.cpp")
 BASE_FLAGS = ("-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off", "-fPIC", "-shared")
 
@@ -111,6 +113,9 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         f.restype = None
         f = getattr(lib, f"depth_weighted_fwd_{suffix}")
         f.argtypes = [p, p, p, p, p, scalar] + [i64] * 5 + [p, c_int]
+        f.restype = None
+        f = getattr(lib, f"pointwise_mlp_fwd_{suffix}")
+        f.argtypes = [p, p, p] + [i64] * 3 + [p, c_int]
         f.restype = None
     return lib
 

@@ -17,6 +17,9 @@
 //   neighbour_correlation: feature_cl (B, H, W, C), offsets (B, 2K, H, W) -> out (B, G, K, H, W)
 //   depth_weighted: cost, inverse (B, D, H*W), offsets (B, 2K, H, W), feature_weight (B, K, H, W),
 //     scale (B,) -> out (B, D, H, W)
+//   pointwise_mlp: x (B, C_0, N), params = for each layer l its weight (C_{l+1}, C_l) row-major then
+//     its bias (C_{l+1}), dims = [C_0 .. C_L] -> out (B, C_L, N); ReLU after every layer but the last.
+//     No numba twin: without this library kernels.pointwise_mlp runs its torch reference in chunks.
 
 #include <algorithm>
 #include <cmath>
@@ -320,12 +323,61 @@ void depth_weighted(const T* cost, const T* offsets, const T* inverse, const T* 
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// pointwise_mlp (torch reference: kernels/pointwise_mlp/reference.py)
+// ---------------------------------------------------------------------------------------------
+
+// Blocks of POINTS positions, every hidden layer of a block in a small per-thread buffer: the
+// (B, 16, N) hidden layers the torch path writes to memory (chunk by chunk) never exist.
+template <typename T>
+void pointwise_mlp(const T* x, const T* params, const i64* dims, i64 L, i64 B, i64 N, T* out, int threads) {
+    constexpr i64 POINTS = 64;
+    i64 widest = 1;
+    for (i64 l = 0; l <= L; ++l) widest = std::max(widest, dims[l]);
+    const i64 blocks = (N + POINTS - 1) / POINTS;
+#pragma omp parallel num_threads(threads)
+    {
+        std::vector<T> even(widest * POINTS), odd(widest * POINTS);
+#pragma omp for schedule(static)
+        for (i64 task = 0; task < B * blocks; ++task) {
+            const i64 b = task / blocks;
+            const i64 start = (task - b * blocks) * POINTS;
+            const i64 n = std::min(POINTS, N - start);
+            const T* in = x + b * dims[0] * N + start;
+            i64 in_stride = N;
+            const T* p = params;
+            for (i64 l = 0; l < L; ++l) {
+                const i64 ci = dims[l], co = dims[l + 1];
+                const T* weight = p;
+                const T* bias = p + co * ci;
+                p = bias + co;
+                const bool last = l == L - 1;
+                T* dst = last ? out + b * co * N + start : (l % 2 == 0 ? even.data() : odd.data());
+                const i64 dst_stride = last ? N : POINTS;
+                for (i64 o = 0; o < co; ++o) {
+                    T* row = dst + o * dst_stride;
+                    for (i64 q = 0; q < n; ++q) row[q] = bias[o];
+                    for (i64 i = 0; i < ci; ++i) {
+                        const T w = weight[o * ci + i];
+                        const T* src = in + i * in_stride;
+                        for (i64 q = 0; q < n; ++q) row[q] += w * src[q];
+                    }
+                    if (!last)
+                        for (i64 q = 0; q < n; ++q) row[q] = row[q] < T(0) ? T(0) : row[q];  // NaN stays NaN
+                }
+                in = dst;
+                in_stride = dst_stride;
+            }
+        }
+    }
+}
+
 }  // namespace
 
 extern "C" {
 
 // Bumped when a signature changes; kernels/_native checks it before binding.
-int selfmvs_native_abi() { return 1; }
+int selfmvs_native_abi() { return 2; }
 
 #define SELFMVS_EXPORTS(T, SUFFIX)                                                                               \
     void warp_correlation_fwd_##SUFFIX(const T* ref, const T* src_cl, const T* proj, const T* consts,            \
@@ -342,6 +394,10 @@ int selfmvs_native_abi() { return 1; }
                                      const T* scale, T eps, i64 B, i64 K, i64 D, i64 H, i64 W, T* out,       \
                                      int threads) {                                                          \
         depth_weighted<T>(cost, offsets, inverse, feature_weight, scale, eps, B, K, D, H, W, out, threads);      \
+    }                                                                                                            \
+    void pointwise_mlp_fwd_##SUFFIX(const T* x, const T* params, const i64* dims, i64 L, i64 B, i64 N, T* out,   \
+                                    int threads) {                                                               \
+        pointwise_mlp<T>(x, params, dims, L, B, N, out, threads);                                                \
     }
 
 SELFMVS_EXPORTS(float, f32)

@@ -81,6 +81,13 @@ class ConvBnReLU3D(nn.Module):
         weight, bias = _folded(self.conv.weight, None, self.bn)
         return F.relu(pointwise_conv3d(x, weight, bias), inplace=True)
 
+    def linear(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(weight (C_out, C_in), bias) of the layer before its ReLU; None while BatchNorm trains."""
+        if self.bn.training:
+            return None
+        weight, bias = _folded(self.conv.weight, None, self.bn)
+        return weight.flatten(1), bias
+
 
 class PointwiseConv3d(nn.Conv3d):
     """A 1x1x1 ``nn.Conv3d`` (same parameters) evaluated by :func:`pointwise_conv3d`."""
@@ -90,6 +97,10 @@ class PointwiseConv3d(nn.Conv3d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return pointwise_conv3d(x, self.weight, self.bias)
+
+    def linear(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight (C_out, C_in), bias)."""
+        return self.weight.flatten(1), self.bias
 
 
 class FeaturePyramid(nn.Module):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import ctypes
 import dataclasses
 import json
 import logging
@@ -241,6 +242,33 @@ def warm_up(model: PatchmatchNet, device: torch.device) -> float:
     return seconds
 
 
+#: glibc's ceiling of M_MMAP_THRESHOLD on 64-bit systems (HEAP_MAX_SIZE / 2)
+MAX_MMAP_THRESHOLD_KIB = 32 * 1024
+
+
+def set_mmap_threshold(kib: int) -> str:
+    """Let glibc serve allocations of at least ``kib`` KiB from pages of their own (process-wide).
+
+    By default glibc raises this threshold to the size of every large block freed, so after the
+    first view the tensors of a forward come from the heap, and the holes the freed ones leave
+    count as resident (on a 640x480 run with 4 sources ~60 MB of the peak; bench/README.md,
+    session 13). A fixed threshold returns each large tensor's pages when it is freed: peak RSS
+    follows the live tensors, for the cost of faulting fresh pages in (~10-20 % per view).
+
+    Returns:
+        a line for the log: what was set, or why nothing was (not glibc, mallopt refused).
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return f"mmap threshold {kib} KiB not set: this C library has no mallopt"
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+    if mallopt(M_MMAP_THRESHOLD, int(kib) * 1024) != 1:
+        return f"mmap threshold {kib} KiB not set: mallopt refused it"
+    return f"mmap threshold {kib} KiB (malloc serves larger blocks from their own pages)"
+
+
 def run_infer(
     scene_path: str | os.PathLike,
     checkpoint: str | os.PathLike,
@@ -255,8 +283,12 @@ def run_infer(
     config = config if config is not None else InferConfig()
     if config.num_sources < 1:
         raise ValueError(f"infer: num_sources must be >= 1, got {config.num_sources}")
-    if config.feature_cache < 0:
-        raise ValueError(f"infer: feature_cache must be >= 0, got {config.feature_cache}")
+    if config.feature_cache is not None and config.feature_cache < 0:
+        raise ValueError(f"infer: feature_cache must be >= 0 or None, got {config.feature_cache}")
+    if not 0 <= config.mmap_threshold_kib <= MAX_MMAP_THRESHOLD_KIB:
+        raise ValueError(
+            f"infer: mmap_threshold_kib must be in [0, {MAX_MMAP_THRESHOLD_KIB}], got {config.mmap_threshold_kib}"
+        )
     if config.max_size is not None and config.max_size < 16:
         raise ValueError(f"infer: max_size must be >= 16 or None, got {config.max_size}")
     scene_path, out_path = Path(scene_path), Path(out_path)
@@ -265,6 +297,8 @@ def run_infer(
     device = resolve_device(config.device)
     if config.num_threads is not None:
         torch.set_num_threads(int(config.num_threads))
+    if device.type == "cpu" and config.mmap_threshold_kib > 0:
+        log.info("%s", set_mmap_threshold(config.mmap_threshold_kib))
     try:
         model, _ = load_checkpoint(checkpoint, strict=True, map_location=device, model_overrides=config.model)
     except CheckpointError as error:
@@ -301,7 +335,8 @@ def run_infer(
             warm_up(model, device)
             started = time.perf_counter()  # the per-view rate below is that of the scene's views
         schedule = [i for image_id, source_ids in plan for i in (*source_ids, image_id)]
-        cache = ViewCache(model, scene_path, device, config.max_size, config.feature_cache, schedule=schedule)
+        capacity = config.num_sources + 1 if config.feature_cache is None else config.feature_cache
+        cache = ViewCache(model, scene_path, device, config.max_size, capacity, schedule=schedule)
         for image_id, source_ids in tqdm(plan, desc="infer", unit="view", disable=None):
             ref = read_view(scene_path, image_id)
             sources = [cache.get(s) for s in source_ids]
