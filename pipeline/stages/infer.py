@@ -253,7 +253,8 @@ def set_mmap_threshold(kib: int) -> str:
     first view the tensors of a forward come from the heap, and the holes the freed ones leave
     count as resident (on a 640x480 run with 4 sources ~60 MB of the peak; bench/README.md,
     session 13). A fixed threshold returns each large tensor's pages when it is freed: peak RSS
-    follows the live tensors, for the cost of faulting fresh pages in (~10-20 % per view).
+    follows the live tensors, for the cost of faulting fresh pages in (~0.1 s, a third more time,
+    per 640x480 view on 2 cores).
 
     Returns:
         a line for the log: what was set, or why nothing was (not glibc, mallopt refused).
