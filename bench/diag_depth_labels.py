@@ -1,0 +1,132 @@
+"""Diagnostic: fine-tune the shipped weights on depth labels of the 14 training scenes, then score
+them on the held-out scenes with `quality_heldout.py`. Two kinds of labels:
+
+- ``gt``: the renderer's ground-truth depth (an upper bound: what any better training signal on these
+  scenes could give the network in the same steps);
+- ``pseudo``: no ground truth — the shipped network's own depth where `selfmvs fuse` keeps it (the
+  pixels of `fused_masks.h5`: photometrically confident and consistent with >= 3 sources), i.e.
+  self-training on multi-view-consistent depth (the idea of KD-MVS); generated here with
+  `selfmvs infer` + `selfmvs fuse` when missing.
+
+The loss is a smooth-L1 of the relative depth error (in %) at every stage output, on labelled pixels
+only; BatchNorm frozen, AdamW, batch 2, whole views (400x296), 4 sources, gradient clipping 1.
+Checkpoints every 100 steps into --out (plain network checkpoints with the shipped inference
+settings: `quality_heldout.py OUT/step_N.pt`). Session 13's runs: bench/README.md.
+
+    .venv/bin/python bench/diag_depth_labels.py --labels pseudo --steps 500 --out /tmp/pl
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "pipeline" / "checkpoints" / "selfmvs_synthetic.pt"
+
+
+def selfmvs(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, check=True, capture_output=True)
+
+
+def labels_of(seed: int, scene, kind: str, work: Path, checkpoint: Path) -> dict[int, torch.Tensor]:
+    """image_id -> (H, W) label depth at the prepared view's pixels (0: no label)."""
+    from pipeline.formats.depth_file import read_depth_view
+
+    labels = {}
+    if kind == "gt":
+        gt_h5 = REPO / f"results/_training/scenes/{seed}/gt/depth.h5"
+        for image_id, view in scene.views.items():
+            gt = read_depth_view(gt_h5, image_id)
+            # the prepared view is a crop of the rendered one: the offset is the principal points' difference
+            dx, dy = (int(round(float(gt.K[a, 2] - view.K[a, 2]))) for a in (0, 1))
+            if abs(gt.K[0, 0] - view.K[0, 0]) > 1e-6 or abs(gt.K[1, 1] - view.K[1, 1]) > 1e-6:
+                raise SystemExit(f"{gt_h5}: view {image_id}: focal lengths differ from the prepared view's")
+            labels[image_id] = torch.from_numpy(np.ascontiguousarray(gt.depth[dy : dy + view.height, dx : dx + view.width])).float()
+        return labels
+    depth_h5, ply = work / f"{seed}_depth.h5", work / f"{seed}.ply"
+    masks_h5 = ply.with_name(f"{seed}_masks.h5")
+    if not masks_h5.is_file():
+        scene_h5 = str(REPO / f"results/_training/h5/{seed}.h5")
+        selfmvs("infer", scene_h5, str(checkpoint), str(depth_h5))
+        selfmvs("fuse", scene_h5, str(depth_h5), str(ply))
+    with h5py.File(masks_h5, "r") as masks:
+        for image_id in scene.views:
+            keep = torch.from_numpy(masks["views"][str(image_id)]["mask"][()].astype(bool))
+            depth = torch.from_numpy(read_depth_view(depth_h5, image_id).depth).float()
+            labels[image_id] = torch.where(keep, depth, torch.zeros_like(depth))
+    return labels
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.formats.scene_file import read_scene
+    from pipeline.model import load_checkpoint, save_checkpoint
+    from pipeline.stages.train import ViewSampler
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--labels", choices=("gt", "pseudo"), required=True)
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--checkpoint", type=Path, default=SHIPPED, help="initial weights (and pseudo-label source)")
+    parser.add_argument("--seeds", default=",".join(str(s) for s in range(1000, 1014)),
+                        help="training scenes (results/_training, `snakemake train_base` renders them)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)  # the network draws its training-mode hypotheses from the global generator
+    args.out.mkdir(parents=True, exist_ok=True)
+    scenes, labels = [], []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        scene = read_scene(REPO / f"results/_training/h5/{seed}.h5")
+        scenes.append(scene)
+        labels.append(labels_of(seed, scene, args.labels, args.out, args.checkpoint))
+    sampler = ViewSampler(scenes, num_sources=4, size=None)
+    model, _ = load_checkpoint(args.checkpoint, strict=True, map_location="cpu")
+    model.freeze_batchnorm(True).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    generator = torch.Generator().manual_seed(0)
+    started = time.perf_counter()
+    with open(args.out / "losses.csv", "w") as log:
+        log.write("step,loss,seconds\n")
+        for step in range(1, args.steps + 1):
+            items = sampler.item_indices(step, 2, 0, 1, 0)
+            samples = [sampler.sample(i, generator) for i in items]
+            batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+            height, width = batch["images"].shape[-2:]  # size=None: the view from its top-left corner
+            target = torch.stack([labels[sampler.items[i][0]][sampler.items[i][1]][:height, :width] for i in items])[:, None]
+            images, K, poses, ranges = batch["images"], batch["K"], batch["cam_from_world"], batch["depth_range"]
+            views = images.shape[1]
+            output = model([images[:, v] for v in range(views)], [K[:, v].float() for v in range(views)],
+                           [poses[:, v].float() for v in range(views)], ranges[:, 0, 0].float(), ranges[:, 0, 1].float())
+            terms = []
+            for depths in output.stage_depths.values():
+                for depth in depths:
+                    label = F.interpolate(target, size=depth.shape[-2:], mode="nearest")
+                    keep = (label > 0) & (F.interpolate(batch["mask"].float(), size=depth.shape[-2:], mode="nearest") > 0.5)
+                    relative = 100 * (depth[keep] - label[keep]).abs() / label[keep]
+                    terms.append(F.smooth_l1_loss(relative, torch.zeros_like(relative), beta=1.0))
+            loss = torch.stack(terms).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            log.write(f"{step},{loss.item():.5f},{time.perf_counter() - started:.1f}\n")
+            log.flush()
+            if step % 100 == 0:
+                save_checkpoint(args.out / f"step_{step}.pt", model.eval())
+                model.train()
+                print(f"step {step}: loss {loss.item():.4f}, {time.perf_counter() - started:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
