@@ -19,8 +19,6 @@ settings: `quality_heldout.py OUT/step_N.pt`). Session 13's runs: bench/README.m
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -33,13 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "pipeline" / "checkpoints" / "selfmvs_synthetic.pt"
 
 
-def selfmvs(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, check=True, capture_output=True)
-
-
 def labels_of(seed: int, scene, kind: str, work: Path, checkpoint: Path) -> dict[int, torch.Tensor]:
     """image_id -> (H, W) label depth at the prepared view's pixels (0: no label)."""
     from pipeline.formats.depth_file import read_depth_view
+    from quality_heldout import selfmvs  # bench/ is the script's folder, on sys.path
 
     labels = {}
     if kind == "gt":

@@ -17,6 +17,6 @@ def pointwise_mlp_forward(x: torch.Tensor, weights: list[torch.Tensor], biases: 
     dims = torch.tensor([channels, *(int(w.shape[0]) for w in weights)], dtype=torch.int64)
     out = torch.empty((batch, int(dims[-1]), *x.shape[2:]), dtype=x.dtype)
     kernel = lib.pointwise_mlp_fwd_f32 if x.dtype == torch.float32 else lib.pointwise_mlp_fwd_f64
-    kernel(flat.data_ptr(), params.contiguous().data_ptr(), dims.data_ptr(), len(weights), batch, flat.shape[2],
+    kernel(flat.data_ptr(), params.data_ptr(), dims.data_ptr(), len(weights), batch, flat.shape[2],
            out.data_ptr(), torch.get_num_threads())
     return out

@@ -78,8 +78,7 @@ class ConvBnReLU3D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bn.training:
             return F.relu(self.bn(pointwise_conv3d(x, self.conv.weight, None)), inplace=True)
-        weight, bias = _folded(self.conv.weight, None, self.bn)
-        return F.relu(pointwise_conv3d(x, weight, bias), inplace=True)
+        return F.relu(pointwise_conv3d(x, *self.linear()), inplace=True)
 
     def linear(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(weight (C_out, C_in), bias) of the layer before its ReLU; None while BatchNorm trains."""

@@ -99,11 +99,10 @@ def pointwise_in_chunks(net: nn.Module, volume: torch.Tensor, chunk: int = 1 << 
     Shape: (B, C, D, H, W) -> (B, D, H, W).
     """
     batch, channels, num, height, width = volume.shape
-    if not torch.is_grad_enabled():
-        layers = [layer.linear() for layer in net] if _is_pointwise_mlp(net) else [None]
+    if not torch.is_grad_enabled() and _is_pointwise_mlp(net):
+        layers = [layer.linear() for layer in net]  # None while a BatchNorm trains (batch statistics)
         if all(layer is not None for layer in layers):
-            weights, biases = zip(*layers)
-            return kernels.pointwise_mlp(volume, list(weights), list(biases), chunk=chunk)[:, 0]
+            return kernels.pointwise_mlp(volume, [w for w, _ in layers], [b for _, b in layers], chunk=chunk)[:, 0]
     positions = num * height * width
     if positions <= chunk or torch.is_grad_enabled():
         # Under autograd every chunk's hidden layers are kept for the backward anyway: cutting
