@@ -20,6 +20,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "export-checkpoint": ("pipeline.stages.checkpoint_cmd", "strip a training checkpoint to weights + config for shipping"),
     "infer": ("pipeline.stages.infer", "scene.h5 + checkpoint -> depth.h5 (depth and confidence per view)"),
     "fuse": ("pipeline.stages.fuse", "depth.h5 -> fused.ply (geometric + photometric consistency)"),
+    "pseudo-labels": ("pipeline.stages.labels", "depth.h5 + fused_masks.h5 -> self-training labels (the depth fusion kept)"),
     "evaluate": ("pipeline.stages.evaluate", "fused.ply / depth.h5 vs ground truth or sparse points -> eval.json"),
     "report": ("pipeline.stages.report", "pictures and an HTML page of a scene's results"),
     "config": ("pipeline.stages.config_cmd", "validate a config, fill defaults, write or print it"),

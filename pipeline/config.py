@@ -231,6 +231,7 @@ class LossWeightsConfig:
     cosegmentation: float | None = None
     cross_view: float | None = None
     depth_normal: float | None = None
+    pseudo_label: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,6 +290,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     lr_schedule: LRScheduleConfig = LRScheduleConfig()
     grad_clip: float = 1.0
+    freeze_batchnorm: bool = False
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     device: str = "auto"

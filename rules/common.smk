@@ -75,6 +75,14 @@ def training_scenes():
     return [f"results/_training/h5/{seed}.h5" for seed in config["training_data"]["seeds"]]
 
 
+def self_training_init():
+    return config["self_training"]["init"] or "results/_training/final.pt"
+
+
+def self_training_labels():
+    return [f"results/_self_training/labels/{seed}.h5" for seed in config["training_data"]["seeds"]]
+
+
 def benchmark_files(wildcards):
     stages = ["prepare", "infer", "fuse", "evaluate"]
     if config["train"]["finetune"]["enabled"]:

@@ -88,3 +88,93 @@ rule train_base:
     shell:
         "{params.selfmvs} train --config {input.config} --scenes {input.scenes}"
         " --out {params.folder} --resume > {log} 2>&1 && cp {params.folder}/last.pt {output}"
+
+
+# Self-training (`snakemake train_self --configfile config/train_self.yaml`): the `self_training.init`
+# weights label each training scene with the depth their own fusion keeps, then train on the labels.
+rule self_training_infer:
+    input:
+        scene="results/_training/h5/{seed}.h5",
+        checkpoint=self_training_init(),
+        config="results/_self_training/config.yaml",
+    output:
+        "results/_self_training/depth/{seed}.h5",
+    params:
+        selfmvs=SELFMVS,
+    log:
+        "logs/_self_training/infer_{seed}.log",
+    benchmark:
+        "benchmarks/_self_training/infer_{seed}.tsv"
+    conda:
+        "../envs/selfmvs.yaml"
+    threads: 2
+    shell:
+        "{params.selfmvs} infer {input.scene} {input.checkpoint} {output} --config {input.config} > {log} 2>&1"
+
+
+rule self_training_fuse:
+    input:
+        scene="results/_training/h5/{seed}.h5",
+        depth="results/_self_training/depth/{seed}.h5",
+        config="results/_self_training/config.yaml",
+    output:
+        cloud=temp("results/_self_training/fused/{seed}.ply"),
+        masks="results/_self_training/fused/{seed}_masks.h5",
+    params:
+        selfmvs=SELFMVS,
+    log:
+        "logs/_self_training/fuse_{seed}.log",
+    benchmark:
+        "benchmarks/_self_training/fuse_{seed}.tsv"
+    conda:
+        "../envs/selfmvs.yaml"
+    threads: 2
+    shell:
+        "{params.selfmvs} fuse {input.scene} {input.depth} {output.cloud} --masks {output.masks}"
+        " --config {input.config} > {log} 2>&1"
+
+
+rule self_training_labels:
+    input:
+        depth="results/_self_training/depth/{seed}.h5",
+        masks="results/_self_training/fused/{seed}_masks.h5",
+    output:
+        "results/_self_training/labels/{seed}.h5",
+    params:
+        selfmvs=SELFMVS,
+    log:
+        "logs/_self_training/labels_{seed}.log",
+    benchmark:
+        "benchmarks/_self_training/labels_{seed}.tsv"
+    conda:
+        "../envs/selfmvs.yaml"
+    threads: 1
+    shell:
+        "{params.selfmvs} pseudo-labels {input.depth} {input.masks} {output} > {log} 2>&1"
+
+
+rule train_self:
+    # Like train_base: the trainer's folder is not a declared output, so a stopped run resumes.
+    input:
+        scenes=training_scenes(),
+        labels=self_training_labels(),
+        init=self_training_init(),
+        config="results/_self_training/config.yaml",
+    output:
+        "results/_self_training/final.pt",
+    params:
+        selfmvs=SELFMVS,
+        folder="results/_self_training/checkpoint",
+    log:
+        "logs/_self_training/train.log",
+    benchmark:
+        "benchmarks/_self_training/train.tsv"
+    conda:
+        "../envs/selfmvs.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        gpu=1 if config["train"]["device"] == "cuda" else 0,
+    shell:
+        "{params.selfmvs} train --config {input.config} --scenes {input.scenes} --labels {input.labels}"
+        " --init {input.init} --out {params.folder} --resume > {log} 2>&1 && cp {params.folder}/last.pt {output}"

@@ -77,5 +77,10 @@ def test_errors_name_file_and_view(tmp_path):
         read_depth_file(not_h5)
     with pytest.raises(FileNotFoundError):
         read_depth_file(tmp_path / "missing.h5")
+    foreign = tmp_path / "scene.h5"
+    with h5py.File(foreign, "w") as handle:
+        handle.attrs["kind"] = "selfmvs.scene"
+    with pytest.raises(DepthFormatError, match=r"scene\.h5: not a selfmvs depth file \(kind='selfmvs.scene'\)"):
+        read_depth_file(foreign)
     with pytest.raises(DepthFormatError, match="confidence"):
         DepthView(1, "a", np.zeros((2, 3)), np.zeros((3, 2)), np.eye(3), np.eye(4))

@@ -34,6 +34,7 @@ from pipeline.losses import (
     nmf,
     photometric_error_maps,
     photometric_loss,
+    pseudo_label_loss,
     smoothness_loss,
     ssim_loss,
     warp_sources,
@@ -524,3 +525,65 @@ def test_objective_without_cosegmentation_module_and_bad_sizes():
     plain = SelfSupervisedLoss(get_recipe("unsup_mvsnet"))
     with pytest.raises(ValueError, match="integer factor"):
         plain(scene["images"], scene["Ks"], scene["cam_from_world"], {0: [true[..., :-3, :]]})
+
+
+# ------------------------------------------------------------------------------------------------
+# pseudo labels (self-training)
+
+
+def test_pseudo_label_loss_minimal_at_label_and_ignores_unlabelled():
+    generator = torch.Generator().manual_seed(7)
+    label = 2.0 + torch.rand(2, 1, 16, 16, generator=generator)
+    label[:, :, :4] = 0  # no label on the top rows
+    label[0, 0, 5, 5] = float("nan")  # nor where the label is not finite
+    true = label.clone()
+    true[:, :, :4] = 3.0
+    true[0, 0, 5, 5] = 3.0
+    assert float(pseudo_label_loss(true, label)) == 0.0
+    values = [float(pseudo_label_loss(true * s, label)) for s in (1.2, 1.1, 1.02, 1.005)]
+    assert values[0] > values[1] > values[2] > values[3] > 0
+    # unlabelled pixels do not count, whatever the depth there
+    wild = true.clone()
+    wild[:, :, :4] = 100.0
+    wild[0, 0, 5, 5] = -5.0
+    assert float(pseudo_label_loss(wild, label)) == 0.0
+    # relative: the same percentage error costs the same in any unit; 2 % -> smooth-L1(2, beta 1) = 1.5
+    assert float(pseudo_label_loss(true * 1.02, label)) == pytest.approx(1.5, rel=1e-4)
+    assert float(pseudo_label_loss(10 * true * 1.02, 10 * label)) == pytest.approx(1.5, rel=1e-4)
+
+
+def test_pseudo_label_loss_resizes_labels_and_keeps_the_graph():
+    label = torch.zeros(1, 1, 16, 16)
+    label[..., :8, :] = 4.0  # the top half labelled
+    depth = torch.full((1, 1, 4, 4), 4.0, requires_grad=True)  # a stage at 1/4 resolution
+    assert float(pseudo_label_loss(depth.detach(), label)) == 0.0
+    off = depth.detach().clone()
+    off[..., 2:, :] = 9.0  # the unlabelled bottom half
+    assert float(pseudo_label_loss(off, label)) == 0.0
+    off[..., :2, :] = 4.4
+    assert float(pseudo_label_loss(off, label)) == pytest.approx(9.5, rel=1e-5)
+    nothing = pseudo_label_loss(depth, torch.zeros(1, 1, 16, 16))
+    nothing.backward()
+    assert float(nothing.detach()) == 0.0 and depth.grad is not None
+    with pytest.raises(ValueError, match="label"):
+        pseudo_label_loss(depth, torch.zeros(2, 1, 16, 16))
+    with pytest.raises(ValueError, match="label"):
+        pseudo_label_loss(depth, torch.zeros(1, 16, 16))
+
+
+def test_objective_pseudo_label_term():
+    scene = make_scene(SLANTED, dtype=torch.float32)
+    true = scene["depths"][:, 0]
+    loss = SelfSupervisedLoss(get_recipe("unsup_mvsnet", {"pseudo_label": 0.5}))
+    assert "pseudo_label" in loss.active_terms
+    with pytest.raises(ValueError, match="labels"):
+        loss(scene["images"], scene["Ks"], scene["cam_from_world"], _stage_depths(true, 1.0))
+    labels = true.clone()
+    labels[..., : HEIGHT // 2, :] = 0
+    values = {}
+    for scale in (1.0, 1.05):
+        total, terms = loss(scene["images"], scene["Ks"], scene["cam_from_world"], _stage_depths(true, scale), labels=labels)
+        values[scale] = float(terms["pseudo_label"])
+        torch.testing.assert_close(total, sum(loss.recipe.weights[t] * v for t, v in terms.items()))
+    # the averaged-down stages differ a little from the labels; scaling away from them costs more
+    assert values[1.05] > values[1.0] + 20  # 5 % off at each of the 6 outputs: about 4 more each

@@ -237,3 +237,93 @@ def test_jdacs_with_cosegmentation_weights(scene_path, tmp_path):
     run_train(config, tmp_path / "out", [scene_path])
     row = read_rows(tmp_path / "out")[0]
     assert math.isfinite(float(row["cosegmentation"])) and float(row["cosegmentation"]) > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# self-training on pseudo labels
+
+
+def _position_labels(scene_path: Path, path: Path, size=(HEIGHT, WIDTH)) -> Path:
+    """A label file whose value encodes the pixel: 1 + row + column / 1000 (0 on the first row)."""
+    from pipeline.formats.depth_file import DepthView, write_depth_file
+    from pipeline.formats.scene_file import read_scene
+
+    rows, cols = np.meshgrid(np.arange(size[0]), np.arange(size[1]), indexing="ij")
+    values = (1.0 + rows + cols / 1000.0).astype(np.float32)
+    values[0] = 0.0
+    views = [DepthView(i, v.name, values, None, v.K, v.cam_from_world) for i, v in read_scene(scene_path).views.items()]
+    write_depth_file(path, views, {"kind": "selfmvs.depth_labels"})
+    return path
+
+
+def test_sampler_crops_labels_with_the_reference(scene_path, tmp_path):
+    from pipeline.formats.scene_file import read_scene
+    from pipeline.stages.train import _read_labels
+
+    scene = read_scene(scene_path)
+    labels = _read_labels(_position_labels(scene_path, tmp_path / "labels.h5"), scene, scene_path)
+    sampler = ViewSampler([scene], 2, (24, 32), (0.5, 0.5), labels=[labels])
+    for item in range(len(sampler)):
+        sample = sampler.sample(item, torch.Generator().manual_seed(item))
+        left = round(WIDTH / 2 - float(sample["K"][0, 0, 2]))
+        top = round(HEIGHT / 2 - float(sample["K"][0, 1, 2]))
+        expected = labels[sampler.items[item][1]][top : top + 24, left : left + 32]
+        assert sample["label"].shape == (1, 24, 32) and torch.equal(sample["label"][0], expected)
+    resized = ViewSampler([scene], 2, (12, 16), (1.0, 1.0), labels=[labels]).sample(0, torch.Generator().manual_seed(0))
+    # nearest neighbour: every value is a label value (no blend of two pixels' depths)
+    assert set(resized["label"].flatten().tolist()) <= set(labels[1].flatten().tolist())
+    plain = ViewSampler([scene], 2, (24, 32), (0.5, 0.5), labels=[None]).sample(0, torch.Generator().manual_seed(0))
+    assert torch.equal(plain["label"], torch.zeros(1, 24, 32))
+    assert "label" not in ViewSampler([scene], 2, (24, 32)).sample(0, torch.Generator().manual_seed(0))
+
+
+def test_train_on_pseudo_labels(scene_path, tmp_path, caplog):
+    """Only the pseudo-label term: it trains, is logged, and the label files are recorded."""
+    from pipeline.formats.depth_file import DepthView, write_depth_file
+    from pipeline.formats.scene_file import read_scene
+
+    scene = read_scene(scene_path)
+    # the true depth of the plane z = 2 (cameras look along +z), labelled on the left half only
+    views = []
+    for image_id, view in scene.views.items():
+        depth = np.zeros((HEIGHT, WIDTH), np.float32)
+        depth[:, : WIDTH // 2] = 2.0 - float(-view.cam_from_world[2, 3])
+        views.append(DepthView(image_id, view.name, depth, None, view.K, view.cam_from_world))
+    labels = tmp_path / "labels.h5"
+    write_depth_file(labels, views, {"kind": "selfmvs.depth_labels"})
+    only_labels = {"weights": {"photometric": 0, "ssim": 0, "smoothness": 0, "pseudo_label": 1.0}}
+    config = tiny_config(steps=2, loss=only_labels)
+    last = run_train(config, tmp_path / "out", [scene_path], labels=[labels])
+    rows = read_rows(tmp_path / "out")
+    assert set(rows[0]) >= {"pseudo_label", "loss"} and "photometric" not in rows[0]
+    assert all(float(r["pseudo_label"]) > 0 and float(r["loss"]) == pytest.approx(float(r["pseudo_label"])) for r in rows)
+    assert load_checkpoint(last)[1]["labels"] == [str(labels)]
+    # fine-tuning takes one label file with its one scene
+    tuned = run_train(tiny_config(finetune={"steps": 1}, loss=only_labels), tmp_path / "ft", finetune=scene_path,
+                      init=last, labels=[labels])
+    assert float(read_rows(tmp_path / "ft")[0]["pseudo_label"]) > 0 and tuned.is_file()
+    # a training run from trained weights can keep their BatchNorm statistics
+    frozen = run_train(tiny_config(steps=1, freeze_batchnorm=True, loss=only_labels), tmp_path / "frozen", [scene_path],
+                       init=last, labels=[labels])
+    before, after = weights(last), weights(frozen)
+    running = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert running and all(torch.equal(before[k], after[k]) for k in running)
+    # labels given but the term is off: said, and not loaded
+    with caplog.at_level("WARNING"):
+        run_train(tiny_config(steps=1), tmp_path / "off", [scene_path], labels=[labels])
+    assert "pseudo_label is 0" in caplog.text
+
+
+def test_pseudo_label_bad_input(scene_path, tmp_path):
+    config = tiny_config(steps=1, loss={"weights": {"pseudo_label": 1.0}})
+    with pytest.raises(ValueError, match="no label files"):
+        run_train(config, tmp_path / "a", [scene_path])
+    with pytest.raises(ValueError, match="one per scene"):
+        run_train(config, tmp_path / "a", [scene_path], labels=[scene_path, scene_path])
+    with pytest.raises(FileNotFoundError, match="nothing.h5"):
+        run_train(config, tmp_path / "a", [scene_path], labels=[tmp_path / "nothing.h5"])
+    small = _position_labels(scene_path, tmp_path / "small.h5", size=(HEIGHT // 2, WIDTH // 2))
+    with pytest.raises(ValueError, match=r"small\.h5: view 1 is 32x24.*stores it at 64x48"):
+        run_train(config, tmp_path / "a", [scene_path], labels=[small])
+    with pytest.raises(ValueError, match="not a readable label file"):
+        run_train(config, tmp_path / "a", [scene_path], labels=[scene_path])

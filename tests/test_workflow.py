@@ -95,3 +95,28 @@ def test_real_workflow_runs_every_rule(tmp_path):
     # Resumable and idempotent: a second run finds nothing to do.
     again = snakemake("-n", "--cores", "2", "--configfile", str(tmp_path / "tiny.yaml"), "--directory", str(tmp_path))
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_self_training_rules_run(tmp_path):
+    """train_self: the init weights label a (tiny) training scene through infer + fuse + pseudo-labels, then train on them."""
+    shipped = REPO / "pipeline" / "checkpoints" / "selfmvs_synthetic.pt"
+    config = yaml.safe_load((REPO / "config" / "train_self.yaml").read_text())
+    config["self_training"]["init"] = str(shipped)
+    config["training_data"] = {"seeds": [1000], "num_views": 3, "width": 96, "height": 72}
+    config["train"].update({"steps": 2, "batch_size": 1, "width": 96, "height": 72, "progress": False, "num_threads": 1})
+    config["fuse"] = {"min_consistent_views": 1}
+    (tmp_path / "self.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake("train_self", "--cores", "2", "--configfile", str(tmp_path / "self.yaml"), "--directory", str(tmp_path))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    from pipeline.formats.depth_file import read_depth_attrs, read_depth_file
+    from pipeline.model import load_checkpoint
+
+    labels = tmp_path / "results" / "_self_training" / "labels" / "1000.h5"
+    assert read_depth_attrs(labels)["kind"] == "selfmvs.depth_labels"
+    assert all((v.depth > 0).any() for v in read_depth_file(labels).values())
+    _, extra = load_checkpoint(tmp_path / "results" / "_self_training" / "final.pt")
+    assert extra["step"] == 2 and extra["labels"] == ["results/_self_training/labels/1000.h5"]
+    rows = (tmp_path / "results" / "_self_training" / "checkpoint" / "losses.csv").read_text().splitlines()
+    assert rows[0].split(",")[3] == "pseudo_label" and len(rows) == 3
+    assert not (tmp_path / "results" / "_self_training" / "fused" / "1000.ply").exists()  # temp(): removed

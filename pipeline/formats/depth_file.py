@@ -2,7 +2,8 @@
 
 Layout (docs/formats.md)::
 
-    /                        attrs: format_version=1, kind ("selfmvs.depth" | "selfmvs.gt_depth"),
+    /                        attrs: format_version=1, kind ("selfmvs.depth" | "selfmvs.gt_depth" |
+                                    "selfmvs.depth_labels"),
                                     units, plus whatever the writer adds (e.g. checkpoint)
     /views/<image_id>/depth       float32 (H, W) z-depth in scene units, 0 = no estimate
     /views/<image_id>/confidence  float32 (H, W) in [0, 1] (optional in gt/depth.h5)
@@ -24,7 +25,7 @@ import h5py
 import numpy as np
 
 FORMAT_VERSION = 1
-KINDS = ("selfmvs.depth", "selfmvs.gt_depth")
+KINDS = ("selfmvs.depth", "selfmvs.gt_depth", "selfmvs.depth_labels")
 
 
 class DepthFormatError(ValueError):
@@ -156,9 +157,10 @@ def _open(path: str | os.PathLike) -> h5py.File:
         handle = h5py.File(path, "r")
     except OSError as error:
         raise DepthFormatError(f"{path}: not an HDF5 file ({error})") from None
-    if handle.attrs.get("kind") not in KINDS or "views" not in handle:
+    kind = handle.attrs.get("kind")
+    if kind not in KINDS or "views" not in handle:
         handle.close()
-        raise DepthFormatError(f"{path}: not a selfmvs depth file (kind={handle.attrs.get('kind')!r})")
+        raise DepthFormatError(f"{path}: not a selfmvs depth file (kind={kind!r})")
     return handle
 
 

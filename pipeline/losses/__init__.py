@@ -8,6 +8,7 @@
 - :mod:`~pipeline.losses.cosegmentation` (+ :mod:`~pipeline.losses.vgg16`): NMF co-segmentation (JDACS).
 - :mod:`~pipeline.losses.cross_view`: cross-view depth consistency (MVS^2).
 - :mod:`~pipeline.losses.depth_normal`: depth-normal consistency (M3VSNet).
+- :mod:`~pipeline.losses.pseudo_label`: self-training on fused, multi-view-consistent depth (KD-MVS).
 - :mod:`~pipeline.losses.recipes`: named recipes; :mod:`~pipeline.losses.objective`: their weighted sum.
 """
 
@@ -17,6 +18,7 @@ from pipeline.losses.cross_view import cross_view_loss
 from pipeline.losses.depth_normal import depth_normal_loss
 from pipeline.losses.objective import SelfSupervisedLoss
 from pipeline.losses.photometric import photometric_error_maps, photometric_loss
+from pipeline.losses.pseudo_label import pseudo_label_loss
 from pipeline.losses.recipes import RECIPES, TERMS, Recipe, get_recipe
 from pipeline.losses.smoothness import smoothness_loss
 from pipeline.losses.ssim_loss import ssim_error_maps, ssim_loss
@@ -27,6 +29,6 @@ __all__ = [
     "AugmentationParams", "augment_images", "augmentation_loss", "augmentation_weight",
     "CoSegmentation", "cosegmentation_loss", "make_cosegmentation", "nmf",
     "cross_view_loss", "depth_normal_loss", "SelfSupervisedLoss",
-    "photometric_error_maps", "photometric_loss", "RECIPES", "TERMS", "Recipe", "get_recipe",
+    "photometric_error_maps", "photometric_loss", "pseudo_label_loss", "RECIPES", "TERMS", "Recipe", "get_recipe",
     "smoothness_loss", "ssim_error_maps", "ssim_loss", "VGG16Features", "best_k_mean", "warp_sources",
 ]

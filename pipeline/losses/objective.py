@@ -18,6 +18,7 @@ from pipeline.losses.cosegmentation import CoSegmentation, cosegmentation_loss, 
 from pipeline.losses.cross_view import cross_view_loss
 from pipeline.losses.depth_normal import depth_normal_loss
 from pipeline.losses.photometric import photometric_loss
+from pipeline.losses.pseudo_label import pseudo_label_loss
 from pipeline.losses.recipes import Recipe
 from pipeline.losses.smoothness import smoothness_loss
 from pipeline.losses.ssim_loss import ssim_loss
@@ -82,6 +83,7 @@ class SelfSupervisedLoss(nn.Module):
         augmented_stage_depths: Mapping[int, Sequence[torch.Tensor]] | None = None,
         augmentation_keep: torch.Tensor | None = None,
         cross_depth: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         weight_overrides: Mapping[str, float] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -96,11 +98,12 @@ class SelfSupervisedLoss(nn.Module):
             augmented_stage_depths: depths predicted on the augmented views (augmentation term).
             augmentation_keep: reference pixels not occluded by the augmentation.
             cross_depth: refined depth predicted with view 1 as the reference (cross-view term).
+            labels: pseudo-label depth of the reference at (H, W), 0 = no label (pseudo-label term).
             generator: randomness of the co-segmentation's NMF initialisation.
             weight_overrides: per-call weights (e.g. the scheduled augmentation weight).
 
         Shape:
-            - images: (B, V, 3, H, W); K: (B, V, 3, 3); cam_from_world: (B, V, 4, 4); mask: (B, 1, H, W)
+            - images: (B, V, 3, H, W); K: (B, V, 3, 3); cam_from_world: (B, V, 4, 4); mask, labels: (B, 1, H, W)
         """
         if images.dim() != 5 or images.shape[2] != 3 or images.shape[1] < 2:
             raise ValueError(f"images: expected (B, V>=2, 3, H, W), got {tuple(images.shape)}")
@@ -117,6 +120,8 @@ class SelfSupervisedLoss(nn.Module):
             raise ValueError("the augmentation term needs augmented_stage_depths")
         if "cross_view" in active and cross_depth is None:
             raise ValueError("the cross-view term needs cross_depth")
+        if "pseudo_label" in active and labels is None:
+            raise ValueError("the pseudo-label term needs labels")
 
         src_from_ref = cam_from_world[:, 1:] @ torch.linalg.inv(cam_from_world[:, :1])
         segmentation = None
@@ -176,5 +181,7 @@ class SelfSupervisedLoss(nn.Module):
                     depth, cross_depth.float(), ref_K, scale_intrinsics(K[:, 1], 1.0 / src_factor), src_from_ref[:, 0],
                     max_relative_error=self.cross_view_max_error, mask=level_mask,
                 )
+            if "pseudo_label" in here:
+                terms["pseudo_label"] = terms["pseudo_label"] + pseudo_label_loss(depth, labels)
         total = sum((weights[t] * value for t, value in terms.items()), images.new_zeros(()))
         return total, terms

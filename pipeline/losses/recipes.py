@@ -2,7 +2,8 @@
 
 The photometric (12), SSIM (6) and smoothness (0.18) weights are those of Unsup_MVS and JDACS.
 The weights of the extra terms are our choices where the papers' values do not transfer to our
-normalised terms (documented per recipe); ``train.loss.weights`` overrides any of them.
+normalised terms (documented per recipe); ``train.loss.weights`` overrides any of them. No recipe
+has the ``pseudo_label`` term (self-training needs label files): it is switched on by its weight.
 
 "All stages" means every depth the network outputs (each PatchMatch iteration of stages 3, 2 and
 1 and the refined depth), each at its own resolution; "final" means the refined depth only.
@@ -13,7 +14,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
-TERMS = ("photometric", "ssim", "smoothness", "augmentation", "cosegmentation", "cross_view", "depth_normal")
+TERMS = (
+    "photometric", "ssim", "smoothness", "augmentation", "cosegmentation", "cross_view", "depth_normal", "pseudo_label",
+)
 
 
 @dataclasses.dataclass(frozen=True)

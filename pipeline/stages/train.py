@@ -2,6 +2,7 @@
 
     selfmvs train --config FILE --out CHECKPOINT_DIR --scenes a/scene.h5 b/scene.h5 [--steps N] [--resume]
     selfmvs train --config FILE --out CHECKPOINT_DIR --finetune scene.h5 --init model.pt
+    selfmvs train ... --labels a/labels.h5 b/labels.h5     # self-training (train.loss.weights.pseudo_label)
 
 Data are prepared scenes (scene.h5). A sample is a reference view and its ``num_sources``
 best-ranked sources: the reference is a random crop (same aspect as the training size) resized to
@@ -69,10 +70,17 @@ class ViewSampler:
             (cropped down to a multiple of 8) with sources resized to it (fine-tuning).
         crop_scale: (min, max) fraction of the largest crop (with the training aspect) kept.
         names: file names for messages.
+        labels: per scene, None or image_id -> (H, W) float32 label depth at the view's stored size
+            (0 = no label); when given, every sample also has a ``label`` cropped and resized
+            (nearest) like its reference, zeros for a scene without labels.
     """
 
-    def __init__(self, scenes, num_sources: int, size: tuple[int, int] | None, crop_scale=(1.0, 1.0), names=None):
+    def __init__(self, scenes, num_sources: int, size: tuple[int, int] | None, crop_scale=(1.0, 1.0), names=None,
+                 labels=None):
         self.num_sources = num_sources
+        self.labels = list(labels) if labels is not None else None
+        if self.labels is not None and len(self.labels) != len(scenes):
+            raise ValueError(f"labels: one entry per scene expected, got {len(self.labels)} for {len(scenes)} scenes")
         self.size = size
         self.crop_scale = tuple(float(c) for c in crop_scale)
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
@@ -124,7 +132,7 @@ class ViewSampler:
 
     def sample(self, item: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """One sample: ``images`` (V, 3, H, W), ``K`` (V, 3, 3), ``cam_from_world`` (V, 4, 4),
-        ``depth_range`` (V, 2), ``mask`` (1, H, W) bool."""
+        ``depth_range`` (V, 2), ``mask`` (1, H, W) bool, with labels also ``label`` (1, H, W)."""
         scene_index, ref_id, sources = self.items[item]
         views = self.views[scene_index]
         ref = views[ref_id]
@@ -164,13 +172,21 @@ class ViewSampler:
             Ks.append(_scale_K(source.K, width / src_w, height / src_h))
             poses.append(source.cam_from_world)
             ranges.append(source.depth_range)
-        return {
+        sample = {
             "images": torch.stack(images),
             "K": torch.stack(Ks),
             "cam_from_world": torch.stack(poses),
             "depth_range": torch.stack(ranges),
             "mask": mask,
         }
+        if self.labels is not None:
+            scene_labels = self.labels[scene_index]
+            if scene_labels is None:
+                sample["label"] = torch.zeros(1, height, width)
+            else:
+                cropped = scene_labels[ref_id][top : top + crop_h, left : left + crop_w][None, None]
+                sample["label"] = F.interpolate(cropped, size=(height, width), mode="nearest")[0]
+        return sample
 
     def batch(self, step: int, batch_size: int, rank: int, world_size: int, seed: int, generator: torch.Generator):
         samples = [self.sample(i, generator) for i in self.item_indices(step, batch_size, rank, world_size, seed)]
@@ -299,6 +315,28 @@ def _plot(path: Path, rows: list[dict[str, float]], terms: list[str]) -> None:
     plt.close(figure)
 
 
+def _read_labels(path: Path, scene, scene_path: Path) -> dict[int, torch.Tensor]:
+    """image_id -> (H, W) float32 label depth of every view of ``scene``, checked against it."""
+    from pipeline.formats.depth_file import DepthFormatError, read_depth_file
+
+    try:
+        views = read_depth_file(path)
+    except (OSError, DepthFormatError) as error:
+        raise ValueError(f"{path}: not a readable label file ({error})") from None
+    labels = {}
+    for image_id, view in scene.views.items():
+        if image_id not in views:
+            raise ValueError(f"{path}: no labels for view {image_id} ({view.name}) of {scene_path}")
+        depth = views[image_id].depth
+        if depth.shape != (view.height, view.width):
+            raise ValueError(
+                f"{path}: view {image_id} is {depth.shape[1]}x{depth.shape[0]}, but {scene_path} stores it at "
+                f"{view.width}x{view.height} (labels must come from inference on this scene.h5)"
+            )
+        labels[image_id] = torch.from_numpy(np.where(np.isfinite(depth) & (depth > 0), depth, 0).astype(np.float32))
+    return labels
+
+
 def _build_model(config: TrainConfig, init: Path | None):
     from pipeline.model import ModelConfig, PatchmatchNet, load_checkpoint
 
@@ -325,6 +363,7 @@ def run_train(
     steps: int | None = None,
     resume: bool = False,
     stop_at: int | None = None,
+    labels: Sequence[str | os.PathLike] | None = None,
 ) -> Path:
     """Train (or fine-tune) the network self-supervised; returns the path of ``last.pt``.
 
@@ -338,6 +377,8 @@ def run_train(
         resume: continue from ``out_dir/last.pt`` (weights, optimizer, schedule, step, RNG) when
             it exists; without it the run starts from step 0 (so a workflow can always pass it).
         stop_at: stop (with a checkpoint) after this step although the schedule spans ``steps``.
+        labels: pseudo-label files (``selfmvs pseudo-labels``), one per scene in the order of
+            ``scenes`` (one for ``finetune``); used by the ``pseudo_label`` term.
 
     Raises:
         ValueError: bad arguments, scenes or checkpoints, each naming the culprit.
@@ -368,6 +409,13 @@ def run_train(
     for path in scene_paths:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: scene file not found")
+    label_paths = [Path(p) for p in labels] if labels else None
+    if label_paths is not None:
+        if len(label_paths) != len(scene_paths):
+            raise ValueError(f"train: {len(label_paths)} label file(s) for {len(scene_paths)} scene(s); give one per scene, in order")
+        for path in label_paths:
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: label file not found")
 
     dist = _distributed_from_env()
     device = resolve_device(config.device, dist.local_rank)
@@ -397,7 +445,7 @@ def run_train(
         else:
             model = _build_model(config, Path(init) if init is not None else None)
         model = model.to(device)
-        freeze = mode == "finetune" and config.finetune.freeze_batchnorm
+        freeze = config.finetune.freeze_batchnorm if mode == "finetune" else config.freeze_batchnorm
         model.freeze_batchnorm(freeze)
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=config.weight_decay)
@@ -448,6 +496,11 @@ def run_train(
             cross_view_max_error=loss_config.cross_view_max_error, cosegmentation=cosegmentation,
         )
         terms = objective.active_terms
+        if "pseudo_label" in terms and label_paths is None:
+            raise ValueError("train.loss.weights.pseudo_label is set but no label files were given (--labels)")
+        if label_paths is not None and "pseudo_label" not in terms:
+            log.warning("%d label file(s) given, but train.loss.weights.pseudo_label is 0: they are not used", len(label_paths))
+            label_paths = None
         aug = loss_config.augmentation
         aug_params = AugmentationParams(
             aug.brightness, aug.contrast, aug.saturation, aug.gamma, aug.occlusions, tuple(aug.occlusion_size)
@@ -460,7 +513,10 @@ def run_train(
         loaded = [read_scene(path, load_images=True) for path in scene_paths]
         size = None if (mode == "finetune" and config.finetune.full_resolution) else (config.height, config.width)
         crop = (1.0, 1.0) if mode == "finetune" else config.crop_scale
-        sampler = ViewSampler(loaded, config.num_sources, size, crop, names=scene_paths)
+        label_maps = None
+        if label_paths is not None:
+            label_maps = [_read_labels(path, scene, scene_path) for path, scene, scene_path in zip(label_paths, loaded, scene_paths)]
+        sampler = ViewSampler(loaded, config.num_sources, size, crop, names=scene_paths, labels=label_maps)
         batch_size = 1 if size is None else config.batch_size
         if "cross_view" in terms and config.num_sources < 1:
             raise ValueError("train: the cross-view term needs at least one source view")
@@ -502,6 +558,7 @@ def run_train(
                 "world_size": dist.world_size,
                 "recipe": recipe.name,
                 "scenes": [str(p) for p in scene_paths],
+                "labels": [str(p) for p in label_paths] if label_paths is not None else [],
             }
             save_checkpoint(out_dir / f"step_{step:07d}.pt", model, extra)
             save_checkpoint(last, model, extra)
@@ -613,7 +670,7 @@ def _train_step(net, objective, optimizer, scaler, batch, terms, aug_params, aug
     if "cross_view" in terms:
         cross_depth = parts[index][0][-1]
     total, values = objective(
-        images, K.float(), poses.float(), parts[0], mask=batch["mask"],
+        images, K.float(), poses.float(), parts[0], mask=batch["mask"], labels=batch.get("label"),
         augmented_stage_depths=augmented_depths, augmentation_keep=keep, cross_depth=cross_depth,
         generator=generator, weight_overrides={"augmentation": aug_weight} if "augmentation" in terms else None,
     )
@@ -637,6 +694,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", type=Path, default=None, metavar="CHECKPOINT", help="start from these weights")
     parser.add_argument("--steps", type=int, default=None, help="total optimizer steps (overrides the config)")
     parser.add_argument("--resume", action="store_true", help="continue from CHECKPOINT_DIR/last.pt")
+    parser.add_argument("--labels", type=Path, nargs="+", default=None, metavar="LABELS_H5",
+                        help="pseudo-label files (selfmvs pseudo-labels), one per scene in the order of --scenes "
+                        "(one with --finetune); used when train.loss.weights.pseudo_label > 0")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -644,7 +704,8 @@ def main(args: argparse.Namespace) -> int:
     if args.finetune is not None and args.scenes:
         raise ValueError("train: give either --scenes or --finetune, not both")
     path = run_train(
-        config, args.out, args.scenes, finetune=args.finetune, init=args.init, steps=args.steps, resume=args.resume
+        config, args.out, args.scenes, finetune=args.finetune, init=args.init, steps=args.steps, resume=args.resume,
+        labels=args.labels,
     )
     if _distributed_from_env().is_main:
         print(path)

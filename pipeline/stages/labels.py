@@ -1,0 +1,86 @@
+"""``selfmvs pseudo-labels DEPTH_H5 MASKS_H5 OUT_H5``: depth the fusion kept -> self-training labels.
+
+The labels are the network's own depth (``depth.h5`` of ``selfmvs infer``) on the pixels that
+``selfmvs fuse`` kept (``fused_masks.h5``: photometrically confident and consistent with enough
+sources), 0 elsewhere — no ground truth. Training on them (``selfmvs train --labels``, weight
+``train.loss.weights.pseudo_label``) is self-training in the manner of KD-MVS. The file has the
+``depth.h5`` layout with kind ``selfmvs.depth_labels`` and no confidence (docs/formats.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from pipeline.formats.depth_file import DepthView, list_depth_views, read_depth_attrs, read_depth_view, write_depth_file
+
+log = logging.getLogger(__name__)
+
+LABELS_KIND = "selfmvs.depth_labels"
+
+
+class LabelsInputError(ValueError):
+    """Depth and mask files that do not belong together; names the files and the view."""
+
+
+def _read_mask(masks_h5: Path, handle: h5py.File, image_id: int, shape: tuple[int, int]) -> np.ndarray:
+    group = handle["views"].get(str(image_id))
+    if group is None or "mask" not in group:
+        raise LabelsInputError(f"{masks_h5}: no mask of view {image_id} (fuse the same depth.h5 first)")
+    mask = group["mask"][()].astype(bool)
+    if mask.shape != shape:
+        raise LabelsInputError(f"{masks_h5}: view {image_id}: mask {mask.shape} but depth {shape}: not fused from this depth.h5")
+    return mask
+
+
+def run_pseudo_labels(depth_h5: str | os.PathLike, masks_h5: str | os.PathLike, out_h5: str | os.PathLike) -> dict:
+    """Write ``out_h5``: each view's depth where its fusion mask is set, 0 elsewhere.
+
+    Returns:
+        ``{"views": n, "labelled": fraction of pixels with a label}``.
+
+    Raises:
+        LabelsInputError, ``DepthFormatError``, FileNotFoundError: each naming the file at fault.
+    """
+    depth_h5, masks_h5, out_h5 = Path(depth_h5), Path(masks_h5), Path(out_h5)
+    if not masks_h5.is_file():
+        raise FileNotFoundError(f"{masks_h5}: fusion mask file not found")
+    attrs = read_depth_attrs(depth_h5)
+    if attrs.get("kind") != "selfmvs.depth":
+        raise LabelsInputError(f"{depth_h5}: kind {attrs.get('kind')!r}; labels are made from a depth.h5 of selfmvs infer")
+    try:
+        masks = h5py.File(masks_h5, "r")
+    except OSError as error:
+        raise LabelsInputError(f"{masks_h5}: not an HDF5 file ({error})") from None
+    views, labelled, pixels = [], 0, 0
+    with masks:
+        if masks.attrs.get("kind") != "selfmvs.fused_masks" or "views" not in masks:
+            raise LabelsInputError(f"{masks_h5}: not a fused_masks.h5 of selfmvs fuse (kind={masks.attrs.get('kind')!r})")
+        for image_id in list_depth_views(depth_h5):
+            view = read_depth_view(depth_h5, image_id)
+            keep = _read_mask(masks_h5, masks, image_id, view.depth.shape) & np.isfinite(view.depth) & (view.depth > 0)
+            views.append(DepthView(image_id, view.name, np.where(keep, view.depth, 0).astype(np.float32), None, view.K, view.cam_from_world))
+            labelled += int(keep.sum())
+            pixels += keep.size
+    fraction = labelled / max(pixels, 1)
+    write_depth_file(out_h5, views, {
+        "kind": LABELS_KIND, "depth_file": str(depth_h5), "masks_file": str(masks_h5),
+        "checkpoint": str(attrs.get("checkpoint", "")), "labelled_fraction": fraction,
+    })
+    log.info("%d views, %.1f %% of the pixels labelled -> %s", len(views), 100 * fraction, out_h5)
+    return {"views": len(views), "labelled": fraction}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("depth_h5", help="depth.h5 written by selfmvs infer")
+    parser.add_argument("masks_h5", help="fused_masks.h5 written by selfmvs fuse from that depth.h5")
+    parser.add_argument("out_h5", help="the label file to write (depth.h5 layout, kind selfmvs.depth_labels)")
+
+
+def main(args) -> int:
+    run_pseudo_labels(args.depth_h5, args.masks_h5, args.out_h5)
+    return 0
