@@ -11,6 +11,7 @@ ground truth counts (pooled over the views); a pixel without an estimate counts 
 
     .venv/bin/python bench/quality_heldout.py pipeline/checkpoints/selfmvs_synthetic.pt \\
         [--seeds 2000,2001] [--num-sources 6] [--model iterations=[1,3,1]] [--finetune 120 [--recipe R] [--train-set loss.top_k=2]] \\
+        [--self-label --train-set loss.weights.pseudo_label=1] \\
         [--json bench/results/quality-....json]
 """
 
@@ -73,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
                         help="inference setting replacing the checkpoint's (selfmvs infer --model), e.g. "
                         "iterations=[1,3,1]; repeatable")
+    parser.add_argument("--self-label", action="store_true",
+                        help="fine-tune with pseudo labels of the scene itself: the checkpoint's depth where "
+                        "`selfmvs fuse` keeps it (selfmvs pseudo-labels); weigh them with --train-set "
+                        "loss.weights.pseudo_label=W")
     parser.add_argument("--no-base", action="store_true", help="only the fine-tuned run (with --finetune)")
     parser.add_argument("--work", type=Path, help="folder for scenes and outputs (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -101,9 +106,17 @@ def main(argv: list[str] | None = None) -> int:
                 config.write_text(json.dumps({"train": train}))
                 out = work / f"finetune_{seed}"
                 started = time.perf_counter()
+                label_args = []
+                if args.self_label:  # labels from the checkpoint's own fused depth on this scene (no ground truth)
+                    source = work / f"s{seed}_label_source"
+                    selfmvs("infer", str(scene_h5), str(checkpoint), f"{source}.h5", "--num-sources", str(args.num_sources),
+                            *(arg for item in args.model for arg in ("--model", item)))
+                    selfmvs("fuse", str(scene_h5), f"{source}.h5", f"{source}.ply", "--masks", f"{source}_masks.h5")
+                    selfmvs("pseudo-labels", f"{source}.h5", f"{source}_masks.h5", f"{source}_labels.h5")
+                    label_args = ["--labels", f"{source}_labels.h5"]
                 selfmvs("train", "--config", str(config), "--out", str(out), "--finetune", str(scene_h5),
-                        "--init", str(checkpoint))
-                label = f"finetuned {args.finetune:g} s" + (f" {args.recipe}" if args.recipe else "")
+                        "--init", str(checkpoint), *label_args)
+                label = f"finetuned {args.finetune:g} s" + (" self-labelled" if args.self_label else "") + (f" {args.recipe}" if args.recipe else "")
                 runs.append((label + "".join(f" {item}" for item in args.train_set), out / "last.pt"))
                 finetune_wall = time.perf_counter() - started
                 with open(out / "losses.csv") as log:
@@ -122,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"seed {seed} {name:>16}: median {100 * row['median_rel_error']:.3f} %, within 0.5/1/2/5 %: "
                       + " / ".join(f"{100 * row[f'within_{t:g}']:.1f}" for t in THRESHOLDS), flush=True)
     payload = {"checkpoint": str(args.checkpoint), "num_sources": args.num_sources, "model": args.model,
-               "finetune_s": args.finetune,
+               "finetune_s": args.finetune, "self_label": args.self_label,
                "recipe": args.recipe, "train_set": args.train_set,
                "threads": os.environ.get("OMP_NUM_THREADS"), "load_avg_1min": os.getloadavg()[0], "results": results}
     if args.json:
