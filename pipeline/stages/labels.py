@@ -16,7 +16,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.formats.depth_file import DepthView, list_depth_views, read_depth_attrs, read_depth_view, write_depth_file
+from pipeline.formats.depth_file import (
+    DepthView, list_depth_views, read_depth_attrs, read_depth_view, write_depth_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,8 @@ def run_pseudo_labels(depth_h5: str | os.PathLike, masks_h5: str | os.PathLike, 
         for image_id in list_depth_views(depth_h5):
             view = read_depth_view(depth_h5, image_id)
             keep = _read_mask(masks_h5, masks, image_id, view.depth.shape) & np.isfinite(view.depth) & (view.depth > 0)
-            views.append(DepthView(image_id, view.name, np.where(keep, view.depth, 0).astype(np.float32), None, view.K, view.cam_from_world))
+            label = np.where(keep, view.depth, 0).astype(np.float32)
+            views.append(DepthView(image_id, view.name, label, None, view.K, view.cam_from_world))
             labelled += int(keep.sum())
             pixels += keep.size
     fraction = labelled / max(pixels, 1)
