@@ -6,10 +6,12 @@ them on the held-out scenes with `quality_heldout.py`. Two kinds of labels:
 - ``pseudo``: no ground truth — the shipped network's own depth where `selfmvs fuse` keeps it (the
   pixels of `fused_masks.h5`: photometrically confident and consistent with >= 3 sources), i.e.
   self-training on multi-view-consistent depth (the idea of KD-MVS); generated here with
-  `selfmvs infer` + `selfmvs fuse` when missing.
+  `selfmvs infer` + `selfmvs fuse` + `selfmvs pseudo-labels` when missing. The workflow's own
+  version of this is `snakemake train_self` (config/train_self.yaml).
 
-The loss is a smooth-L1 of the relative depth error (in %) at every stage output, on labelled pixels
-only; BatchNorm frozen, AdamW, batch 2, whole views (400x296), 4 sources, gradient clipping 1.
+The loss is the package's ``pseudo_label`` term (smooth-L1 of the relative depth error in %, labelled
+pixels only), averaged over the stage outputs; BatchNorm frozen, AdamW, batch 2, whole views (400x296),
+4 sources, gradient clipping 1.
 Checkpoints every 100 steps into --out (plain network checkpoints with the shipped inference
 settings: `quality_heldout.py OUT/step_N.pt`). Session 13's runs: bench/README.md.
 
@@ -22,10 +24,8 @@ import argparse
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "pipeline" / "checkpoints" / "selfmvs_synthetic.pt"
@@ -48,21 +48,21 @@ def labels_of(seed: int, scene, kind: str, work: Path, checkpoint: Path) -> dict
             labels[image_id] = torch.from_numpy(np.ascontiguousarray(gt.depth[dy : dy + view.height, dx : dx + view.width])).float()
         return labels
     depth_h5, ply = work / f"{seed}_depth.h5", work / f"{seed}.ply"
-    masks_h5 = ply.with_name(f"{seed}_masks.h5")
+    masks_h5, labels_h5 = ply.with_name(f"{seed}_masks.h5"), ply.with_name(f"{seed}_labels.h5")
     if not masks_h5.is_file():
         scene_h5 = str(REPO / f"results/_training/h5/{seed}.h5")
         selfmvs("infer", scene_h5, str(checkpoint), str(depth_h5))
         selfmvs("fuse", scene_h5, str(depth_h5), str(ply))
-    with h5py.File(masks_h5, "r") as masks:
-        for image_id in scene.views:
-            keep = torch.from_numpy(masks["views"][str(image_id)]["mask"][()].astype(bool))
-            depth = torch.from_numpy(read_depth_view(depth_h5, image_id).depth).float()
-            labels[image_id] = torch.where(keep, depth, torch.zeros_like(depth))
+    if not labels_h5.is_file():
+        selfmvs("pseudo-labels", str(depth_h5), str(masks_h5), str(labels_h5))
+    for image_id in scene.views:
+        labels[image_id] = torch.from_numpy(read_depth_view(labels_h5, image_id).depth)
     return labels
 
 
 def main(argv: list[str] | None = None) -> int:
     from pipeline.formats.scene_file import read_scene
+    from pipeline.losses import pseudo_label_loss
     from pipeline.model import load_checkpoint, save_checkpoint
     from pipeline.stages.train import ViewSampler
 
@@ -102,14 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             views = images.shape[1]
             output = model([images[:, v] for v in range(views)], [K[:, v].float() for v in range(views)],
                            [poses[:, v].float() for v in range(views)], ranges[:, 0, 0].float(), ranges[:, 0, 1].float())
-            terms = []
-            for depths in output.stage_depths.values():
-                for depth in depths:
-                    label = F.interpolate(target, size=depth.shape[-2:], mode="nearest")
-                    keep = (label > 0) & (F.interpolate(batch["mask"].float(), size=depth.shape[-2:], mode="nearest") > 0.5)
-                    relative = 100 * (depth[keep] - label[keep]).abs() / label[keep]
-                    terms.append(F.smooth_l1_loss(relative, torch.zeros_like(relative), beta=1.0))
-            loss = torch.stack(terms).mean()
+            target = torch.where(batch["mask"], target, torch.zeros_like(target))  # no label outside the valid pixels
+            loss = torch.stack([pseudo_label_loss(depth, target) for depths in output.stage_depths.values() for depth in depths]).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

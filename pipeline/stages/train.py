@@ -333,7 +333,7 @@ def _read_labels(path: Path, scene, scene_path: Path) -> dict[int, torch.Tensor]
                 f"{path}: view {image_id} is {depth.shape[1]}x{depth.shape[0]}, but {scene_path} stores it at "
                 f"{view.width}x{view.height} (labels must come from inference on this scene.h5)"
             )
-        labels[image_id] = torch.from_numpy(np.where(np.isfinite(depth) & (depth > 0), depth, 0).astype(np.float32))
+        labels[image_id] = torch.from_numpy(depth)  # float32; the loss skips pixels <= 0 or not finite
     return labels
 
 
