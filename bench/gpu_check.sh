@@ -3,7 +3,9 @@
 #   1. the CUDA tests (every test marked `cuda` and every device-parametrised case on cuda),
 #   2. the kernel and inference benchmarks on the GPU (pytest-benchmark JSON),
 #   3. `selfmvs infer` end to end on a prepared scene (DATA/s640.h5), twice (the first compiles),
-#   4. `selfmvs train` steps on the GPU, fp32 and bf16 autocast, on DATA/demo_scene.h5.
+#   4. `selfmvs train` steps on the GPU, fp32, bf16 and fp16 autocast, on DATA/demo_scene.h5,
+#   5. the self-training chain of rule train_self on DATA/demo_scene.h5: infer with the committed base
+#      weights, fuse --masks, pseudo-labels, `train --labels --init` with config/train_self.yaml.
 # Each stage has its own time limit, so one that hangs leaves time for the rest. Results go to
 # $OUT (the device tool's folder; 8 files, its limit) or bench/results/gpu-<date>/.
 # Needs pytest-xdist for stage 1 (the GPU image has it; `-n 4` spreads the tests over 4 workers).
@@ -12,6 +14,8 @@ set -u
 OUT=${OUT:-bench/results/gpu-$(date +%F)}
 DATA=${DATA:-.devcarry}
 PY=${PY:-python3}
+DEVICE=${DEVICE:-cuda}   # stage 5 only (DEVICE=cpu SELF_STEPS=12 tries it without a GPU)
+SELF_STEPS=${SELF_STEPS:-60}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS=0
 log() { echo "== $(date +%T) $*" | tee -a "$OUT/summary.txt"; }
@@ -60,17 +64,43 @@ with h5py.File("/tmp/depth_2.h5") as f:
 EOF
 
 log "4. selfmvs train on $DATA/demo_scene.h5 (cuda)"
-for amp in off bf16; do
+for amp in off bf16 fp16; do
     printf 'train: {device: cuda, amp: "%s", steps: 60, checkpoint_every: 1000, progress: false}\n' "$amp" > /tmp/train_$amp.yaml
     timeout 55 $PY -m pipeline train --config /tmp/train_$amp.yaml --scenes "$DATA/demo_scene.h5" --out /tmp/train_$amp \
         >> "$OUT/train.log" 2>&1
     echo "amp=$amp rc=$?" | tee -a "$OUT/summary.txt"
-    cp /tmp/train_$amp/losses.csv "$OUT/train_${amp}_losses.csv" 2>/dev/null
-    $PY - "$OUT/train_${amp}_losses.csv" <<'EOF' 2>&1 | tee -a "$OUT/summary.txt"
+    { echo "# losses.csv, amp=$amp"; cat /tmp/train_$amp/losses.csv; } >> "$OUT/train.log" 2>&1
+    $PY - /tmp/train_$amp/losses.csv <<'EOF' 2>&1 | tee -a "$OUT/summary.txt"
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 secs = [float(r["seconds"]) for r in rows[10:]]
 print(f"{len(rows)} steps, median {statistics.median(secs):.4f} s/step after 10, loss {rows[0]['loss']} -> {rows[-1]['loss']}")
 EOF
 done
+
+log "5. self-training chain on $DATA/demo_scene.h5 ($DEVICE): infer, fuse --masks, pseudo-labels, train --labels"
+W=/tmp/selftrain; rm -rf "$W"; mkdir -p "$W"
+$PY - "$DEVICE" "$SELF_STEPS" > "$W/config.yaml" <<'EOF'
+import sys, yaml
+config = yaml.safe_load(open("config/train_self.yaml"))
+config["train"].update(device=sys.argv[1], steps=int(sys.argv[2]), checkpoint_every=1000, progress=False)
+print(yaml.safe_dump(config))
+EOF
+step() {  # name command... : run with a time limit, log its exit status and wall time
+    local name=$1 start rc; shift; start=$(date +%s.%N)
+    timeout 90 "$@" >> "$OUT/train.log" 2>&1; rc=$?
+    echo "$name rc=$rc wall $(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s" | tee -a "$OUT/summary.txt"
+}
+step infer $PY -m pipeline infer "$DATA/demo_scene.h5" pipeline/checkpoints/base_step8700.pt "$W/depth.h5" --device "$DEVICE"
+step fuse $PY -m pipeline fuse "$DATA/demo_scene.h5" "$W/depth.h5" "$W/fused.ply" --masks "$W/masks.h5"
+step pseudo-labels $PY -m pipeline pseudo-labels "$W/depth.h5" "$W/masks.h5" "$W/labels.h5"
+step train $PY -m pipeline train --config "$W/config.yaml" --scenes "$DATA/demo_scene.h5" --labels "$W/labels.h5" \
+    --init pipeline/checkpoints/base_step8700.pt --out "$W/ckpt"
+cat "$W/ckpt/losses.csv" >> "$OUT/train.log" 2>/dev/null
+$PY - "$W/ckpt/losses.csv" <<'EOF' 2>&1 | tee -a "$OUT/summary.txt"
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+secs = [float(r["seconds"]) for r in rows[10:]]
+print(f"{len(rows)} steps, median {statistics.median(secs):.4f} s/step after 10, loss {rows[0]['loss']} -> {rows[-1]['loss']}")
+EOF
 log "done"

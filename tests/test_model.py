@@ -615,16 +615,18 @@ def test_cuda_matches_cpu(model):
     torch.testing.assert_close(got.confidence.cpu(), expected.confidence, atol=1e-3, rtol=1e-3)
 
 
-def test_runs_under_bfloat16_autocast(model):
-    """train.amp: the pyramid's convolutions run in bfloat16, PatchMatch in float32 (its fused
-    kernels take float32/64 only); the depth stays float32 and close to the float32 forward."""
+@pytest.mark.parametrize("amp_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_runs_under_autocast(model, amp_dtype):
+    """train.amp (bf16, fp16): the pyramid's convolutions run in the low precision, PatchMatch in
+    float32 (its fused kernels take float32/64 only); the depth stays float32 and close to the
+    float32 forward."""
     views = make_views([(40, 56), (40, 56), (40, 56)])
     with torch.inference_mode():
         expected = model(*views)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=amp_dtype):
             features = model.extract_features(views[0][0])
             got = model(*views)
-    assert features[1].dtype == torch.bfloat16  # autocast did reach the pyramid
+    assert features[1].dtype == amp_dtype  # autocast did reach the pyramid
     assert got.depth.dtype == torch.float32 and torch.isfinite(got.depth).all()
     relative = ((got.depth - expected.depth).abs() / expected.depth).median()
     assert relative < 0.05, relative
