@@ -167,6 +167,21 @@ def test_finetune_freezes_batchnorm_and_respects_budget(scene_path, tmp_path):
         run_train(config, tmp_path / "x", finetune=scene_path)
 
 
+def test_resume_refuses_a_run_of_another_init(scene_path, tmp_path):
+    """A rule's folder outlives a change of its --init: resuming it must not hand back the old run."""
+    first = run_train(tiny_config(steps=1), tmp_path / "a", [scene_path])
+    other = run_train(tiny_config(steps=1, seed=1), tmp_path / "b", [scene_path])
+    config = tiny_config(steps=2, checkpoint_every=1)
+    run_train(config, tmp_path / "run", [scene_path], init=first, stop_at=1, resume=True)
+    with pytest.raises(ValueError, match="other weights than --init"):
+        run_train(config, tmp_path / "run", [scene_path], init=other, resume=True)
+    resumed = run_train(config, tmp_path / "run", [scene_path], init=first, resume=True)  # the same init: resumes
+    _, extra = load_checkpoint(resumed)
+    assert extra["step"] == 2 and len(extra["init_sha256"]) == 64
+    with pytest.raises(FileNotFoundError, match="--init"):
+        run_train(config, tmp_path / "c", [scene_path], init=tmp_path / "missing.pt")
+
+
 @pytest.mark.parametrize("recipe", ["jdacs", "jdacs_ms", "mvs2", "m3vsnet"])
 def test_other_recipes_train(recipe, scene_path, tmp_path, caplog):
     config = tiny_config(steps=1, batch_size=2, loss={"recipe": recipe})  # batch 2: per-element poses

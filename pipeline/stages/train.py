@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import hashlib
 import logging
 import math
 import os
@@ -438,10 +439,20 @@ def run_train(
             # A workflow rule always passes --resume; the first run simply starts from the beginning.
             log.info("train --resume: %s not found, starting from step 0", last)
             resume = False
+        init_sha256 = _sha256(Path(init)) if init is not None else None
         if resume:
             model, checkpoint_extra = load_checkpoint(last, strict=True)
             if checkpoint_extra.get("mode") != mode:
                 raise ValueError(f"train --resume: {last} is a {checkpoint_extra.get('mode')!r} run, not {mode!r}")
+            started_from = checkpoint_extra.get("init_sha256")
+            if init_sha256 is not None and started_from is not None and started_from != init_sha256:
+                # A rule reruns when its init changes, but its folder keeps the old run: resuming
+                # that would silently hand back weights that never saw the new init.
+                raise ValueError(
+                    f"train --resume: {last} continues a run that started from other weights than --init {init} "
+                    f"(sha256 {started_from[:12]}… against {init_sha256[:12]}…); remove {out_dir} to start afresh "
+                    "from the new weights, or pass the --init that run started from"
+                )
         else:
             model = _build_model(config, Path(init) if init is not None else None)
         model = model.to(device)
@@ -559,6 +570,7 @@ def run_train(
                 "recipe": recipe.name,
                 "scenes": [str(p) for p in scene_paths],
                 "labels": [str(p) for p in label_paths] if label_paths is not None else [],
+                "init_sha256": checkpoint_extra.get("init_sha256", init_sha256) if resume else init_sha256,
             }
             save_checkpoint(out_dir / f"step_{step:07d}.pt", model, extra)
             save_checkpoint(last, model, extra)
@@ -636,6 +648,16 @@ def _split(stage_depths, chunks: int) -> list[dict[int, list[torch.Tensor]]]:
         for c in range(chunks):
             parts[c][stage] = [p[c] for p in pieces]
     return parts
+
+
+def _sha256(path: Path) -> str:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: initial checkpoint (--init) not found")
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _train_step(net, objective, optimizer, scaler, batch, terms, aug_params, aug_weight, generator, amp_dtype, grad_clip, device):
