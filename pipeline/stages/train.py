@@ -570,7 +570,7 @@ def run_train(
                 "recipe": recipe.name,
                 "scenes": [str(p) for p in scene_paths],
                 "labels": [str(p) for p in label_paths] if label_paths is not None else [],
-                "init_sha256": checkpoint_extra.get("init_sha256", init_sha256) if resume else init_sha256,
+                "init_sha256": checkpoint_extra.get("init_sha256", init_sha256),  # a resumed run keeps its own
             }
             save_checkpoint(out_dir / f"step_{step:07d}.pt", model, extra)
             save_checkpoint(last, model, extra)
