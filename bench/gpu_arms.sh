@@ -17,14 +17,10 @@ SEEDS=${SEEDS:-$(seq 1000 1013)}  # the base run's training scenes
 OUT=${OUT:-/tmp/arms_out}
 mkdir -p "$W/scenes" "$W/h5" "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+. "$(dirname "$0")/gpu_lib.sh"
 echo "== $(date +%T) render" | tee "$OUT/summary.txt"
-render() {
-    $PY -m pipeline render-scene "$W/scenes/$1" --seed "$1" --varied --num-views 12 --width 400 --height 300 \
-        > "$W/r_$1.log" 2>&1 && $PY -m pipeline prepare "$W/scenes/$1" "$W/h5/$1.h5" > "$W/p_$1.log" 2>&1
-}
-export -f render; export PY W
-printf '%s\n' $SEEDS | xargs -P 14 -I{} bash -c 'render {} || { echo "seed {} failed"; tail -n 3 $W/r_{}.log $W/p_{}.log; }' \
-    | tee -a "$OUT/summary.txt"
+# shellcheck disable=SC2086
+render_scenes 14 12 400 300 $SEEDS | tee -a "$OUT/summary.txt"
 scenes=$(ls "$W"/h5/*.h5 2>/dev/null | wc -l)
 echo "$scenes scenes" | tee -a "$OUT/summary.txt"
 [ "$scenes" -gt 0 ] || { echo "no training scene rendered (PY=$PY)" | tee -a "$OUT/summary.txt"; exit 1; }
@@ -39,13 +35,6 @@ for arm in $ARMS; do
     name=${arm%%:*}
     grep -v "step, loss=" "$W/train_$name.log" | tail -n 6 > "$OUT/train_$name.log"
     cp "$W/$name/last.pt" "$OUT/last_$name.pt"; cp "$W/$name/losses.csv" "$OUT/losses_$name.csv"
-    $PY - "$OUT/losses_$name.csv" "$name" <<'PY' | tee -a "$OUT/summary.txt"
-import csv, statistics, sys
-rows = list(csv.DictReader(open(sys.argv[1])))
-seconds = [float(r["seconds"]) for r in rows[10:]] or [float(r["seconds"]) for r in rows]  # after the first 10
-print(sys.argv[2], f"{len(rows)} steps, median {statistics.median(seconds):.3f} s/step, "
-      f"loss first/last 20: {statistics.mean(float(r['loss']) for r in rows[:20]):.3f} / "
-      f"{statistics.mean(float(r['loss']) for r in rows[-20:]):.3f}")
-PY
+    summarise_losses "$OUT/losses_$name.csv" "$name" | tee -a "$OUT/summary.txt"
 done
 echo "== $(date +%T) done" | tee -a "$OUT/summary.txt"

@@ -18,15 +18,8 @@ DEVICE=${DEVICE:-cuda}   # stage 5 only (DEVICE=cpu SELF_STEPS=12 tries it witho
 SELF_STEPS=${SELF_STEPS:-60}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS=0
+. "$(dirname "$0")/gpu_lib.sh"
 log() { echo "== $(date +%T) $*" | tee -a "$OUT/summary.txt"; }
-summarise_losses() {  # losses.csv -> steps, median s/step after the first 10, first and last loss
-    $PY - "$1" <<'EOF' 2>&1 | tee -a "$OUT/summary.txt"
-import csv, statistics, sys
-rows = list(csv.DictReader(open(sys.argv[1])))
-secs = [float(r["seconds"]) for r in rows[10:]]
-print(f"{len(rows)} steps, median {statistics.median(secs):.4f} s/step after 10, loss {rows[0]['loss']} -> {rows[-1]['loss']}")
-EOF
-}
 
 log "environment"
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
@@ -78,7 +71,7 @@ for amp in off bf16 fp16; do
         >> "$OUT/train.log" 2>&1
     echo "amp=$amp rc=$?" | tee -a "$OUT/summary.txt"
     { echo "# losses.csv, amp=$amp"; cat /tmp/train_$amp/losses.csv; } >> "$OUT/train.log" 2>&1
-    summarise_losses /tmp/train_$amp/losses.csv
+    summarise_losses /tmp/train_$amp/losses.csv | tee -a "$OUT/summary.txt"
 done
 
 log "5. self-training chain on $DATA/demo_scene.h5 ($DEVICE): infer, fuse --masks, pseudo-labels, train --labels"
@@ -100,5 +93,5 @@ step pseudo-labels $PY -m pipeline pseudo-labels "$W/depth.h5" "$W/masks.h5" "$W
 step train $PY -m pipeline train --config "$W/config.yaml" --scenes "$DATA/demo_scene.h5" --labels "$W/labels.h5" \
     --init pipeline/checkpoints/base_step8700.pt --out "$W/ckpt"
 cat "$W/ckpt/losses.csv" >> "$OUT/train.log" 2>/dev/null
-summarise_losses "$W/ckpt/losses.csv"
+summarise_losses "$W/ckpt/losses.csv" | tee -a "$OUT/summary.txt"
 log "done"

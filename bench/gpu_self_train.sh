@@ -23,6 +23,7 @@ OUT=${OUT:-/tmp/self_train_out}
 T0=$(date +%s)
 mkdir -p "$W/scenes" "$W/h5" "$W/depth" "$W/fused" "$W/labels" "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+. "$(dirname "$0")/gpu_lib.sh"
 log() { echo "== $(date +%T) (+$(( $(date +%s) - T0 )) s) $*" | tee -a "$OUT/summary.txt"; }
 
 read -r SEEDS_CFG VIEWS WIDTH HEIGHT INIT < <($PY - "$CONFIG" <<'EOF'
@@ -44,13 +45,8 @@ EOF
 export PY W VIEWS WIDTH HEIGHT INIT
 
 log "1. render + prepare: seeds $SEEDS ($VIEWS views ${WIDTH}x${HEIGHT})"
-render() {
-    $PY -m pipeline render-scene "$W/scenes/$1" --seed "$1" --varied --num-views "$VIEWS" --width "$WIDTH" \
-        --height "$HEIGHT" > "$W/r_$1.log" 2>&1 && $PY -m pipeline prepare "$W/scenes/$1" "$W/h5/$1.h5" > "$W/p_$1.log" 2>&1
-}
-export -f render
-printf '%s\n' $SEEDS | xargs -P 16 -I{} bash -c 'render {} || { echo "seed {} failed"; tail -n 3 $W/r_{}.log $W/p_{}.log; }' \
-    | tee -a "$OUT/summary.txt"
+# shellcheck disable=SC2086
+render_scenes 16 "$VIEWS" "$WIDTH" "$HEIGHT" $SEEDS | tee -a "$OUT/summary.txt"
 
 log "2. infer with $INIT (4 processes on the $DEVICE), fuse --masks and pseudo-labels (CPU)"
 label() {
@@ -74,11 +70,6 @@ timeout "$left" $PY -m pipeline train --config "$W/config.yaml" --scenes $scenes
 echo "train exit $? (124: stopped by the deadline)" | tee -a "$OUT/summary.txt"
 grep -v "step, loss=" "$W/train_full.log" | tail -n 20 > "$OUT/train.log"
 cp "$W/ckpt/losses.csv" "$W"/ckpt/step_*.pt "$OUT/" 2>/dev/null
-$PY - "$W/ckpt/losses.csv" <<'EOF' 2>&1 | tee -a "$OUT/summary.txt"
-import csv, statistics, sys
-rows = list(csv.DictReader(open(sys.argv[1])))
-secs = [float(r["seconds"]) for r in rows[10:]] or [float(r["seconds"]) for r in rows]
-print(f"{len(rows)} steps, median {statistics.median(secs):.4f} s/step after 10, loss {rows[0]['loss']} -> {rows[-1]['loss']}")
-EOF
+summarise_losses "$W/ckpt/losses.csv" | tee -a "$OUT/summary.txt"
 ls "$OUT" | tee -a "$OUT/summary.txt"
 log "done"

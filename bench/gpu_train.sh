@@ -10,6 +10,7 @@
 #   carry: .whl  results/_training/checkpoint/last.pt  results/_training/checkpoint/losses.csv
 #          results/_training/config.yaml
 #   SECS=420 bash bench/gpu_train.sh          # -> $OUT/last.pt, $OUT/losses.csv, $OUT/train.log
+#   (SEEDS="1000 1001" renders and trains on those scenes only, e.g. to try it here on the CPU)
 #
 # Back here: stop the CPU run, copy last.pt and losses.csv into results/_training/checkpoint/ and
 # resume as usual. Random draws after the switch differ from an all-CPU run (CUDA's generator).
@@ -20,22 +21,18 @@ SECS=${SECS:-420}
 W=${WORK:-/tmp/gpu_train}
 mkdir -p "$W/scenes" "$W/h5" "$W/ckpt" "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+. "$(dirname "$0")/gpu_lib.sh"
 
-read -r SEEDS VIEWS WIDTH HEIGHT < <($PY - <<'EOF'
+read -r SEEDS_CFG VIEWS WIDTH HEIGHT < <($PY - <<'EOF'
 import yaml
 c = yaml.safe_load(open("results/_training/config.yaml"))["training_data"]
 print(",".join(map(str, c["seeds"])), c["num_views"], c["width"], c["height"])
 EOF
 )
+SEEDS=${SEEDS:-$SEEDS_CFG}
 echo "== $(date +%T) scenes ${SEEDS} (${VIEWS} views ${WIDTH}x${HEIGHT})" | tee "$OUT/train.log"
-render() {  # seed -> $W/h5/seed.h5 (skipped when present)
-    [ -f "$W/h5/$1.h5" ] && return 0
-    $PY -m pipeline render-scene "$W/scenes/$1" --seed "$1" --varied --num-views "$VIEWS" --width "$WIDTH" \
-        --height "$HEIGHT" > "$W/render_$1.log" 2>&1 && $PY -m pipeline prepare "$W/scenes/$1" "$W/h5/$1.h5" > "$W/prepare_$1.log" 2>&1
-}
-export -f render; export PY W VIEWS WIDTH HEIGHT
-echo "${SEEDS//,/ }" | tr ' ' '\n' | xargs -P 16 -I{} bash -c 'render {} || echo "seed {} failed: $(tail -n 3 $W/*_{}.log)"' \
-    | tee -a "$OUT/train.log"
+# shellcheck disable=SC2086
+render_scenes 16 "$VIEWS" "$WIDTH" "$HEIGHT" ${SEEDS//,/ } | tee -a "$OUT/train.log"
 scenes=$(for s in ${SEEDS//,/ }; do echo "$W/h5/$s.h5"; done)
 
 cp results/_training/checkpoint/last.pt results/_training/checkpoint/losses.csv "$W/ckpt/"
@@ -46,8 +43,4 @@ timeout "$SECS" $PY -m pipeline train --config results/_training/config.yaml --s
 echo "train exit $? (124: stopped by the time limit, as intended)" | tee -a "$OUT/train.log"
 grep -v "step, loss=" "$W/train_full.log" | tail -n 20 >> "$OUT/train.log"
 cp "$W/ckpt/last.pt" "$W/ckpt/losses.csv" "$OUT/"
-$PY - "$OUT/losses.csv" <<'EOF' | tee -a "$OUT/train.log"
-import csv, statistics, sys
-rows = list(csv.DictReader(open(sys.argv[1])))
-print(f"losses.csv ends at step {rows[-1]['step']}; median {statistics.median(float(r['seconds']) for r in rows[-200:]):.3f} s/step over the last 200")
-EOF
+summarise_losses "$OUT/losses.csv" "" 200 | tee -a "$OUT/train.log"
