@@ -6,7 +6,8 @@ seeds 2000 and 2001, rendered like them (``--varied``, 12 views 400x300: other g
 lighting and camera rig). For each scene: render, prepare, infer with the checkpoint, and compare
 ``depth.h5`` with ``gt/depth.h5`` through both cameras (``pipeline.evaluation.depth_errors``: the
 prepared views are a centred crop of the rendered ones). With ``--finetune SECONDS`` the same again
-after fine-tuning on the scene for that budget (the workflow's default is 120 s). Every pixel with
+after fine-tuning on the scene for that budget (the workflow's default is 120 s), on labels of the scene
+made as the workflow makes them (train.finetune.objective labels, the default). Every pixel with
 ground truth counts (pooled over the views); a pixel without an estimate counts as wrong.
 
     .venv/bin/python bench/quality_heldout.py pipeline/checkpoints/selfmvs_synthetic.pt \\
@@ -60,7 +61,7 @@ def depth_quality(depth_h5: Path, gt_h5: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.config import InferConfig, parse_assignments
+    from pipeline.config import InferConfig, TrainConfig, load_config, parse_assignments, section
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
@@ -75,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="inference setting replacing the checkpoint's (selfmvs infer --model), e.g. "
                         "iterations=[1,3,1]; repeatable")
     parser.add_argument("--self-label", action="store_true",
-                        help="fine-tune with pseudo labels of the scene itself: the checkpoint's depth where "
-                        "`selfmvs fuse` keeps it (selfmvs pseudo-labels); weigh them with --train-set "
-                        "loss.weights.pseudo_label=W")
+                        help="with --train-set finetune.objective=photometric: fine-tune with pseudo labels of the scene "
+                        "itself as well (weigh them with --train-set loss.weights.pseudo_label=W); the default objective, "
+                        "labels, always makes them as the workflow does (infer, fuse --masks, pseudo-labels [--transfer])")
     parser.add_argument("--no-base", action="store_true", help="only the fine-tuned run (with --finetune)")
     parser.add_argument("--work", type=Path, help="folder for scenes and outputs (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -107,16 +108,20 @@ def main(argv: list[str] | None = None) -> int:
                 out = work / f"finetune_{seed}"
                 started = time.perf_counter()
                 label_args = []
-                if args.self_label:  # labels from the checkpoint's own fused depth on this scene (no ground truth)
+                finetune_config = section(load_config(overrides={"train": train}), "train", TrainConfig).finetune
+                labelled = args.self_label or finetune_config.objective == "labels"
+                if labelled:  # labels from the checkpoint's own fused depth on this scene, as the workflow makes them
                     source = work / f"s{seed}_label_source"
                     selfmvs("infer", str(scene_h5), str(checkpoint), f"{source}.h5", "--num-sources", str(args.num_sources),
                             *(arg for item in args.model for arg in ("--model", item)))
                     selfmvs("fuse", str(scene_h5), f"{source}.h5", f"{source}.ply", "--masks", f"{source}_masks.h5")
-                    selfmvs("pseudo-labels", f"{source}.h5", f"{source}_masks.h5", f"{source}_labels.h5")
+                    selfmvs("pseudo-labels", f"{source}.h5", f"{source}_masks.h5", f"{source}_labels.h5",
+                            *(["--transfer"] if finetune_config.label_transfer else []))
                     label_args = ["--labels", f"{source}_labels.h5"]
                 selfmvs("train", "--config", str(config), "--out", str(out), "--finetune", str(scene_h5),
                         "--init", str(checkpoint), *label_args)
-                label = f"finetuned {args.finetune:g} s" + (" self-labelled" if args.self_label else "") + (f" {args.recipe}" if args.recipe else "")
+                label = (f"finetuned {args.finetune:g} s {finetune_config.objective}" + (" self-labelled" if args.self_label else "")
+                         + (f" {args.recipe}" if args.recipe else ""))
                 runs.append((label + "".join(f" {item}" for item in args.train_set), out / "last.pt"))
                 finetune_wall = time.perf_counter() - started
                 with open(out / "losses.csv") as log:

@@ -218,6 +218,9 @@ class FinetuneConfig:
     learning_rate: float = 0.0001
     freeze_batchnorm: bool = True
     full_resolution: bool = False
+    objective: str = "labels"
+    label_weight: float = 0.25
+    label_transfer: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

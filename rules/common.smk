@@ -55,6 +55,18 @@ def infer_checkpoint(wildcards):
     return base_checkpoint()
 
 
+def finetune_labels(wildcards):
+    """The scene's own labels when fine-tuning trains on them (train.finetune.objective: labels)."""
+    if config["train"]["finetune"]["objective"] == "labels":
+        return [f"results/{wildcards.scene}/finetune_labels/labels.h5"]
+    return []
+
+
+def finetune_labels_option(wildcards):
+    files = finetune_labels(wildcards)
+    return f"--labels {files[0]}" if files else ""
+
+
 def base_checkpoint():
     return config["infer"]["checkpoint"] or str(Path(workflow.basedir) / "pipeline" / "checkpoints" / "selfmvs_synthetic.pt")
 
@@ -87,6 +99,8 @@ def benchmark_files(wildcards):
     stages = ["prepare", "infer", "fuse", "evaluate"]
     if config["train"]["finetune"]["enabled"]:
         stages.insert(1, "finetune")
+        if config["train"]["finetune"]["objective"] == "labels":
+            stages[1:1] = ["finetune_source_infer", "finetune_source_fuse", "finetune_labels"]
     return [f"benchmarks/{wildcards.scene}/{stage}.tsv" for stage in stages]
 
 

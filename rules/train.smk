@@ -1,13 +1,84 @@
-rule finetune:
+# Labels of the scene itself for fine-tuning (train.finetune.objective: labels): the base
+# checkpoint's depth where fusion keeps it, plus depth carried between views (no ground truth).
+rule finetune_source_infer:
     input:
         scene="results/{scene}/scene.h5",
         checkpoint=base_checkpoint(),
         config="results/{scene}/config.yaml",
     output:
+        temp("results/{scene}/finetune_labels/depth.h5"),
+    params:
+        selfmvs=SELFMVS,
+    log:
+        "logs/{scene}/finetune_source_infer.log",
+    benchmark:
+        "benchmarks/{scene}/finetune_source_infer.tsv"
+    conda:
+        "../envs/selfmvs.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        gpu=1 if config["infer"]["device"] == "cuda" else 0,
+    shell:
+        "{params.selfmvs} infer {input.scene} {input.checkpoint} {output} --config {input.config} > {log} 2>&1"
+
+
+rule finetune_source_fuse:
+    input:
+        scene="results/{scene}/scene.h5",
+        depth="results/{scene}/finetune_labels/depth.h5",
+        config="results/{scene}/config.yaml",
+    output:
+        cloud=temp("results/{scene}/finetune_labels/fused.ply"),
+        masks=temp("results/{scene}/finetune_labels/fused_masks.h5"),
+    params:
+        selfmvs=SELFMVS,
+    log:
+        "logs/{scene}/finetune_source_fuse.log",
+    benchmark:
+        "benchmarks/{scene}/finetune_source_fuse.tsv"
+    conda:
+        "../envs/selfmvs.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+    shell:
+        "{params.selfmvs} fuse {input.scene} {input.depth} {output.cloud} --masks {output.masks}"
+        " --config {input.config} > {log} 2>&1"
+
+
+rule finetune_labels:
+    input:
+        depth="results/{scene}/finetune_labels/depth.h5",
+        masks="results/{scene}/finetune_labels/fused_masks.h5",
+    output:
+        "results/{scene}/finetune_labels/labels.h5",
+    params:
+        selfmvs=SELFMVS,
+        transfer="--transfer" if config["train"]["finetune"]["label_transfer"] else "",
+    log:
+        "logs/{scene}/finetune_labels.log",
+    benchmark:
+        "benchmarks/{scene}/finetune_labels.tsv"
+    conda:
+        "../envs/selfmvs.yaml"
+    threads: 2
+    shell:
+        "{params.selfmvs} pseudo-labels {input.depth} {input.masks} {output} {params.transfer} > {log} 2>&1"
+
+
+rule finetune:
+    input:
+        scene="results/{scene}/scene.h5",
+        checkpoint=base_checkpoint(),
+        config="results/{scene}/config.yaml",
+        labels=finetune_labels,
+    output:
         checkpoint="results/{scene}/finetune/last.pt",
         curves="results/{scene}/finetune/losses.csv",
     params:
         selfmvs=SELFMVS,
+        labels=finetune_labels_option,
     log:
         "logs/{scene}/finetune.log",
     benchmark:
@@ -20,7 +91,7 @@ rule finetune:
         gpu=1 if config["train"]["device"] == "cuda" else 0,
     shell:
         "{params.selfmvs} train --config {input.config} --finetune {input.scene} --init {input.checkpoint}"
-        " --out $(dirname {output.checkpoint}) > {log} 2>&1"
+        " {params.labels} --out $(dirname {output.checkpoint}) > {log} 2>&1"
 
 
 # The base checkpoint: self-supervised training on varied synthetic scenes

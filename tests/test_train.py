@@ -149,7 +149,7 @@ def test_reproducible_resume_and_outputs(scene_path, tmp_path):
 
 def test_finetune_freezes_batchnorm_and_respects_budget(scene_path, tmp_path):
     init = run_train(tiny_config(steps=1), tmp_path / "init", [scene_path])
-    config = tiny_config(finetune={"steps": 1, "learning_rate": 1e-3, "full_resolution": True},
+    config = tiny_config(finetune={"steps": 1, "learning_rate": 1e-3, "full_resolution": True, "objective": "photometric"},
                          lr_schedule={"kind": "cosine", "warmup_steps": 100})
     tuned = run_train(config, tmp_path / "tuned", finetune=scene_path, init=init)
     before, after = weights(init), weights(tuned)
@@ -160,7 +160,7 @@ def test_finetune_freezes_batchnorm_and_respects_budget(scene_path, tmp_path):
     # Fine-tuning runs at its own constant rate from the first step (no training warm-up).
     assert float(read_rows(tmp_path / "tuned")[0]["lr"]) == pytest.approx(1e-3)
     # The budget counts from the end of the first step (which loads the kernels): the run stops after step 2.
-    budget = tiny_config(finetune={"steps": 50, "max_seconds": 1e-6})
+    budget = tiny_config(finetune={"steps": 50, "max_seconds": 1e-6, "objective": "photometric"})
     stopped = run_train(budget, tmp_path / "budget", finetune=scene_path, init=init)
     assert load_checkpoint(stopped)[1]["step"] == 2
     with pytest.raises(ValueError, match="--init"):
@@ -314,9 +314,18 @@ def test_train_on_pseudo_labels(scene_path, tmp_path, caplog):
     assert all(float(r["pseudo_label"]) > 0 and float(r["loss"]) == pytest.approx(float(r["pseudo_label"])) for r in rows)
     assert load_checkpoint(last)[1]["labels"] == [str(labels)]
     # fine-tuning takes one label file with its one scene
-    tuned = run_train(tiny_config(finetune={"steps": 1}, loss=only_labels), tmp_path / "ft", finetune=scene_path,
-                      init=last, labels=[labels])
+    tuned = run_train(tiny_config(finetune={"steps": 1, "objective": "photometric"}, loss=only_labels), tmp_path / "ft",
+                      finetune=scene_path, init=last, labels=[labels])
     assert float(read_rows(tmp_path / "ft")[0]["pseudo_label"]) > 0 and tuned.is_file()
+    # its default objective: the labels alone, at train.finetune.label_weight, whatever train.loss says
+    with caplog.at_level("INFO"):
+        run_train(tiny_config(finetune={"steps": 1, "label_weight": 0.5}), tmp_path / "ft_labels", finetune=scene_path,
+                  init=last, labels=[labels])
+    row = read_rows(tmp_path / "ft_labels")[0]
+    assert "photometric" not in row and float(row["loss"]) == pytest.approx(0.5 * float(row["pseudo_label"]))
+    assert "terms {'pseudo_label': 0.5}" in caplog.text
+    with pytest.raises(ValueError, match="objective is 'labels' but no label file"):
+        run_train(tiny_config(finetune={"steps": 1}), tmp_path / "ft_none", finetune=scene_path, init=last)
     # a training run from trained weights can keep their BatchNorm statistics
     frozen = run_train(tiny_config(steps=1, freeze_batchnorm=True, loss=only_labels), tmp_path / "frozen", [scene_path],
                        init=last, labels=[labels])

@@ -88,7 +88,17 @@ def test_real_workflow_runs_every_rule(tmp_path):
     assert (results / "report" / "index.html").stat().st_size > 0
     assert len(list((results / "report").glob("*.png"))) >= 3
     assert (results / "finetune" / "last.pt").is_file()
-    for stage in ("prepare", "finetune", "infer", "fuse", "evaluate", "report"):
+    # fine-tuning trained on the scene's own labels (the base weights' fused depth, carried between views)
+    from pipeline.formats.depth_file import read_depth_attrs
+
+    labels = read_depth_attrs(results / "finetune_labels" / "labels.h5")
+    assert labels["kind"] == "selfmvs.depth_labels" and labels["transfer"] and labels["labelled_fraction"] > 0
+    assert not (results / "finetune_labels" / "depth.h5").exists()  # temporary: gone once the labels exist
+    with open(results / "finetune" / "losses.csv") as log:
+        header = log.readline().strip().split(",")
+    assert header[2:4] == ["loss", "pseudo_label"] and "photometric" not in header
+    for stage in ("prepare", "finetune_source_infer", "finetune_source_fuse", "finetune_labels", "finetune", "infer",
+                  "fuse", "evaluate", "report"):
         assert (tmp_path / "benchmarks" / "tiny" / f"{stage}.tsv").is_file(), stage
         assert (tmp_path / "logs" / "tiny" / f"{stage}.log").is_file(), stage
 

@@ -3,8 +3,11 @@
 The labels are the network's own depth (``depth.h5`` of ``selfmvs infer``) on the pixels that
 ``selfmvs fuse`` kept (``fused_masks.h5``: photometrically confident and consistent with enough
 sources), 0 elsewhere — no ground truth. Training on them (``selfmvs train --labels``, weight
-``train.loss.weights.pseudo_label``) is self-training in the manner of KD-MVS. The file has the
-``depth.h5`` layout with kind ``selfmvs.depth_labels`` and no confidence (docs/formats.md).
+``train.loss.weights.pseudo_label``) is self-training in the manner of KD-MVS. With ``--transfer``
+a pixel the view's own fusion did not keep is labelled from other views' kept depth carried into it
+(``pipeline.fusion.transfer``): the surface that some of its sources do not see is often kept from
+other views. The file has the ``depth.h5`` layout with kind ``selfmvs.depth_labels`` and no
+confidence (docs/formats.md).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from pipeline.fusion.transfer import transfer_labels
 from pipeline.formats.depth_file import (
     DepthView, list_depth_views, read_depth_attrs, read_depth_view, write_depth_file,
 )
@@ -39,11 +43,23 @@ def _read_mask(masks_h5: Path, handle: h5py.File, image_id: int, shape: tuple[in
     return mask
 
 
-def run_pseudo_labels(depth_h5: str | os.PathLike, masks_h5: str | os.PathLike, out_h5: str | os.PathLike) -> dict:
+def run_pseudo_labels(
+    depth_h5: str | os.PathLike,
+    masks_h5: str | os.PathLike,
+    out_h5: str | os.PathLike,
+    transfer: bool = False,
+    neighbours: int = 10,
+    support: int = 2,
+) -> dict:
     """Write ``out_h5``: each view's depth where its fusion mask is set, 0 elsewhere.
 
+    With ``transfer``, pixels without a label of their own get the depth other views kept, carried
+    into the view (``neighbours`` views at most; the depth most of them agree on within 1 %, at least
+    ``support``).
+
     Returns:
-        ``{"views": n, "labelled": fraction of pixels with a label}``.
+        ``{"views": n, "labelled": fraction of pixels with a label, "own": fraction labelled by
+        the view's own fusion}``.
 
     Raises:
         LabelsInputError, ``DepthFormatError``, FileNotFoundError: each naming the file at fault.
@@ -58,32 +74,49 @@ def run_pseudo_labels(depth_h5: str | os.PathLike, masks_h5: str | os.PathLike, 
         masks = h5py.File(masks_h5, "r")
     except OSError as error:
         raise LabelsInputError(f"{masks_h5}: not an HDF5 file ({error})") from None
-    views, labelled, pixels = [], 0, 0
+    kept, meta = {}, {}
     with masks:
         if masks.attrs.get("kind") != "selfmvs.fused_masks" or "views" not in masks:
             raise LabelsInputError(f"{masks_h5}: not a fused_masks.h5 of selfmvs fuse (kind={masks.attrs.get('kind')!r})")
         for image_id in list_depth_views(depth_h5):
             view = read_depth_view(depth_h5, image_id)
             keep = _read_mask(masks_h5, masks, image_id, view.depth.shape) & np.isfinite(view.depth) & (view.depth > 0)
-            label = np.where(keep, view.depth, 0).astype(np.float32)
-            views.append(DepthView(image_id, view.name, label, None, view.K, view.cam_from_world))
-            labelled += int(keep.sum())
-            pixels += keep.size
+            kept[image_id] = np.where(keep, view.depth, 0).astype(np.float32)
+            meta[image_id] = view
+    own = sum(int((d > 0).sum()) for d in kept.values())
+    labels = kept
+    if transfer:
+        labels = transfer_labels(kept, {i: (v.K, v.cam_from_world) for i, v in meta.items()}, neighbours, support)
+    views = [DepthView(i, meta[i].name, labels[i], None, meta[i].K, meta[i].cam_from_world) for i in kept]
+    pixels = sum(d.size for d in kept.values())
+    labelled = sum(int((d > 0).sum()) for d in labels.values())
     fraction = labelled / max(pixels, 1)
     write_depth_file(out_h5, views, {
         "kind": LABELS_KIND, "depth_file": str(depth_h5), "masks_file": str(masks_h5),
         "checkpoint": str(attrs.get("checkpoint", "")), "labelled_fraction": fraction,
+        "transfer": bool(transfer), "own_fraction": own / max(pixels, 1),
     })
-    log.info("%d views, %.1f %% of the pixels labelled -> %s", len(views), 100 * fraction, out_h5)
-    return {"views": len(views), "labelled": fraction}
+    log.info("%d views, %.1f %% of the pixels labelled (%.1f %% by their own view's fusion) -> %s",
+             len(views), 100 * fraction, 100 * own / max(pixels, 1), out_h5)
+    return {"views": len(views), "labelled": fraction, "own": own / max(pixels, 1)}
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("depth_h5", help="depth.h5 written by selfmvs infer")
     parser.add_argument("masks_h5", help="fused_masks.h5 written by selfmvs fuse from that depth.h5")
     parser.add_argument("out_h5", help="the label file to write (depth.h5 layout, kind selfmvs.depth_labels)")
+    parser.add_argument("--transfer", action="store_true",
+                        help="also label the pixels a view's own fusion did not keep with depth other views kept, "
+                        "carried into it (as per-scene fine-tuning does)")
+    parser.add_argument("--neighbours", type=int, default=10,
+                        help="with --transfer: views that give depth to a view, those that see most of it (default 10)")
+    parser.add_argument("--support", type=int, default=2,
+                        help="with --transfer: views that must at least agree (within 1 %%) on a carried depth; of the "
+                        "candidates, the one most views agree on is taken (default 2)")
 
 
 def main(args) -> int:
-    run_pseudo_labels(args.depth_h5, args.masks_h5, args.out_h5)
+    if args.neighbours < 1 or args.support < 1:
+        raise ValueError("pseudo-labels: --neighbours and --support must be at least 1")
+    run_pseudo_labels(args.depth_h5, args.masks_h5, args.out_h5, args.transfer, args.neighbours, args.support)
     return 0

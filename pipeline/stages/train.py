@@ -1,14 +1,16 @@
 """``selfmvs train``: self-supervised training or per-scene fine-tuning of the network.
 
     selfmvs train --config FILE --out CHECKPOINT_DIR --scenes a/scene.h5 b/scene.h5 [--steps N] [--resume]
-    selfmvs train --config FILE --out CHECKPOINT_DIR --finetune scene.h5 --init model.pt
+    selfmvs train --config FILE --out CHECKPOINT_DIR --finetune scene.h5 --init model.pt --labels scene_labels.h5
     selfmvs train ... --labels a/labels.h5 b/labels.h5     # self-training (train.loss.weights.pseudo_label)
 
 Data are prepared scenes (scene.h5). A sample is a reference view and its ``num_sources``
 best-ranked sources: the reference is a random crop (same aspect as the training size) resized to
 ``width x height``, the sources are resized whole; intrinsics follow exactly (COLMAP pixel
 convention). Fine-tuning takes every view of one scene as reference in turn, with BatchNorm
-statistics frozen, under a step and time budget.
+statistics frozen, under a step and time budget; by default (``train.finetune.objective: labels``)
+on the scene's own labels alone (``selfmvs pseudo-labels --transfer`` of the checkpoint's fused
+depth, at the stored resolution), else (``photometric``) on the recipe's self-supervised terms.
 
 Reproducible: every random choice of step ``s`` (samples, crops, augmentation, NMF start) comes
 from a generator seeded by (seed, s, rank), so a resumed run draws what an uninterrupted one
@@ -491,6 +493,15 @@ def run_train(
         # ---- objective
         loss_config = config.loss
         overrides = {k: v for k, v in dataclasses.asdict(loss_config.weights).items()}
+        labels_only = mode == "finetune" and config.finetune.objective == "labels"
+        if labels_only:  # self-training on the scene's own labels: that term alone
+            overrides = {term: 0.0 for term in overrides} | {"pseudo_label": config.finetune.label_weight}
+            if label_paths is None:
+                raise ValueError(
+                    "train --finetune: train.finetune.objective is 'labels' but no label file was given (--labels; "
+                    "made by selfmvs infer -> fuse --masks -> pseudo-labels --transfer, as the workflow does); "
+                    "set train.finetune.objective: photometric to fine-tune on the photos alone"
+                )
         recipe = get_recipe(loss_config.recipe, overrides)
         cosegmentation = None
         if "cosegmentation" in recipe.weights:
@@ -522,7 +533,8 @@ def run_train(
 
         # ---- data
         loaded = [read_scene(path, load_images=True) for path in scene_paths]
-        size = None if (mode == "finetune" and config.finetune.full_resolution) else (config.height, config.width)
+        full = mode == "finetune" and (config.finetune.full_resolution or labels_only)
+        size = None if full else (config.height, config.width)
         crop = (1.0, 1.0) if mode == "finetune" else config.crop_scale
         label_maps = None
         if label_paths is not None:
@@ -718,7 +730,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from CHECKPOINT_DIR/last.pt")
     parser.add_argument("--labels", type=Path, nargs="+", default=None, metavar="LABELS_H5",
                         help="pseudo-label files (selfmvs pseudo-labels), one per scene in the order of --scenes "
-                        "(one with --finetune); used when train.loss.weights.pseudo_label > 0")
+                        "(one with --finetune); used when train.loss.weights.pseudo_label > 0, and by fine-tuning's default "
+                        "objective (train.finetune.objective: labels), which needs it")
 
 
 def main(args: argparse.Namespace) -> int:
