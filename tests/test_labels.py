@@ -54,6 +54,14 @@ def test_labels_are_the_kept_depth(tmp_path):
     assert attrs["labelled_fraction"] == pytest.approx(expected) and not attrs["transfer"]
 
 
+def test_almost_no_labels_is_said(tmp_path, caplog):
+    depth_h5, depths = _depth(tmp_path)
+    with caplog.at_level("WARNING"):
+        summary = run_pseudo_labels(depth_h5, _masks(tmp_path, {i: np.zeros((24, 32), bool) for i in depths}),
+                                    tmp_path / "labels.h5", transfer=True)
+    assert summary["labelled"] == 0 and "only 0.00 % of the pixels have a label" in caplog.text
+
+
 def test_cli_and_bad_input(tmp_path, capsys):
     from pipeline.cli import main
 

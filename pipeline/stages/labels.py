@@ -98,6 +98,10 @@ def run_pseudo_labels(
     })
     log.info("%d views, %.1f %% of the pixels labelled (%.1f %% by their own view's fusion) -> %s",
              len(views), 100 * fraction, 100 * own / max(pixels, 1), out_h5)
+    if fraction < 0.01:
+        log.warning("%s: only %.2f %% of the pixels have a label (fusion kept almost nothing of %s): training on "
+                    "these labels has little to learn from; check %s's consistency settings or the depth itself",
+                    out_h5, 100 * fraction, depth_h5, masks_h5)
     return {"views": len(views), "labelled": fraction, "own": own / max(pixels, 1)}
 
 
