@@ -44,13 +44,15 @@ def test_slurm_profile_dry_run_resolves_resources(tmp_path):
     )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
-    for rule in ("sfm", "prepare", "finetune", "infer", "fuse", "evaluate", "report"):
+    for rule in ("sfm", "prepare", "finetune_source_infer", "finetune_source_fuse", "finetune_labels", "finetune",
+                 "infer", "fuse", "evaluate", "report"):
         assert f"rule {rule}:" in out, rule
     # Exactly one registration: only the photos-only scene needs it.
     assert out.count("rule sfm:") == 1 and "results/garden/sfm" in out
     # The GPU stages carry the profile's GPU request.
-    infer_block = out[out.index("rule infer:"):][:1500]
-    assert "gpu=1" in infer_block and "slurm_partition=gpu" in infer_block, infer_block
+    for rule in ("infer", "finetune_source_infer"):
+        block = out[out.index(f"rule {rule}:"):][:1500]
+        assert "gpu=1" in block and "slurm_partition=gpu" in block, block
 
 
 def test_bad_config_fails_before_any_job(tmp_path):
