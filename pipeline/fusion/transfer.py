@@ -36,19 +36,24 @@ def _world_points(depth: np.ndarray, K: np.ndarray, cam_from_world: np.ndarray) 
     return (rotation.T @ (cam - translation)).T
 
 
+def _project(points: torch.Tensor, K: np.ndarray, cam_from_world: np.ndarray) -> tuple[torch.Tensor, ...]:
+    """Pixel coordinates x, y and z-depth of world points in a camera (only z > 0 is meaningful)."""
+    pose = _as_matrix(cam_from_world)
+    cam = points @ pose[:, :3].T + pose[:, 3]
+    projected = cam @ torch.as_tensor(np.asarray(K, dtype=np.float64)).T
+    z = cam[:, 2].clamp_min(1e-9)
+    return projected[:, 0] / z, projected[:, 1] / z, cam[:, 2]
+
+
 def zbuffer(points: torch.Tensor, K: np.ndarray, cam_from_world: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
     """Nearest z-depth per pixel of world points seen by a camera, 0 where none lands. Shape: (H, W)."""
     height, width = shape
-    pose = _as_matrix(cam_from_world)
-    cam = points @ pose[:, :3].T + pose[:, 3]
-    in_front = cam[:, 2] > 1e-9
-    cam = cam[in_front]
-    projected = cam @ torch.as_tensor(np.asarray(K, dtype=np.float64)).T
-    cols = torch.floor(projected[:, 0] / cam[:, 2]).long()
-    rows = torch.floor(projected[:, 1] / cam[:, 2]).long()
+    x, y, z = _project(points, K, cam_from_world)
+    in_front = z > 1e-9
+    cols, rows, z = torch.floor(x[in_front]).long(), torch.floor(y[in_front]).long(), z[in_front]
     inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height)
     flat = torch.full((height * width,), float("inf"), dtype=torch.float64)
-    flat.scatter_reduce_(0, rows[inside] * width + cols[inside], cam[inside, 2], reduce="amin")
+    flat.scatter_reduce_(0, rows[inside] * width + cols[inside], z[inside], reduce="amin")
     flat[torch.isinf(flat)] = 0.0
     return flat.view(height, width)
 
@@ -57,12 +62,8 @@ def overlap(points: torch.Tensor, K: np.ndarray, cam_from_world: np.ndarray, sha
     """Share of the points that fall in front of a camera and inside its frame."""
     if len(points) == 0:
         return 0.0
-    pose = _as_matrix(cam_from_world)
-    cam = points @ pose[:, :3].T + pose[:, 3]
-    projected = cam @ torch.as_tensor(np.asarray(K, dtype=np.float64)).T
-    z = cam[:, 2].clamp_min(1e-9)
-    x, y = projected[:, 0] / z, projected[:, 1] / z
-    seen = (cam[:, 2] > 1e-9) & (x >= 0) & (x < shape[1]) & (y >= 0) & (y < shape[0])
+    x, y, z = _project(points, K, cam_from_world)
+    seen = (z > 1e-9) & (x >= 0) & (x < shape[1]) & (y >= 0) & (y < shape[0])
     return float(seen.double().mean())
 
 

@@ -83,26 +83,25 @@ def run_pseudo_labels(
             keep = _read_mask(masks_h5, masks, image_id, view.depth.shape) & np.isfinite(view.depth) & (view.depth > 0)
             kept[image_id] = np.where(keep, view.depth, 0).astype(np.float32)
             meta[image_id] = view
-    own = sum(int((d > 0).sum()) for d in kept.values())
     labels = kept
     if transfer:
         labels = transfer_labels(kept, {i: (v.K, v.cam_from_world) for i, v in meta.items()}, neighbours, support)
     views = [DepthView(i, meta[i].name, labels[i], None, meta[i].K, meta[i].cam_from_world) for i in kept]
-    pixels = sum(d.size for d in kept.values())
-    labelled = sum(int((d > 0).sum()) for d in labels.values())
-    fraction = labelled / max(pixels, 1)
+    pixels = max(sum(d.size for d in kept.values()), 1)
+    own = sum(int((d > 0).sum()) for d in kept.values()) / pixels
+    fraction = sum(int((d > 0).sum()) for d in labels.values()) / pixels
     write_depth_file(out_h5, views, {
         "kind": LABELS_KIND, "depth_file": str(depth_h5), "masks_file": str(masks_h5),
         "checkpoint": str(attrs.get("checkpoint", "")), "labelled_fraction": fraction,
-        "transfer": bool(transfer), "own_fraction": own / max(pixels, 1),
+        "transfer": bool(transfer), "own_fraction": own,
     })
     log.info("%d views, %.1f %% of the pixels labelled (%.1f %% by their own view's fusion) -> %s",
-             len(views), 100 * fraction, 100 * own / max(pixels, 1), out_h5)
+             len(views), 100 * fraction, 100 * own, out_h5)
     if fraction < 0.01:
         log.warning("%s: only %.2f %% of the pixels have a label (fusion kept almost nothing of %s): training on "
                     "these labels has little to learn from; check %s's consistency settings or the depth itself",
                     out_h5, 100 * fraction, depth_h5, masks_h5)
-    return {"views": len(views), "labelled": fraction, "own": own / max(pixels, 1)}
+    return {"views": len(views), "labelled": fraction, "own": own}
 
 
 def add_arguments(parser) -> None:
