@@ -85,12 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "selfmvs-bench-infer-run")
     parser.add_argument("--num-sources", default="4,6", help="comma-separated (default 4,6)")
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=KEY=VALUE,...",
-                        help="default: default= and glibc-heap=mmap_threshold_kib=0")
+                        help="default: one-pass=flip_average=false (the setting of the targets against "
+                        "PatchmatchNet), default= (the workflow's, with flip_average) and "
+                        "glibc-heap=flip_average=false,mmap_threshold_kib=0")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--checkpoint", type=Path, default=SHIPPED)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    settings = [parse_setting(s) for s in (args.setting or ["default=", "glibc-heap=mmap_threshold_kib=0"])]
+    settings = [parse_setting(s) for s in (args.setting or [
+        "one-pass=flip_average=false", "default=", "glibc-heap=flip_average=false,mmap_threshold_kib=0"])]
     args.work.mkdir(parents=True, exist_ok=True)
     scene = make_scene(args.work)
     rows = []
@@ -118,8 +121,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def test_infer_run_640x480(benchmark, tmp_path_factory):
+    """One pass (flip_average off): the setting of the targets against PatchmatchNet."""
     scene = make_scene(tmp_path_factory.mktemp("infer-run"))
-    result = benchmark.pedantic(lambda: run_once(scene, {}, 4), rounds=1, iterations=1)
+    result = benchmark.pedantic(lambda: run_once(scene, {"flip_average": "false"}, 4), rounds=1, iterations=1)
+    benchmark.extra_info.update(result)
+
+
+def test_infer_run_640x480_flip_average(benchmark, tmp_path_factory):
+    """The workflow's default: each view also on the mirrored scene."""
+    scene = make_scene(tmp_path_factory.mktemp("infer-run"))
+    result = benchmark.pedantic(lambda: run_once(scene, {"flip_average": "true"}, 4), rounds=1, iterations=1)
     benchmark.extra_info.update(result)
 
 

@@ -75,11 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
                         help="inference setting replacing the checkpoint's (selfmvs infer --model), e.g. "
                         "iterations=[1,3,1]; repeatable")
+    parser.add_argument("--flip-average", action=argparse.BooleanOptionalAction, default=InferConfig().flip_average,
+                        help="infer.flip_average of every inference here, the label source's too (default: the "
+                        "workflow's, on): each view also on the mirrored scene")
     parser.add_argument("--self-label", action="store_true",
                         help="with --train-set finetune.objective=photometric: fine-tune with pseudo labels of the scene "
                         "itself as well (weigh them with --train-set loss.weights.pseudo_label=W); the default objective, "
                         "labels, always makes them as the workflow does (infer, fuse --masks, pseudo-labels [--transfer])")
     parser.add_argument("--no-base", action="store_true", help="only the fine-tuned run (with --finetune)")
+    parser.add_argument("--size", default="400x300", help="rendered image size WxH (default 400x300, as the training "
+                        "scenes; prepare keeps the longest side up to its default, 800)")
     parser.add_argument("--work", type=Path, help="folder for scenes and outputs (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
@@ -90,30 +95,33 @@ def main(argv: list[str] | None = None) -> int:
         work = (args.work or Path(tmp)).resolve()
         work.mkdir(parents=True, exist_ok=True)
         results = []
+        width, height = (int(v) for v in args.size.lower().split("x"))
+        flip = ["--flip-average" if args.flip_average else "--no-flip-average"]
         for seed in (int(s) for s in args.seeds.split(",")):
-            scene_dir, scene_h5 = work / f"s{seed}", work / f"s{seed}.h5"
+            tag = f"s{seed}" if (width, height) == (400, 300) else f"s{seed}_{width}x{height}"
+            scene_dir, scene_h5 = work / tag, work / f"{tag}.h5"
             if not (scene_dir / "gt" / "depth.h5").is_file():
                 selfmvs("render-scene", str(scene_dir), "--seed", str(seed), "--varied", "--num-views", "12",
-                        "--width", "400", "--height", "300", "--no-distortion")
+                        "--width", str(width), "--height", str(height), "--no-distortion")
             selfmvs("prepare", str(scene_dir), str(scene_h5))
             runs = [] if (args.no_base and args.finetune > 0) else [("base", checkpoint)]
             if args.finetune > 0:
-                config = work / f"finetune_{seed}.yaml"
+                config = work / f"finetune_{tag}.yaml"
                 train = {"finetune": {"max_seconds": args.finetune}}
                 if args.recipe:
                     train["loss"] = {"recipe": args.recipe}
                 for key, value in parse_assignments(args.train_set).items():
                     train[key] = {**train[key], **value} if isinstance(value, dict) and key in train else value
                 config.write_text(json.dumps({"train": train}))
-                out = work / f"finetune_{seed}"
+                out = work / f"finetune_{tag}"
                 started = time.perf_counter()
                 label_args = []
                 finetune_config = section(load_config(overrides={"train": train}), "train", TrainConfig).finetune
                 labelled = args.self_label or finetune_config.objective == "labels"
                 if labelled:  # labels from the checkpoint's own fused depth on this scene, as the workflow makes them
-                    source = work / f"s{seed}_label_source"
+                    source = work / f"{tag}_label_source"
                     selfmvs("infer", str(scene_h5), str(checkpoint), f"{source}.h5", "--num-sources", str(args.num_sources),
-                            *(arg for item in args.model for arg in ("--model", item)))
+                            *(arg for item in args.model for arg in ("--model", item)), *flip)
                     selfmvs("fuse", str(scene_h5), f"{source}.h5", f"{source}.ply", "--masks", f"{source}_masks.h5")
                     selfmvs("pseudo-labels", f"{source}.h5", f"{source}_masks.h5", f"{source}_labels.h5",
                             *(["--transfer"] if finetune_config.label_transfer else []))
@@ -127,10 +135,10 @@ def main(argv: list[str] | None = None) -> int:
                 with open(out / "losses.csv") as log:
                     finetune_steps = int(log.read().strip().splitlines()[-1].split(",")[0])
             for name, weights in runs:
-                depth_h5 = work / f"s{seed}_{name.replace(' ', '_')}.h5"
+                depth_h5 = work / f"{tag}_{name.replace(' ', '_')}.h5"
                 started = time.perf_counter()
                 selfmvs("infer", str(scene_h5), str(weights), str(depth_h5), "--num-sources", str(args.num_sources),
-                        *(arg for item in args.model for arg in ("--model", item)))
+                        *(arg for item in args.model for arg in ("--model", item)), *flip)
                 row = {"seed": seed, "run": name, "infer_wall_s": time.perf_counter() - started,
                        **depth_quality(depth_h5, scene_dir / "gt" / "depth.h5")}
                 if name != "base":
@@ -139,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(row)
                 print(f"seed {seed} {name:>16}: median {100 * row['median_rel_error']:.3f} %, within 0.5/1/2/5 %: "
                       + " / ".join(f"{100 * row[f'within_{t:g}']:.1f}" for t in THRESHOLDS), flush=True)
-    payload = {"checkpoint": str(args.checkpoint), "num_sources": args.num_sources, "model": args.model,
+    payload = {"checkpoint": str(args.checkpoint), "size": args.size, "num_sources": args.num_sources, "model": args.model, "flip_average": args.flip_average,
                "finetune_s": args.finetune, "self_label": args.self_label,
                "recipe": args.recipe, "train_set": args.train_set,
                "threads": os.environ.get("OMP_NUM_THREADS"), "load_avg_1min": os.getloadavg()[0], "results": results}

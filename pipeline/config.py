@@ -322,6 +322,7 @@ class InferConfig:
     mask_invalid: bool = True
     feature_cache: int | None = None
     mmap_threshold_kib: int = 512
+    flip_average: bool = True
     model: dict = dataclasses.field(default_factory=dict)
 
 

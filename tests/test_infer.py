@@ -127,7 +127,7 @@ def test_infer_resumes_from_a_partial_file(tmp_path, checkpoint):
     out = tmp_path / "depth.h5"
     marker = DepthView(11, "img_01.png", np.full((24, 32), 7.0, np.float32), None, np.eye(3), np.eye(3, 4))
     attrs = {"checkpoint": str(checkpoint), "scene": str(tmp_path / "scene.h5"), "num_sources": 1,
-             "model_config": json.dumps(SMALL.to_dict())}
+             "model_config": json.dumps(SMALL.to_dict()), "flip_average": 1}
     with pytest.raises(KeyboardInterrupt):
         with DepthWriter(out, attrs) as writer:
             writer.write(marker)
@@ -346,7 +346,7 @@ def test_infer_loads_the_kernels_once_before_the_first_view(tmp_path, checkpoint
     make_scene(tmp_path / "scene.h5")
     with caplog.at_level(logging.INFO, logger="selfmvs.infer"):
         run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "depth.h5", InferConfig(num_sources=2, device="cpu"))
-    assert calls == ["warm-up"] + ["view"] * 4
+    assert calls == ["warm-up"] + ["view"] * 8  # 4 views, each also mirrored (flip_average, the default)
     assert "kernels ready in" in caplog.text
 
 
@@ -382,3 +382,151 @@ def test_cli_infer_on_cpu_never_loads_numba(tmp_path, checkpoint):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
     assert "CPU forwards: native" in result.stderr
+
+
+# ------------------------------------------------------------------------------ flip_average
+
+def _mirrored_scene_file(scene: Scene, path) -> None:
+    """The scene mirrored the plain way: every image flipped, cameras and world reflected in x
+    (R' = F R M, t' = F t with F = M = diag(-1, 1, 1)): an independent construction of what the
+    mirroring cache does with S T S."""
+    import dataclasses as dc
+
+    flip = np.diag([-1.0, 1.0, 1.0])
+    views = {}
+    for image_id, view in scene.views.items():
+        K = view.K.copy()
+        K[0, 2] = view.width - K[0, 2]
+        pose = np.hstack([flip @ view.cam_from_world[:, :3] @ flip, (flip @ view.cam_from_world[:, 3])[:, None]])
+        views[image_id] = dc.replace(
+            view, image=np.ascontiguousarray(view.image[:, ::-1]), K=K, cam_from_world=pose,
+            mask=None if view.mask is None else np.ascontiguousarray(view.mask[:, ::-1]),
+        )
+    write_scene(path, dc.replace(scene, views=views))
+
+
+def test_mirrored_intrinsics_and_pose_project_every_point_to_the_flipped_pixel():
+    from pipeline.stages.infer import mirror_intrinsics, mirror_pose
+
+    rng = np.random.default_rng(3)
+    width = 37
+    K = np.array([[30.0, 0.7, 15.2], [0.0, 28.0, 11.0], [0.0, 0.0, 1.0]])
+    T = np.eye(4)
+    T[:3, :4] = _look_at_origin(np.array([0.4, -0.2, -3.0]))
+    points = rng.uniform(-1, 1, (50, 3))
+
+    def project(K, T, X):
+        camera = (T[:3, :3] @ X.T + T[:3, 3:]).T
+        pixels = (K @ camera.T).T
+        return pixels[:, :2] / pixels[:, 2:], camera[:, 2]
+
+    xy, z = project(K, T, points)
+    xy_m, z_m = project(mirror_intrinsics(K, width), mirror_pose(T), points * [-1.0, 1.0, 1.0])
+    np.testing.assert_allclose(xy_m[:, 0], width - xy[:, 0], atol=1e-9)
+    np.testing.assert_allclose(xy_m[:, 1], xy[:, 1], atol=1e-9)
+    np.testing.assert_allclose(z_m, z, atol=1e-12)  # the same depth: the maps are flips of each other
+    np.testing.assert_allclose(mirror_intrinsics(mirror_intrinsics(K, width), width), K)
+    np.testing.assert_allclose(mirror_pose(mirror_pose(T)), T)
+
+
+def test_mirroring_cache_runs_the_network_on_the_mirrored_scene(tmp_path, checkpoint):
+    """estimate_view through a mirroring cache == the network on a scene file mirrored the plain
+    way, flipped back: same images, same relative poses, same maps."""
+    from pipeline.formats.scene_file import read_view
+    from pipeline.model import load_checkpoint
+    from pipeline.stages.infer import ViewCache, estimate_view
+
+    scene = make_scene(tmp_path / "scene.h5", sizes=((24, 32), (24, 32), (24, 32)), seed=5)
+    _mirrored_scene_file(scene, tmp_path / "mirrored.h5")
+    model, _ = load_checkpoint(checkpoint, strict=True)
+    model.eval()
+    cpu = torch.device("cpu")
+    direct = ViewCache(model, tmp_path / "scene.h5", cpu, capacity=0, mirror=True)
+    plain = ViewCache(model, tmp_path / "mirrored.h5", cpu, capacity=0)
+    with torch.inference_mode():
+        for image_id in scene.views:
+            sources = [s for s in scene.views if s != image_id]
+            ours = estimate_view(model, read_view(tmp_path / "scene.h5", image_id), [direct.get(s) for s in sources], direct)
+            theirs = estimate_view(model, read_view(tmp_path / "mirrored.h5", image_id), [plain.get(s) for s in sources], plain)
+            np.testing.assert_allclose(ours.depth, theirs.depth[:, ::-1], rtol=1e-4)
+            np.testing.assert_allclose(ours.confidence, theirs.confidence[:, ::-1], atol=1e-4)
+            np.testing.assert_allclose(ours.K, scene.views[image_id].K)  # the view's own K, not the mirrored one
+            assert (ours.depth[:2] == 0).all()  # the mask (top rows) applied in the view's own frame
+
+
+def test_combine_mirrored_averages_agreeing_depths_and_else_takes_the_more_confident():
+    from pipeline.stages.infer import combine_mirrored
+
+    def view(depth, confidence):
+        return DepthView(image_id=1, name="a.png", depth=np.array([depth], np.float32),
+                         confidence=np.array([confidence], np.float32), K=np.eye(3), cam_from_world=np.eye(4)[:3])
+
+    a = view([5.0, 5.0, 5.0, 5.0, 0.0, 4.0], [0.9, 0.9, 0.4, 0.5, 0.0, 0.6])
+    b = view([5.05, 5.2, 6.0, 6.0, 3.0, 0.0], [0.7, 0.8, 0.6, 0.5, 0.3, 0.0])
+    out = combine_mirrored(a, b)
+    np.testing.assert_allclose(out.depth[0], [5.025, 5.0, 6.0, 5.0, 3.0, 4.0], rtol=1e-6)
+    np.testing.assert_allclose(out.confidence[0], [0.8, 0.9, 0.6, 0.5, 0.3, 0.6], rtol=1e-6)
+    assert out.image_id == 1 and out.depth.dtype == np.float32
+    np.testing.assert_allclose(combine_mirrored(a, b, agreement=0.05).depth[0, 1], 5.1, rtol=1e-6)
+    with pytest.raises(ValueError, match="view 1"):
+        combine_mirrored(a, view([[1.0]], [[1.0]]))
+
+
+def test_infer_flip_average_writes_the_combination_and_keeps_its_setting(tmp_path, checkpoint):
+    from pipeline.stages.infer import combine_mirrored
+
+    scene = make_scene(tmp_path / "scene.h5", sizes=((24, 32), (24, 32), (24, 32)), seed=6)
+    one_pass = InferConfig(num_sources=2, device="cpu", flip_average=False)
+    one = read_depth_file(run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "one.h5", one_pass))
+    _mirrored_scene_file(scene, tmp_path / "mirrored.h5")
+    mirrored = read_depth_file(run_infer(tmp_path / "mirrored.h5", checkpoint, tmp_path / "m.h5", one_pass))
+    config = InferConfig(num_sources=2, device="cpu", flip_average=True)
+    both = read_depth_file(run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "both.h5", config))
+    assert read_depth_attrs(tmp_path / "both.h5")["flip_average"] == 1
+    assert read_depth_attrs(tmp_path / "one.h5")["flip_average"] == 0
+    for image_id, view in both.items():
+        flipped = mirrored[image_id]
+        flipped.depth, flipped.confidence = flipped.depth[:, ::-1].copy(), flipped.confidence[:, ::-1].copy()
+        expected = combine_mirrored(one[image_id], flipped)
+        np.testing.assert_allclose(view.depth, expected.depth, rtol=1e-4)
+        np.testing.assert_allclose(view.K, scene.views[image_id].K)
+        np.testing.assert_allclose(view.cam_from_world, scene.views[image_id].cam_from_world)
+        assert not np.array_equal(view.depth, one[image_id].depth)  # the second pass changed something
+    # A partial file of a one-pass run is not resumed by a flip_average run.
+    partial = tmp_path / "both.h5.partial"
+    (tmp_path / "one.h5").rename(partial)
+    run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "both.h5", config)
+    np.testing.assert_array_equal(read_depth_file(tmp_path / "both.h5")[10].depth, both[10].depth)
+
+
+def test_mirrored_pass_of_the_shipped_network_is_as_good_as_the_direct_one(tmp_path):
+    """On a rendered scene with its ground truth, the shipped weights' estimate on the mirrored scene
+    (flipped back) is as close to the truth as the direct one, and the combination no worse: a wrong
+    sign or frame in the mirroring would leave the mirrored pass far off."""
+    from pipeline.evaluation import depth_errors
+    from pipeline.formats.scene_file import read_view
+    from pipeline.model import load_checkpoint
+    from pipeline.stages.infer import ViewCache, combine_mirrored, estimate_view
+    from pipeline.stages.prepare import run_prepare
+    from pipeline.synth import render_scene
+
+    scene_dir = render_scene(tmp_path / "scene", seed=21, num_views=8, width=256, height=192, num_gt_points=2000, num_sparse_points=400)
+    run_prepare(scene_dir, tmp_path / "scene.h5")
+    model, _ = load_checkpoint(REPO / "pipeline" / "checkpoints" / "selfmvs_synthetic.pt", strict=True)
+    model.eval()
+    gt = read_depth_file(scene_dir / "gt" / "depth.h5")
+    cpu = torch.device("cpu")
+    caches = [ViewCache(model, tmp_path / "scene.h5", cpu, capacity=5, mirror=m) for m in (False, True)]
+    errors = {"direct": [], "mirrored": [], "combined": []}
+    with torch.inference_mode():
+        for image_id in gt:
+            ref = read_view(tmp_path / "scene.h5", image_id)
+            sources = [int(s) for s in ref.source_ids][:4]
+            direct, mirrored = (estimate_view(model, ref, [c.get(s) for s in sources], c) for c in caches)
+            for name, estimate in (("direct", direct), ("mirrored", mirrored), ("combined", combine_mirrored(direct, mirrored))):
+                rel, n_gt, _ = depth_errors(estimate.depth, gt[image_id].depth, gt_K=gt[image_id].K, estimate_K=estimate.K)
+                errors[name].append((rel < 0.02).sum() / n_gt)
+    within = {name: float(np.mean(values)) for name, values in errors.items()}
+    assert within["direct"] > 0.6, within  # 0.74 when written
+    assert within["mirrored"] > within["direct"] - 0.05, within
+    assert within["combined"] > within["direct"] - 0.02, within
