@@ -289,6 +289,7 @@ class TrainConfig:
     width: int = 320
     height: int = 240
     crop_scale: tuple[float, float] = (0.7, 1.0)
+    mirror_probability: float = 0.0
     learning_rate: float = 0.001
     weight_decay: float = 0.0
     lr_schedule: LRScheduleConfig = LRScheduleConfig()

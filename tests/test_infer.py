@@ -406,7 +406,7 @@ def _mirrored_scene_file(scene: Scene, path) -> None:
 
 
 def test_mirrored_intrinsics_and_pose_project_every_point_to_the_flipped_pixel():
-    from pipeline.stages.infer import mirror_intrinsics, mirror_pose
+    from pipeline.scene.mirror import mirror_intrinsics, mirror_pose
 
     rng = np.random.default_rng(3)
     width = 37

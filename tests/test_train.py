@@ -292,6 +292,41 @@ def test_sampler_crops_labels_with_the_reference(scene_path, tmp_path):
     assert "label" not in ViewSampler([scene], 2, (24, 32)).sample(0, torch.Generator().manual_seed(0))
 
 
+def test_sampler_mirror_flips_the_sample_into_a_consistent_scene(scene_path, tmp_path):
+    """mirror_probability 1: the sample drawn with the same generator as without mirroring, flipped
+    left-right, with cameras that see the reflected world point at the flipped pixels of every view."""
+    from pipeline.formats.scene_file import read_scene
+    from pipeline.stages.train import _read_labels
+
+    scene = read_scene(scene_path)
+    labels = _read_labels(_position_labels(scene_path, tmp_path / "labels.h5"), scene, scene_path)
+    plain = ViewSampler([scene], 2, (24, 32), (0.5, 0.5), labels=[labels])
+    mirrored = ViewSampler([scene], 2, (24, 32), (0.5, 0.5), labels=[labels], mirror_probability=1.0)
+    for item in range(len(plain)):
+        a = plain.sample(item, torch.Generator().manual_seed(item))
+        b = mirrored.sample(item, torch.Generator().manual_seed(item))
+        for key in ("images", "mask", "label"):
+            assert torch.equal(b[key], a[key].flip(-1)), key
+        assert torch.equal(b["depth_range"], a["depth_range"])
+        point = torch.tensor([0.3, -0.2, 0.4, 1.0], dtype=torch.float64)
+        reflected = point * torch.tensor([-1.0, 1.0, 1.0, 1.0], dtype=torch.float64)
+        for view in range(a["K"].shape[0]):
+            pa = a["K"][view].double() @ (a["cam_from_world"][view].double() @ point)[:3]
+            pb = b["K"][view].double() @ (b["cam_from_world"][view].double() @ reflected)[:3]
+            torch.testing.assert_close(pb[2], pa[2])  # same depth
+            torch.testing.assert_close(pb[0] / pb[2], 32 - pa[0] / pa[2])
+            torch.testing.assert_close(pb[1] / pb[2], pa[1] / pa[2])
+    # at 0.5 some samples are mirrored and some not, reproducibly
+    half = ViewSampler([scene], 2, (24, 32), (0.5, 0.5), mirror_probability=0.5)
+    flips = [not torch.equal(half.sample(i, torch.Generator().manual_seed(i))["images"],
+                             plain.sample(i, torch.Generator().manual_seed(i))["images"]) for i in range(len(plain))]
+    again = [not torch.equal(half.sample(i, torch.Generator().manual_seed(i))["images"],
+                             plain.sample(i, torch.Generator().manual_seed(i))["images"]) for i in range(len(plain))]
+    assert flips == again and any(flips) and not all(flips)
+    with pytest.raises(ValueError, match="mirror_probability"):
+        ViewSampler([scene], 2, (24, 32), mirror_probability=1.5)
+
+
 def test_train_on_pseudo_labels(scene_path, tmp_path, caplog):
     """Only the pseudo-label term: it trains, is logged, and the label files are recorded."""
     from pipeline.formats.depth_file import DepthView, write_depth_file

@@ -28,6 +28,7 @@ from pipeline.config import InferConfig, load_config, parse_assignments, section
 from pipeline.formats.depth_file import DepthView, DepthWriter
 from pipeline.formats.scene_file import SceneView, read_scene, read_view
 from pipeline.model import CheckpointError, PatchmatchNet, load_checkpoint
+from pipeline.scene.mirror import mirror_intrinsics, mirror_pose
 
 log = logging.getLogger("selfmvs.infer")
 
@@ -52,30 +53,6 @@ def _resized_size(height: int, width: int, max_size: int | None) -> tuple[int, i
     return max(2, round(height * scale)), max(2, round(width * scale))
 
 
-#: The reflection x -> -x of camera coordinates (and of the world's) that flipping every image left-right is.
-_REFLECT_X = np.diag([-1.0, 1.0, 1.0, 1.0])
-
-
-def mirror_intrinsics(K: np.ndarray, width: int) -> np.ndarray:
-    """K of the left-right flipped image (pixel x -> width - x, pixel centres at j + 0.5); its own inverse.
-
-    With camera coordinates reflected (X -> -X), x' = width - x = fx X'/Z - s Y/Z + (width - cx).
-    """
-    mirrored = np.array(K, dtype=np.float64, copy=True)
-    mirrored[0, 2] = width - mirrored[0, 2]
-    mirrored[0, 1] = -mirrored[0, 1]
-    return mirrored
-
-
-def mirror_pose(cam_from_world: np.ndarray) -> np.ndarray:
-    """The 4x4 pose of the mirrored camera: camera and world both reflected in x (S T S).
-
-    Every view of a scene mirrored this way keeps its relative poses up to the same reflection, so
-    the mirrored views form a consistent scene whose depth maps are the original ones flipped.
-    """
-    return _REFLECT_X @ np.asarray(cam_from_world, dtype=np.float64) @ _REFLECT_X
-
-
 def prepare_view(
     view: SceneView, max_size: int | None, device: torch.device, mirror: bool = False
 ) -> tuple[torch.Tensor, np.ndarray]:
@@ -83,7 +60,7 @@ def prepare_view(
 
     The image is downscaled (area-averaged) when its longest side exceeds ``max_size``; K is scaled
     per axis by the exact ratio of the sizes (pixel centres at j + 0.5 make that exact). ``mirror``:
-    the image flipped left-right and K with it (:func:`mirror_intrinsics`).
+    the image flipped left-right and K with it (:func:`pipeline.scene.mirror.mirror_intrinsics`).
     """
     if view.image is None:
         raise ValueError(f"infer: view {view.image_id} ({view.name}) has no image loaded")
@@ -132,7 +109,7 @@ class ViewCache:
     called) the one needed again furthest in the future, or never (Belady's optimal policy: on a
     12-view 640x480 scene with 4 sources and capacity 6 it computes 16 instead of 23 feature
     pyramids); without it, the least recently used. ``mirror``: the views of the left-right mirrored
-    scene (images flipped, :func:`mirror_intrinsics`, :func:`mirror_pose`).
+    scene (images flipped; :mod:`pipeline.scene.mirror`).
     """
 
     def __init__(

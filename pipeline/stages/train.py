@@ -43,6 +43,7 @@ from pipeline.config import TrainConfig, load_config, section
 from pipeline.formats.atomic import atomic_path
 from pipeline.losses import AugmentationParams, SelfSupervisedLoss, augment_images, augmentation_weight, get_recipe
 from pipeline.losses.cosegmentation import make_cosegmentation
+from pipeline.scene.mirror import mirror_intrinsics, mirror_pose
 
 log = logging.getLogger("selfmvs.train")
 
@@ -76,10 +77,16 @@ class ViewSampler:
         labels: per scene, None or image_id -> (H, W) float32 label depth at the view's stored size
             (0 = no label); when given, every sample also has a ``label`` cropped and resized
             (nearest) like its reference, zeros for a scene without labels.
+        mirror_probability: chance that a sample is the left-right mirror image of the scene's
+            (every image, the mask and the label flipped; K and poses as :mod:`pipeline.scene.mirror`).
+            0 draws nothing, so the random stream of a run without mirroring is unchanged.
     """
 
     def __init__(self, scenes, num_sources: int, size: tuple[int, int] | None, crop_scale=(1.0, 1.0), names=None,
-                 labels=None):
+                 labels=None, mirror_probability: float = 0.0):
+        if not 0.0 <= mirror_probability <= 1.0:
+            raise ValueError(f"train.mirror_probability: expected a value in [0, 1], got {mirror_probability}")
+        self.mirror_probability = float(mirror_probability)
         self.num_sources = num_sources
         self.labels = list(labels) if labels is not None else None
         if self.labels is not None and len(self.labels) != len(scenes):
@@ -189,11 +196,24 @@ class ViewSampler:
             else:
                 cropped = scene_labels[ref_id][top : top + crop_h, left : left + crop_w][None, None]
                 sample["label"] = F.interpolate(cropped, size=(height, width), mode="nearest")[0]
+        if self.mirror_probability > 0 and float(torch.rand((), generator=generator)) < self.mirror_probability:
+            sample = _mirrored(sample)
         return sample
 
     def batch(self, step: int, batch_size: int, rank: int, world_size: int, seed: int, generator: torch.Generator):
         samples = [self.sample(i, generator) for i in self.item_indices(step, batch_size, rank, world_size, seed)]
         return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
+
+
+def _mirrored(sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The sample's left-right mirror image: a consistent scene whose depth is the original's, flipped."""
+    width = sample["images"].shape[-1]
+    flipped = {key: sample[key].flip(-1) for key in ("images", "mask", "label") if key in sample}
+    flipped["K"] = torch.stack([torch.from_numpy(mirror_intrinsics(K.numpy(), width)) for K in sample["K"]]).to(sample["K"].dtype)
+    flipped["cam_from_world"] = torch.stack(
+        [torch.from_numpy(mirror_pose(T.numpy())) for T in sample["cam_from_world"]]
+    ).to(sample["cam_from_world"].dtype)
+    return {**sample, **flipped}
 
 
 def _resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -539,7 +559,8 @@ def run_train(
         label_maps = None
         if label_paths is not None:
             label_maps = [_read_labels(path, scene, scene_path) for path, scene, scene_path in zip(label_paths, loaded, scene_paths)]
-        sampler = ViewSampler(loaded, config.num_sources, size, crop, names=scene_paths, labels=label_maps)
+        sampler = ViewSampler(loaded, config.num_sources, size, crop, names=scene_paths, labels=label_maps,
+                              mirror_probability=config.mirror_probability)
         batch_size = 1 if size is None else config.batch_size
         if "cross_view" in terms and config.num_sources < 1:
             raise ValueError("train: the cross-view term needs at least one source view")
