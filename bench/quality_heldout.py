@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(row)
                 print(f"seed {seed} {name:>16}: median {100 * row['median_rel_error']:.3f} %, within 0.5/1/2/5 %: "
                       + " / ".join(f"{100 * row[f'within_{t:g}']:.1f}" for t in THRESHOLDS), flush=True)
-    payload = {"checkpoint": str(args.checkpoint), "size": args.size, "num_sources": args.num_sources, "model": args.model, "flip_average": args.flip_average,
+    payload = {"checkpoint": str(args.checkpoint), "size": args.size, "num_sources": args.num_sources,
+               "model": args.model, "flip_average": args.flip_average,
                "finetune_s": args.finetune, "self_label": args.self_label,
                "recipe": args.recipe, "train_set": args.train_set,
                "threads": os.environ.get("OMP_NUM_THREADS"), "load_avg_1min": os.getloadavg()[0], "results": results}

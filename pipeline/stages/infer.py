@@ -407,6 +407,11 @@ def run_infer(
     return out_path
 
 
+#: The file attributes a partial depth.h5 must share with this run to be resumed, with the value a file
+#: written before the attribute existed stands for (None: no default, such a file is never resumed).
+_RESUME_SETTINGS = {"checkpoint": None, "scene": None, "num_sources": None, "model_config": None, "flip_average": 0}
+
+
 def _discard_foreign_partial(out_path: Path, attrs: dict) -> None:
     """Resume only a partial file of the same scene, checkpoint and settings; else start afresh."""
     partial = out_path.with_name(out_path.name + ".partial")
@@ -416,8 +421,7 @@ def _discard_foreign_partial(out_path: Path, attrs: dict) -> None:
 
     try:
         with h5py.File(partial, "r") as handle:
-            previous = {key: handle.attrs.get(key) for key in ("checkpoint", "scene", "num_sources", "model_config")}
-            previous["flip_average"] = handle.attrs.get("flip_average", 0)
+            previous = {key: handle.attrs.get(key, default) for key, default in _RESUME_SETTINGS.items()}
     except OSError:
         return  # unreadable: DepthWriter starts over by itself
     previous = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in previous.items()}
