@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flip-average", action=argparse.BooleanOptionalAction, default=InferConfig().flip_average,
                         help="infer.flip_average of every inference here, the label source's too (default: the "
                         "workflow's, on): each view also on the mirrored scene")
+    parser.add_argument("--plane-fill", action=argparse.BooleanOptionalAction, default=InferConfig().plane_fill.enabled,
+                        help="infer.plane_fill of every inference here, the label source's too (default: the workflow's, "
+                        "on): low-texture regions take the plane of their surroundings")
     parser.add_argument("--self-label", action="store_true",
                         help="with --train-set finetune.objective=photometric: fine-tune with pseudo labels of the scene "
                         "itself as well (weigh them with --train-set loss.weights.pseudo_label=W); the default objective, "
@@ -96,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         results = []
         width, height = (int(v) for v in args.size.lower().split("x"))
-        flip = ["--flip-average" if args.flip_average else "--no-flip-average"]
+        infer_flags = ["--flip-average" if args.flip_average else "--no-flip-average",
+                "--plane-fill" if args.plane_fill else "--no-plane-fill"]
         for seed in (int(s) for s in args.seeds.split(",")):
             tag = f"s{seed}" if (width, height) == (400, 300) else f"s{seed}_{width}x{height}"
             scene_dir, scene_h5 = work / tag, work / f"{tag}.h5"
@@ -121,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 if labelled:  # labels from the checkpoint's own fused depth on this scene, as the workflow makes them
                     source = work / f"{tag}_label_source"
                     selfmvs("infer", str(scene_h5), str(checkpoint), f"{source}.h5", "--num-sources", str(args.num_sources),
-                            *(arg for item in args.model for arg in ("--model", item)), *flip)
+                            *(arg for item in args.model for arg in ("--model", item)), *infer_flags)
                     selfmvs("fuse", str(scene_h5), f"{source}.h5", f"{source}.ply", "--masks", f"{source}_masks.h5")
                     selfmvs("pseudo-labels", f"{source}.h5", f"{source}_masks.h5", f"{source}_labels.h5",
                             *(["--transfer"] if finetune_config.label_transfer else []))
@@ -138,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 depth_h5 = work / f"{tag}_{name.replace(' ', '_')}.h5"
                 started = time.perf_counter()
                 selfmvs("infer", str(scene_h5), str(weights), str(depth_h5), "--num-sources", str(args.num_sources),
-                        *(arg for item in args.model for arg in ("--model", item)), *flip)
+                        *(arg for item in args.model for arg in ("--model", item)), *infer_flags)
                 row = {"seed": seed, "run": name, "infer_wall_s": time.perf_counter() - started,
                        **depth_quality(depth_h5, scene_dir / "gt" / "depth.h5")}
                 if name != "base":
@@ -148,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"seed {seed} {name:>16}: median {100 * row['median_rel_error']:.3f} %, within 0.5/1/2/5 %: "
                       + " / ".join(f"{100 * row[f'within_{t:g}']:.1f}" for t in THRESHOLDS), flush=True)
     payload = {"checkpoint": str(args.checkpoint), "size": args.size, "num_sources": args.num_sources,
-               "model": args.model, "flip_average": args.flip_average,
+               "model": args.model, "flip_average": args.flip_average, "plane_fill": args.plane_fill,
                "finetune_s": args.finetune, "self_label": args.self_label,
                "recipe": args.recipe, "train_set": args.train_set,
                "threads": os.environ.get("OMP_NUM_THREADS"), "load_avg_1min": os.getloadavg()[0], "results": results}

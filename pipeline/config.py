@@ -312,6 +312,19 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PlaneFillConfig:
+    """``infer.plane_fill``: planar in-fill of low-texture regions (pipeline.scene.planar_fill)."""
+
+    enabled: bool = True
+    texture_std: float = 0.015
+    window: int = 7
+    min_area: int = 150
+    ring: int = 4
+    inlier_tolerance: float = 0.01
+    min_inlier_fraction: float = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
 class InferConfig:
     """``infer``: scene.h5 + checkpoint -> depth.h5 (see config.schema.yaml for each option)."""
 
@@ -324,6 +337,7 @@ class InferConfig:
     feature_cache: int | None = None
     mmap_threshold_kib: int = 512
     flip_average: bool = True
+    plane_fill: PlaneFillConfig = PlaneFillConfig()
     model: dict = dataclasses.field(default_factory=dict)
 
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from pipeline.cli import main as cli_main
-from pipeline.config import InferConfig
+from pipeline.config import InferConfig, PlaneFillConfig
 from pipeline.formats.depth_file import DepthView, DepthWriter, read_depth_attrs, read_depth_file
 from pipeline.formats.scene_file import Scene, SceneView, write_scene
 from pipeline.model import ModelConfig, PatchmatchNet, save_checkpoint
-from pipeline.stages.infer import run_infer
+from pipeline.stages.infer import plane_fill_setting, run_infer
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ModelConfig(iterations=(1, 1, 1), num_initial_hypotheses=16)
@@ -127,7 +127,8 @@ def test_infer_resumes_from_a_partial_file(tmp_path, checkpoint):
     out = tmp_path / "depth.h5"
     marker = DepthView(11, "img_01.png", np.full((24, 32), 7.0, np.float32), None, np.eye(3), np.eye(3, 4))
     attrs = {"checkpoint": str(checkpoint), "scene": str(tmp_path / "scene.h5"), "num_sources": 1,
-             "model_config": json.dumps(SMALL.to_dict()), "flip_average": 1}
+             "model_config": json.dumps(SMALL.to_dict()), "flip_average": 1,
+             "plane_fill": plane_fill_setting(PlaneFillConfig())}
     with pytest.raises(KeyboardInterrupt):
         with DepthWriter(out, attrs) as writer:
             writer.write(marker)

@@ -105,3 +105,30 @@ def test_cli_report(results, tmp_path):
                  "--config", str(config)]) == 0
     assert (out / "index.html").is_file() and (out / "cloud.png").is_file() and (out / "timings.png").is_file()
     assert "train.tsv not found" in (out / "index.html").read_text()
+
+
+def test_view_figures_show_the_plane_filled_pixels(results, tmp_path):
+    """A depth.h5 that marks plane-filled pixels (infer.plane_fill) gets a sixth panel and a caption
+    saying what share of the view they are."""
+    import dataclasses
+
+    from pipeline.formats.depth_file import read_depth_file, write_depth_file
+    from pipeline.stages.report import run_report
+
+    scene_dir, scene_h5, depth_h5, fused, eval_json, csv, tsvs = results
+    views = read_depth_file(depth_h5)
+    marked = []
+    for view in views.values():
+        filled = np.zeros(view.depth.shape, bool)
+        filled[: view.depth.shape[0] // 4] = True
+        marked.append(dataclasses.replace(view, filled=filled))
+    write_depth_file(tmp_path / "filled.h5", marked)
+    config = ReportConfig(max_views=1, cloud_points=5000)
+    plain = run_report(scene_h5, depth_h5, tmp_path / "plain", scene_dir=scene_dir, config=config)
+    page = run_report(scene_h5, tmp_path / "filled.h5", tmp_path / "filled", scene_dir=scene_dir, config=config)
+    assert "low-texture region" in page.read_text() and "25.0 %" in page.read_text()
+    assert "low-texture region" not in plain.read_text()
+    name = re.findall(r'<img src="(view_[^"]+)"', page.read_text())[0]
+    with Image.open(tmp_path / "filled" / name) as wide, Image.open(tmp_path / "plain" / name) as narrow:
+        assert wide.size[0] > narrow.size[0]
+    assert_picture(tmp_path / "filled" / name)

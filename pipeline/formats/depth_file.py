@@ -7,6 +7,8 @@ Layout (docs/formats.md)::
                                     units, plus whatever the writer adds (e.g. checkpoint)
     /views/<image_id>/depth       float32 (H, W) z-depth in scene units, 0 = no estimate
     /views/<image_id>/confidence  float32 (H, W) in [0, 1] (optional in gt/depth.h5)
+    /views/<image_id>/filled      uint8 (H, W), optional: 1 where the depth is a low-texture region's
+                                  plane (infer.plane_fill), not the network's estimate
         group attrs: name, K (3x3 pixels, at the map's resolution), cam_from_world (3x4)
 
 Files are written atomically. :class:`DepthWriter` writes view by view into ``<path>.partial`` and
@@ -37,7 +39,8 @@ class DepthView:
     """One view's depth map.
 
     Shape:
-        depth: (H, W) float32; confidence: (H, W) float32 or None; K: (3, 3); cam_from_world: (3, 4).
+        depth: (H, W) float32; confidence: (H, W) float32 or None; K: (3, 3); cam_from_world: (3, 4);
+        filled: (H, W) bool or None (where the depth is a plane of :mod:`pipeline.scene.planar_fill`).
     """
 
     image_id: int
@@ -46,6 +49,7 @@ class DepthView:
     confidence: np.ndarray | None
     K: np.ndarray
     cam_from_world: np.ndarray
+    filled: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.depth = np.asarray(self.depth, dtype=np.float32)
@@ -57,6 +61,10 @@ class DepthView:
                 raise DepthFormatError(
                     f"view {self.image_id}: confidence {self.confidence.shape} != depth {self.depth.shape}"
                 )
+        if self.filled is not None:
+            self.filled = np.asarray(self.filled, dtype=bool)
+            if self.filled.shape != self.depth.shape:
+                raise DepthFormatError(f"view {self.image_id}: filled {self.filled.shape} != depth {self.depth.shape}")
         self.K = np.asarray(self.K, dtype=np.float64).reshape(3, 3)
         self.cam_from_world = np.asarray(self.cam_from_world, dtype=np.float64)[:3, :4]
         if self.cam_from_world.shape != (3, 4):
@@ -78,6 +86,9 @@ def _write_view(views_group: h5py.Group, view: DepthView) -> None:
             "confidence", data=view.confidence, chunks=(height, width)
         )
         conf.attrs["units"] = "probability in [0, 1]"
+    if view.filled is not None:
+        filled = group.create_dataset("filled", data=view.filled.astype(np.uint8), chunks=(height, width))
+        filled.attrs["units"] = "1: the depth is a low-texture region's plane (infer.plane_fill), 0: the network's"
     group.attrs["name"] = view.name
     group.attrs["K"] = view.K
     group.attrs["cam_from_world"] = view.cam_from_world
@@ -169,6 +180,7 @@ def _read_view(path: Path, views: h5py.Group, key: str) -> DepthView:
     try:
         depth = group["depth"][()]
         confidence = group["confidence"][()] if "confidence" in group else None
+        filled = group["filled"][()].astype(bool) if "filled" in group else None
         return DepthView(
             image_id=int(key),
             name=str(group.attrs["name"]),
@@ -176,6 +188,7 @@ def _read_view(path: Path, views: h5py.Group, key: str) -> DepthView:
             confidence=confidence,
             K=group.attrs["K"],
             cam_from_world=group.attrs["cam_from_world"],
+            filled=filled,
         )
     except (KeyError, ValueError) as error:
         raise DepthFormatError(f"{path}: view {key}: {error}") from None

@@ -55,15 +55,17 @@ def view_figure(
     relative_error: np.ndarray | None = None,
     error_max: float = 0.05,
     mask: np.ndarray | None = None,
+    filled: np.ndarray | None = None,
     dpi: int = 100,
 ) -> Path:
-    """One view: image, depth, confidence, relative error vs GT and fusion mask, side by side.
+    """One view: image, depth, confidence, relative error vs GT, fusion mask and the pixels whose
+    depth is a low-texture region's plane (``filled``, infer.plane_fill), side by side.
 
     Depths share ``depth_range`` across views; confidences use [0, 1]; errors [0, error_max]. Pixels
     without a value are drawn grey.
 
     Shape:
-        depth, confidence, relative_error, mask: (H, W); image: (H, W, 3) uint8.
+        depth, confidence, relative_error, mask, filled: (H, W); image: (H, W, 3) uint8.
     """
     plt = _pyplot()
     import matplotlib
@@ -78,6 +80,8 @@ def view_figure(
         panels.append((f"|d - d_gt| / d_gt (clipped at {error_max:g})", relative_error, ("inferno", 0.0, error_max)))
     if mask is not None:
         panels.append(("kept by fusion", mask.astype(np.float32), ("gray", 0.0, 1.0)))
+    if filled is not None:
+        panels.append(("plane-filled (low texture)", filled.astype(np.float32), ("gray", 0.0, 1.0)))
     height, width = depth.shape
     panel_width = 3.2
     fig, axes = plt.subplots(

@@ -117,7 +117,7 @@ def run_report(
         mask = mask if mask is not None and mask.shape == depth.shape else None
         name = f"view_{image_id}.png"
         view_figure(out_dir / name, f"view {image_id} ({view.name})", depth, depth_range, image=image,
-                    confidence=view.confidence, relative_error=error, mask=mask, dpi=config.dpi)
+                    confidence=view.confidence, relative_error=error, mask=mask, filled=view.filled, dpi=config.dpi)
         caption = (
             f"View {image_id} ({view.name}): depth on the scale shared by all views shown "
             f"[{depth_range[0]:.4g}, {depth_range[1]:.4g}] scene units (2nd-98th percentile), grey = no estimate"
@@ -128,6 +128,9 @@ def run_report(
             caption += "; relative depth error against gt/depth.h5, clipped at 0.05"
         if mask is not None:
             caption += "; pixels kept by fusion (white)"
+        if view.filled is not None:
+            caption += (f"; pixels whose depth is the plane of a low-texture region's surroundings (white, "
+                        f"{100 * view.filled.mean():.1f} %; infer.plane_fill)")
         views_section.figures.append(Figure(name, caption + "."))
     if len(depth_ids) > len(shown):
         views_section.html_body = f"<p>{len(shown)} of {len(depth_ids)} views shown, evenly spaced in file order.</p>"

@@ -1,0 +1,154 @@
+"""Planar in-fill of low-texture regions (pipeline.scene.planar_fill) and its place in the infer stage."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.config import InferConfig, PlaneFillConfig
+from pipeline.formats.depth_file import DepthView, read_depth_attrs, read_depth_file, write_depth_file
+from pipeline.scene.planar_fill import PlanarFillParams, fit_inverse_depth_plane, low_texture_mask, planar_fill
+from pipeline.stages.infer import run_infer
+
+HEIGHT, WIDTH = 60, 80
+K = np.array([[70.0, 0.0, WIDTH / 2], [0.0, 70.0, HEIGHT / 2], [0.0, 0.0, 1.0]])
+
+
+def plane_depth(normal, offset, height=HEIGHT, width=WIDTH) -> np.ndarray:
+    """z-depth of the plane normal . X = offset seen by camera K at the origin (pixel centres j + 0.5)."""
+    rows, cols = np.mgrid[0:height, 0:width] + 0.5
+    rays = np.linalg.solve(K, np.stack([cols, rows, np.ones_like(cols)]).reshape(3, -1)).reshape(3, height, width)
+    return (offset / np.tensordot(np.asarray(normal, float), rays, axes=1)).astype(np.float32)
+
+
+def textured_image(rng, patch: tuple[slice, slice] | None) -> np.ndarray:
+    """Random texture everywhere, one uniform grey patch."""
+    image = rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    if patch is not None:
+        image[patch] = 128
+    return image
+
+
+PATCH = (slice(15, 45), slice(20, 60))
+
+
+def test_low_texture_mask_finds_the_uniform_patch_only():
+    image = textured_image(np.random.default_rng(0), PATCH)
+    mask = low_texture_mask(image, texture_std=0.015, window=7)
+    inner = (slice(18, 42), slice(23, 57))  # the patch less half a window
+    assert mask[inner].all()
+    assert mask.sum() <= 30 * 40  # nothing outside the patch
+    with pytest.raises(ValueError, match="odd"):
+        low_texture_mask(image, 0.015, 6)
+
+
+def test_ransac_recovers_a_plane_despite_outliers():
+    rng = np.random.default_rng(1)
+    u, v = rng.uniform(0, 80, 400), rng.uniform(0, 60, 400)
+    inverse = 0.002 * u - 0.001 * v + 0.3
+    inverse[:120] *= rng.uniform(1.05, 1.5, 120)  # 30 % off the plane
+    plane, fraction = fit_inverse_depth_plane(u, v, inverse, 0.01, 200, np.random.default_rng(0))
+    np.testing.assert_allclose(plane, [0.002, -0.001, 0.3], rtol=1e-6)
+    assert fraction == pytest.approx(0.7, abs=0.01)
+
+
+def test_a_uniform_patch_of_a_slanted_plane_takes_the_plane_of_its_surroundings():
+    """The network's depth is right wherever texture is within reach and 4 % off in the patch's
+    inside, where the 7 x 7 window sees no texture; after the in-fill the inside is on the plane
+    (exactly: a plane's inverse depth is affine in the pixel coordinates)."""
+    rng = np.random.default_rng(2)
+    truth = plane_depth([0.2, -0.5, 1.0], 4.0)
+    estimate = truth.copy()
+    inside = np.zeros(truth.shape, bool)
+    inside[18:42, 23:57] = True  # the patch less half a window: the low-texture region
+    estimate[inside] *= 1.04
+    image = textured_image(rng, PATCH)
+    result = planar_fill(estimate, image, (1.0, 20.0))
+    assert result.planes == 1 and result.regions == 1
+    assert not (result.filled & ~inside).any()
+    assert result.filled.sum() == inside.sum() - 4  # the opening (3 x 3 cross) takes the 4 corners
+    np.testing.assert_allclose(result.depth[result.filled], truth[result.filled], rtol=1e-5)
+    np.testing.assert_array_equal(result.depth[~result.filled], estimate[~result.filled])
+    # textured everywhere: nothing to fill
+    plain = planar_fill(estimate, textured_image(rng, None), (1.0, 20.0))
+    assert plain.regions == 0 and not plain.filled.any()
+    np.testing.assert_array_equal(plain.depth, estimate)
+
+
+def test_regions_left_alone_small_ones_split_rings_and_missing_depth():
+    rng = np.random.default_rng(3)
+    image = textured_image(rng, PATCH)
+    # the ring is half on one plane and half on another twice as far: no plane is the surroundings'
+    truth = plane_depth([0.0, 0.0, 1.0], 3.0)
+    truth[:, WIDTH // 2 :] *= 2.0
+    estimate = truth * 1.03
+    result = planar_fill(estimate, image, (1.0, 20.0), PlanarFillParams(min_inlier_fraction=0.6))
+    assert result.regions == 1 and result.planes == 0
+    np.testing.assert_array_equal(result.depth, estimate)
+    # a region smaller than min_area is not considered
+    small = planar_fill(plane_depth([0, 0, 1], 3.0), image, (1.0, 20.0), PlanarFillParams(min_area=30 * 40 + 1))
+    assert small.regions == 0
+    # pixels without an estimate stay without one, and do not count as ring pixels
+    holes = plane_depth([0.2, -0.5, 1.0], 4.0)
+    holes[18:42, 23:40] = 0.0
+    filled = planar_fill(holes, image, (1.0, 20.0))
+    assert (filled.depth[18:42, 23:40] == 0).all() and not filled.filled[18:42, 23:40].any()
+    assert filled.filled[19:41, 40:56].all()
+    # a plane outside the view's depth range is not used
+    far = planar_fill(plane_depth([0.2, -0.5, 1.0], 4.0) * 1.01, image, (0.5, 1.0))
+    assert far.planes == 0
+
+
+def test_depth_file_keeps_the_filled_mask(tmp_path):
+    filled = np.zeros((4, 5), bool)
+    filled[1:3, 2:4] = True
+    view = DepthView(7, "a.png", np.ones((4, 5)), np.ones((4, 5)), np.eye(3), np.eye(4)[:3], filled=filled)
+    write_depth_file(tmp_path / "d.h5", [view, DepthView(8, "b.png", np.ones((4, 5)), None, np.eye(3), np.eye(4)[:3])])
+    views = read_depth_file(tmp_path / "d.h5")
+    np.testing.assert_array_equal(views[7].filled, filled)
+    assert views[8].filled is None
+    with pytest.raises(ValueError, match="view 9: filled"):
+        DepthView(9, "c.png", np.ones((4, 5)), None, np.eye(3), np.eye(4)[:3], filled=np.zeros((5, 4), bool))
+
+
+def test_infer_fills_low_texture_regions_and_records_the_setting(tmp_path):
+    """run_infer on a scene whose reference has a uniform patch: with plane_fill the written depth
+    equals planar_fill of the network's own map (seeded by the image id) and the view says which
+    pixels were filled; without, no mask and attribute "off"; a partial file of the other setting is
+    not resumed."""
+    from test_infer import make_scene
+
+    from pipeline.formats.scene_file import read_scene, write_scene
+    from pipeline.model import ModelConfig, PatchmatchNet, save_checkpoint
+
+    scene = make_scene(tmp_path / "scene.h5", sizes=((48, 64), (48, 64), (48, 64)), with_mask=False, seed=4)
+    scene = read_scene(tmp_path / "scene.h5")
+    scene.views[10].image[8:40, 8:56] = 100  # a uniform region in the first view
+    write_scene(tmp_path / "scene.h5", scene)
+    checkpoint = tmp_path / "model.pt"
+    save_checkpoint(checkpoint, PatchmatchNet(ModelConfig(iterations=(1, 1, 1), num_initial_hypotheses=16)))
+    off = InferConfig(num_sources=2, device="cpu", flip_average=False, plane_fill=PlaneFillConfig(enabled=False))
+    on = InferConfig(num_sources=2, device="cpu", flip_average=False, plane_fill=PlaneFillConfig(min_area=100))
+    raw = read_depth_file(run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "off.h5", off))
+    filled = read_depth_file(run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "on.h5", on))
+    assert read_depth_attrs(tmp_path / "off.h5")["plane_fill"] == "off"
+    setting = json.loads(read_depth_attrs(tmp_path / "on.h5")["plane_fill"])
+    assert setting["min_area"] == 100 and "enabled" not in setting
+    assert all(view.filled is None for view in raw.values())
+    expected = planar_fill(
+        raw[10].depth, scene.views[10].image, tuple(scene.views[10].depth_range),
+        PlanarFillParams(min_area=100), np.random.default_rng(10),
+    )
+    assert expected.planes == 1  # the test exercises a fill
+    np.testing.assert_array_equal(filled[10].depth, expected.depth)
+    np.testing.assert_array_equal(filled[10].filled, expected.filled)
+    assert not filled[11].filled.any()  # textured views are left as they are
+    # a partial file written without the in-fill is not resumed by a run with it
+    (tmp_path / "off.h5").rename(tmp_path / "on2.h5.partial")
+    run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "on2.h5", on)
+    np.testing.assert_array_equal(read_depth_file(tmp_path / "on2.h5")[10].filled, expected.filled)
+    with pytest.raises(ValueError, match="plane_fill.window must be odd"):
+        run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "x.h5", InferConfig(plane_fill=PlaneFillConfig(window=4)))
+
