@@ -444,10 +444,7 @@ def fill_low_texture(view: DepthView, ref: SceneView, config: PlaneFillConfig) -
         image = F.interpolate(image, size=view.depth.shape, mode="area")[0].permute(1, 2, 0).numpy() / 255.0
     else:
         image = ref.image
-    params = PlanarFillParams(
-        texture_std=config.texture_std, window=config.window, min_area=config.min_area, ring=config.ring,
-        inlier_tolerance=config.inlier_tolerance, min_inlier_fraction=config.min_inlier_fraction,
-    )
+    params = PlanarFillParams(**{k: v for k, v in dataclasses.asdict(config).items() if k != "enabled"})
     result = planar_fill(view.depth, image, tuple(ref.depth_range), params, np.random.default_rng(view.image_id))
     return dataclasses.replace(view, depth=result.depth, filled=result.filled)
 
