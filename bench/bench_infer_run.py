@@ -12,7 +12,7 @@ slows every setting alike). The scene is rendered once into --work (`selfmvs ren
 --num-views 12 --width 640 --height 480 --no-distortion` + `selfmvs prepare`)::
 
     .venv/bin/python bench/bench_infer_run.py --rounds 3 --json bench/results/infer-run-....json
-    .venv/bin/python bench/bench_infer_run.py --setting default= --setting glibc=mmap_threshold_kib=0
+    .venv/bin/python bench/bench_infer_run.py --setting default= --setting "no-fill=plane_fill={enabled: false}"
 
 A setting is NAME=KEY=VALUE,KEY=VALUE (infer config keys; empty: the defaults). As a
 pytest-benchmark case (one round of the defaults, peak RSS in extra_info)::
@@ -34,6 +34,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "pipeline" / "checkpoints" / "selfmvs_synthetic.pt"
+#: One network pass per view, nothing after it: the setting of the issue's targets against PatchmatchNet.
+ONE_PASS = "flip_average=false,plane_fill={enabled: false}"
 RATE = re.compile(r"(\d+) views computed in ([0-9.]+) s \(([0-9.]+) s/view\)")
 
 
@@ -85,15 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "selfmvs-bench-infer-run")
     parser.add_argument("--num-sources", default="4,6", help="comma-separated (default 4,6)")
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=KEY=VALUE,...",
-                        help="default: one-pass=flip_average=false (the setting of the targets against "
-                        "PatchmatchNet), default= (the workflow's, with flip_average) and "
-                        "glibc-heap=flip_average=false,mmap_threshold_kib=0")
+                        help="default: one-pass=flip_average=false,plane_fill={enabled: false} (one network pass, "
+                        "the setting of the targets against PatchmatchNet), default= (the workflow's: mirrored pass "
+                        "and planar in-fill) and glibc-heap= (one pass with mmap_threshold_kib=0)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--checkpoint", type=Path, default=SHIPPED)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     settings = [parse_setting(s) for s in (args.setting or [
-        "one-pass=flip_average=false", "default=", "glibc-heap=flip_average=false,mmap_threshold_kib=0"])]
+        f"one-pass={ONE_PASS}", "default=", f"glibc-heap={ONE_PASS},mmap_threshold_kib=0"])]
     args.work.mkdir(parents=True, exist_ok=True)
     scene = make_scene(args.work)
     rows = []
@@ -121,16 +123,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def test_infer_run_640x480(benchmark, tmp_path_factory):
-    """One pass (flip_average off): the setting of the targets against PatchmatchNet."""
+    """One pass (flip_average and plane_fill off): the setting of the targets against PatchmatchNet."""
     scene = make_scene(tmp_path_factory.mktemp("infer-run"))
-    result = benchmark.pedantic(lambda: run_once(scene, {"flip_average": "false"}, 4), rounds=1, iterations=1)
+    result = benchmark.pedantic(lambda: run_once(scene, parse_setting(f"one-pass={ONE_PASS}")[1], 4), rounds=1,
+                                iterations=1)
     benchmark.extra_info.update(result)
 
 
-def test_infer_run_640x480_flip_average(benchmark, tmp_path_factory):
-    """The workflow's default: each view also on the mirrored scene."""
+def test_infer_run_640x480_defaults(benchmark, tmp_path_factory):
+    """The workflow's defaults: each view also on the mirrored scene, then the planar in-fill."""
     scene = make_scene(tmp_path_factory.mktemp("infer-run"))
-    result = benchmark.pedantic(lambda: run_once(scene, {"flip_average": "true"}, 4), rounds=1, iterations=1)
+    result = benchmark.pedantic(lambda: run_once(scene, {}, 4), rounds=1, iterations=1)
     benchmark.extra_info.update(result)
 
 
