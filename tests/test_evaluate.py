@@ -269,3 +269,28 @@ def test_empty_fused_cloud_gives_null_accuracy(fused_box, tmp_path):
     assert metrics["accuracy_mean"]["value"] is None and metrics["completeness_outlier_fraction"]["value"] == 1.0
     assert metrics["sparse_support"]["value"] == 0.0
     assert json.loads((tmp_path / "eval.json").read_text())["metrics"]["overall"]["value"] is None
+
+
+def test_plane_filled_pixels_are_scored_apart(fused_box, tmp_path):
+    """depth.h5 views with a `filled` mask: eval.json scores the filled pixels and the network's apart
+    (here the filled half is exact and the other half 3 % off), and says what share was filled."""
+    from pipeline.formats.depth_file import read_depth_file, write_depth_file
+    from pipeline.stages.evaluate import run_evaluate
+
+    scene_dir, scene_h5, depth_h5, fused = fused_box
+    views = read_depth_file(depth_h5)
+    for view in views.values():
+        view.filled = np.zeros(view.depth.shape, bool)
+        view.filled[:, : view.depth.shape[1] // 2] = True
+        view.depth = np.where(view.filled, view.depth, view.depth * 1.03).astype(np.float32)
+    marked = tmp_path / "marked.h5"
+    write_depth_file(marked, views.values())
+    metrics = run_evaluate(scene_dir, scene_h5, marked, fused, tmp_path / "eval.json")["metrics"]
+    assert metrics["plane_filled_fraction"]["value"] == pytest.approx(0.5)
+    assert metrics["filled_depth_within_0.01"]["value"] == 1.0
+    assert metrics["network_depth_within_0.01"]["value"] == 0.0
+    assert metrics["network_depth_abs_rel_median"]["value"] == pytest.approx(0.03, rel=1e-4)
+    half = metrics["pixels_with_gt"]["value"] / 2
+    assert metrics["filled_pixels_with_gt"]["value"] == pytest.approx(half, rel=0.05)
+    unmarked = run_evaluate(scene_dir, scene_h5, depth_h5, fused, tmp_path / "plain.json")["metrics"]
+    assert "plane_filled_fraction" not in unmarked and "filled_depth_within_0.01" not in unmarked

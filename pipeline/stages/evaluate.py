@@ -10,6 +10,7 @@ Every number in ``eval.json`` comes with its unit and definition.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -167,14 +168,22 @@ def run_evaluate(
     gt_ids = set(list_depth_views(gt_depth_path)) if gt_depth_path is not None else set()
     sparse_index = {int(i): k for k, i in enumerate(scene.points3D_ids)}
     per_view: dict[str, dict] = {}
-    pooled_rel, pooled_gt, pooled_cov = [], 0, 0
-    filtered_rel, filtered_gt, filtered_cov = [], 0, 0
+    pooled, filtered = _Pool(), _Pool()
+    # infer.plane_fill: the pixels that took a plane, and the network's own (depth.h5's per-view `filled`).
+    by_origin = {"filled": _Pool(), "network": _Pool()}
+    pixels_filled = pixels_total = 0
+    any_filled_mask = False
     sparse_pooled, sparse_medians = [], []
     missing_views = [i for i in scene.views if i not in set(depth_ids)]
     for image_id in depth_ids:
         estimate = read_depth_view(depth_h5, image_id)
         depth = np.where(np.isfinite(estimate.depth), estimate.depth, 0.0)
         row: dict = {"name": estimate.name, "pixels": int(depth.size), "pixels_with_estimate": int((depth > 0).sum())}
+        if estimate.filled is not None:
+            any_filled_mask = True
+            row["pixels_filled"] = int(estimate.filled.sum())
+            pixels_filled += row["pixels_filled"]
+        pixels_total += depth.size
         gt_view = read_depth_view(gt_depth_path, image_id) if image_id in gt_ids else None
         if gt_view is not None and not _same_pose(gt_view.cam_from_world, estimate.cam_from_world):
             message = (f"{gt_depth_path}: view {image_id} has another camera pose than {depth_h5}'s "
@@ -185,18 +194,18 @@ def run_evaluate(
         if gt_view is not None:
             # The GT on the estimate's pixels, once for both the raw and the fusion-filtered errors.
             gt_depth = resample_nearest(gt_view.depth, *depth.shape, gt_view.K, estimate.K)
-            rel, with_gt, covered = depth_errors(depth, gt_depth)
-            row.update(depth_summary(rel, with_gt, covered, list(config.depth_thresholds)))
-            pooled_rel.append(rel)
-            pooled_gt += with_gt
-            pooled_cov += covered
+            errors = depth_errors(depth, gt_depth)
+            row.update(depth_summary(*errors, list(config.depth_thresholds)))
+            pooled.add(*errors)
             if image_id in masks and masks[image_id].shape == depth.shape:
-                rel_f, with_gt_f, covered_f = depth_errors(np.where(masks[image_id], depth, 0.0), gt_depth)
-                summary = depth_summary(rel_f, with_gt_f, covered_f, list(config.depth_thresholds))
-                row.update({f"fused_{k}": v for k, v in summary.items()})
-                filtered_rel.append(rel_f)
-                filtered_gt += with_gt_f
-                filtered_cov += covered_f
+                errors = depth_errors(np.where(masks[image_id], depth, 0.0), gt_depth)
+                row.update({f"fused_{k}": v for k, v in depth_summary(*errors, list(config.depth_thresholds)).items()})
+                filtered.add(*errors)
+            if estimate.filled is not None:
+                for origin, pixels in (("filled", estimate.filled), ("network", ~estimate.filled)):
+                    errors = depth_errors(depth, gt_depth, mask=pixels)
+                    row[f"{origin}_depth_within_0.01"] = float((errors[0] <= 0.01).mean()) if len(errors[0]) else None
+                    by_origin[origin].add(*errors)
         view = scene.views.get(image_id)
         if view is not None and len(view.point3D_ids):
             idx = [sparse_index[i] for i in view.point3D_ids.tolist() if i in sparse_index]
@@ -210,15 +219,26 @@ def run_evaluate(
         per_view[str(image_id)] = row
 
     if gt_depth_path is not None:
-        rel = np.concatenate(pooled_rel) if pooled_rel else np.zeros(0)
-        for key, value in depth_summary(rel, pooled_gt, pooled_cov, list(config.depth_thresholds)).items():
+        for key, value in pooled.summary(config.depth_thresholds).items():
             metrics[key] = _depth_metric(key, value)
         if masks:
-            rel = np.concatenate(filtered_rel) if filtered_rel else np.zeros(0)
-            for key, value in depth_summary(rel, filtered_gt, filtered_cov, list(config.depth_thresholds)).items():
+            for key, value in filtered.summary(config.depth_thresholds).items():
                 entry = _depth_metric(key, value)
                 entry["definition"] = "as " + key + ", on the pixels fusion kept (fused_masks.h5): " + entry["definition"]
                 metrics["fused_" + key] = entry
+        if any_filled_mask:
+            for origin, pool in by_origin.items():
+                where = ("on the pixels infer.plane_fill gave a plane's depth" if origin == "filled"
+                         else "on the pixels that kept the network's depth (not plane-filled)")
+                for key, value in pool.summary(config.depth_thresholds).items():
+                    entry = _depth_metric(key, value)
+                    entry["definition"] = f"as {key}, {where}: " + entry["definition"]
+                    metrics[f"{origin}_{key}"] = entry
+    if any_filled_mask:
+        metrics["plane_filled_fraction"] = _metric(
+            pixels_filled / pixels_total if pixels_total else None, "fraction",
+            "share of the depth maps' pixels infer.plane_fill gave a low-texture region's plane (depth.h5 `filled`)",
+        )
     metrics["sparse_rel_error_median"] = _metric(
         float(np.median(sparse_medians)) if sparse_medians else None, "relative", DEFINITIONS["sparse_rel_error_median"]
     )
@@ -273,6 +293,24 @@ def run_evaluate(
         tmp.write_text(text + "\n", encoding="utf-8")
     log.info("evaluated %s in %.1f s -> %s", scene_dir.name, result["seconds"], out_json)
     return result
+
+
+@dataclasses.dataclass
+class _Pool:
+    """Depth errors of several views pooled: :func:`depth_errors`' three results, added up."""
+
+    rel: list = dataclasses.field(default_factory=list)
+    with_gt: int = 0
+    covered: int = 0
+
+    def add(self, rel: np.ndarray, with_gt: int, covered: int) -> None:
+        self.rel.append(rel)
+        self.with_gt += with_gt
+        self.covered += covered
+
+    def summary(self, thresholds) -> dict:
+        rel = np.concatenate(self.rel) if self.rel else np.zeros(0)
+        return depth_summary(rel, self.with_gt, self.covered, list(thresholds))
 
 
 def _depth_metric(key: str, value) -> dict:
