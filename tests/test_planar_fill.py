@@ -152,3 +152,32 @@ def test_infer_fills_low_texture_regions_and_records_the_setting(tmp_path):
     with pytest.raises(ValueError, match="plane_fill.window must be odd"):
         run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "x.h5", InferConfig(plane_fill=PlaneFillConfig(window=4)))
 
+
+
+def test_infer_fills_at_the_depth_maps_resolution_when_max_size_shrinks_it(tmp_path):
+    """With infer.max_size below the images' size the depth map is smaller than the stored image: the
+    in-fill reads the image area-averaged to the map's size and in [0, 1], so the faint patch is found
+    at the map's pixels (halved here) and nothing outside it is filled."""
+    from test_infer import make_scene
+
+    from pipeline.formats.scene_file import read_scene, write_scene
+    from pipeline.model import ModelConfig, PatchmatchNet, save_checkpoint
+
+    make_scene(tmp_path / "scene.h5", sizes=((96, 128), (96, 128), (96, 128)), with_mask=False, seed=5)
+    scene = read_scene(tmp_path / "scene.h5")
+    # a patch of faint stripes (90 / 92 in 2-pixel columns: grey std ~0.004 in [0, 1] at half size, low
+    # texture only if the resized image is scaled to [0, 1] as the stored one is): rows 8-40, cols 8-56
+    stripes = 90 + 2 * ((np.arange(16, 112) // 2) % 2)
+    scene.views[10].image[16:80, 16:112] = stripes[None, :, None]
+    write_scene(tmp_path / "scene.h5", scene)
+    checkpoint = tmp_path / "model.pt"
+    save_checkpoint(checkpoint, PatchmatchNet(ModelConfig(iterations=(1, 1, 1), num_initial_hypotheses=16)))
+    config = InferConfig(num_sources=2, device="cpu", flip_average=False, max_size=64,
+                         plane_fill=PlaneFillConfig(min_area=100))
+    view = read_depth_file(run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "depth.h5", config))[10]
+    assert view.depth.shape == view.filled.shape == (48, 64)
+    # low texture = the patch less the 3 pixels whose 7 x 7 window reaches its textured border
+    inner = np.zeros((48, 64), bool)
+    inner[11:37, 11:53] = True
+    assert not (view.filled & ~inner).any()
+    assert view.filled.sum() == inner.sum() - 4  # the opening (3 x 3 cross) takes the 4 corners
