@@ -31,6 +31,12 @@ import torch
 import torch.nn.functional as F
 
 
+#: Hypotheses scored at once: blocks of 16 x 2000 float64 residuals (256 KiB) stay below the 512 KiB
+#: from which `selfmvs infer` has the C library map fresh pages (infer.mmap_threshold_kib); one
+#: 200 x 2000 matrix per region was mapped, page-faulted and unmapped each time, twice the fill's time.
+_SCORE_BLOCK = 16
+
+
 @dataclasses.dataclass(frozen=True)
 class PlanarFillParams:
     """The thresholds of :func:`planar_fill` (module docstring); defaults as ``infer.plane_fill``."""
@@ -89,8 +95,8 @@ def fit_inverse_depth_plane(
     """RANSAC fit of ``inverse ~ a u + b v + c``; returns ((a, b, c) or None, inlier fraction).
 
     An inlier is within ``tolerance`` (relative) of the plane's inverse depth. Hypotheses are drawn
-    and scored on at most ``max_samples`` of the points (a random subset: the scoring matrix is
-    iterations x points), the best one's inliers among all points are refitted by least squares and
+    and scored on at most ``max_samples`` of the points (a random subset: scoring is iterations x
+    points), the best one's inliers among all points are refitted by least squares and
     counted again."""
     count = inverse.shape[0]
     if count < 3:
@@ -104,9 +110,12 @@ def fit_inverse_depth_plane(
     if not solvable.any():
         return None, 0.0
     coefficients = np.linalg.solve(systems[solvable], inverse[samples[solvable]][..., None])[..., 0]  # (I', 3)
-    scored = inverse[subset]
-    inliers = np.abs(coefficients @ design[subset].T - scored[None]) < tolerance * scored[None]  # (I', S)
-    candidate = coefficients[int(inliers.sum(axis=1).argmax())]
+    scored, scored_design = inverse[subset], design[subset].T
+    hits = np.empty(coefficients.shape[0], dtype=np.int64)
+    for start in range(0, coefficients.shape[0], _SCORE_BLOCK):
+        residual = np.abs(coefficients[start:start + _SCORE_BLOCK] @ scored_design - scored)  # (block, S)
+        hits[start:start + _SCORE_BLOCK] = (residual < tolerance * scored).sum(axis=1)
+    candidate = coefficients[int(hits.argmax())]
     best = np.abs(design @ candidate - inverse) < tolerance * inverse
     if best.sum() < 3:
         return None, 0.0
