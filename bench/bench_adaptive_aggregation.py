@@ -6,7 +6,7 @@
 A 640x512 image, batch 1, K=9 neighbours (3x3 pattern dilated by 2, plus learned offsets of a few
 pixels): stage 3 at 80x64 (D=48 in the first iteration, D=16 later), stage 2 at 160x128 (D=16),
 stage 1 at 320x256 (D=8). One round = forward + backward with gradients to cost, offsets and
-weights. ``extra_info["peak_rss_growth_bytes"]``: see ``bench/_d2_memory.py``.
+weights. ``extra_info["peak_rss_growth_bytes"]``: see ``bench/_memory.py``.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import kernels
 from kernels.adaptive_aggregation import adaptive_aggregation_reference, depth_weights_reference
 
 try:
-    from _d2_memory import measure, peak_rss_growth
+    from _memory import measure, peak_rss_growth
 except ImportError:  # collected as bench.bench_adaptive_aggregation
-    from bench._d2_memory import measure, peak_rss_growth
+    from bench._memory import measure, peak_rss_growth
 
 NUM_NEIGHBOURS = 9
 STAGES = {  # name: (D, H, W)

@@ -6,7 +6,7 @@
 A 640x512 image, 4 source views, batch 1: stage 3 at 80x64 (C=64, G=8, D=48 in the first
 iteration, D=16 later), stage 2 at 160x128 (C=32, G=8, D=16), stage 1 at 320x256 (C=16, G=4,
 D=8). One round = forward for the 4 views (correlations kept alive, as in the network) + one
-backward. ``extra_info["peak_rss_growth_bytes"]``: see ``bench/_d2_memory.py`` (a fresh
+backward. ``extra_info["peak_rss_growth_bytes"]``: see ``bench/_memory.py`` (a fresh
 subprocess per case).
 """
 
@@ -19,9 +19,9 @@ import kernels
 from kernels.warp_correlation import warp_correlation_reference
 
 try:
-    from _d2_memory import measure, peak_rss_growth
+    from _memory import measure, peak_rss_growth
 except ImportError:  # collected as bench.bench_warp_correlation
-    from bench._d2_memory import measure, peak_rss_growth
+    from bench._memory import measure, peak_rss_growth
 
 NUM_VIEWS = 4
 STAGES = {  # name: (C, G, D, H, W)

@@ -33,7 +33,7 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture(scope="session", autouse=True)
 def bench_threads(request) -> int:
-    """Pin torch's and numba's CPU thread pools for the whole session."""
+    """Pin torch's and numba's CPU thread pools for the whole pytest run."""
     import torch
 
     threads = request.config.getoption("--bench-threads")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device checks of a session that is lent a GPU, in one call (see bench/README.md, "GPU runs"):
+# The checks to run on a GPU machine, in one call (see bench/README.md, "GPU check"):
 #   1. the CUDA tests (every test marked `cuda` and every device-parametrised case on cuda),
 #   2. the kernel and inference benchmarks on the GPU (pytest-benchmark JSON),
 #   3. `selfmvs infer` end to end on a prepared scene (DATA/s640.h5), twice (the first compiles),

@@ -1,5 +1,5 @@
-# Helpers shared by the GPU scripts of bench/ (sourced, not run): gpu_train.sh, gpu_arms.sh,
-# gpu_self_train.sh and gpu_check.sh. They expect PY (the Python to run) and W (the work folder).
+# Helpers shared by the GPU scripts (sourced, not run): experiments/gpu_train.sh, gpu_arms.sh,
+# gpu_self_train.sh and bench/gpu_check.sh. They expect PY (the Python to run) and W (the work folder).
 
 # render_scenes JOBS VIEWS WIDTH HEIGHT SEED... : render and prepare each seed's scene as the workflow's
 # training_scene and training_prepare rules do, JOBS at a time, into $W/scenes/SEED and $W/h5/SEED.h5

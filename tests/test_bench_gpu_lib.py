@@ -1,4 +1,4 @@
-"""bench/gpu_lib.sh: the helpers the GPU scripts share, run here on the CPU at a tiny size."""
+"""bench/gpu_lib.sh (shared by bench/gpu_check.sh and experiments/gpu_*.sh), run here on the CPU at a tiny size."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""bench/quality_by_visibility.py: which sources see a reference pixel, from the ground truth."""
+"""experiments/quality_by_visibility.py: which sources see a reference pixel, from the ground truth."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 
 _SPEC = importlib.util.spec_from_file_location(
-    "quality_by_visibility", Path(__file__).resolve().parents[1] / "bench" / "quality_by_visibility.py"
+    "quality_by_visibility", Path(__file__).resolve().parents[1] / "experiments" / "quality_by_visibility.py"
 )
 visibility = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(visibility)

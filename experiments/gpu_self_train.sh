@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rule train_self's chain on a lent GPU, longer than on the CPU: render and prepare the training
+# Rule train_self's chain on a GPU, longer than on the CPU: render and prepare the training
 # scenes (training_data of the config), infer each with the `self_training.init` weights, fuse with
 # --masks, pseudo-labels, then `selfmvs train --labels --init` with the run's own config, but on the
 # GPU and for STEPS steps (checkpoints every EVERY steps), stopped at DEADLINE_S seconds after the
@@ -7,7 +7,7 @@
 #
 #   here:  snakemake results/_self_training/config.yaml --configfile config/train_self.yaml --cores 1
 #          mkdir -p .devcarry && cp results/_self_training/config.yaml .devcarry/self_config.yaml
-#   there (carry .whl .devcarry):  CONFIG=.devcarry/self_config.yaml STEPS=1500 EVERY=500 bash bench/gpu_self_train.sh
+#   there (carry .whl .devcarry):  CONFIG=.devcarry/self_config.yaml STEPS=1500 EVERY=500 bash experiments/gpu_self_train.sh
 #   -> $OUT/summary.txt, train.log, losses.csv, step_*.pt (evaluate back here with bench/quality_heldout.py)
 #
 # DEVICE=cpu SEEDS="1000 1001" STEPS=4 EVERY=2 tries it here without a GPU.
@@ -23,7 +23,7 @@ OUT=${OUT:-/tmp/self_train_out}
 T0=$(date +%s)
 mkdir -p "$W/scenes" "$W/h5" "$W/depth" "$W/fused" "$W/labels" "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-. "$(dirname "$0")/gpu_lib.sh"
+. "$(dirname "$0")/../bench/gpu_lib.sh"
 log() { echo "== $(date +%T) (+$(( $(date +%s) - T0 )) s) $*" | tee -a "$OUT/summary.txt"; }
 
 read -r SEEDS_CFG VIEWS WIDTH HEIGHT INIT < <($PY - "$CONFIG" <<'EOF'

@@ -5,7 +5,7 @@ two kernels forward by forward (same model, same views, same cached features) in
 machine noise hits both alike; reports wall/CPU medians and the per-pair ratio, and checks that
 the depths agree. Writes JSON with ``--json``.
 
-    PYTHONPATH=. .venv/bin/python bench/diag_kernel_ab.py REV CHECKPOINT SCENE_H5 [--views 4] [--rounds 4] [--json OUT]
+    PYTHONPATH=. .venv/bin/python experiments/diag_kernel_ab.py REV CHECKPOINT SCENE_H5 [--views 4] [--rounds 4] [--json OUT]
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Continue the base training run (config/train_base.yaml) on a lent GPU for SECS seconds.
+# Continue the base training run (config/train_base.yaml) on a GPU for SECS seconds.
 #
 # The training scenes are ~70 MB of HDF5, more than the device tool carries, so they are rendered
 # and prepared there (16 cores, in parallel, ~1 min), exactly as the workflow's training_scene and
@@ -9,7 +9,7 @@
 #
 #   carry: .whl  results/_training/checkpoint/last.pt  results/_training/checkpoint/losses.csv
 #          results/_training/config.yaml
-#   SECS=420 bash bench/gpu_train.sh          # -> $OUT/last.pt, $OUT/losses.csv, $OUT/train.log
+#   SECS=420 bash experiments/gpu_train.sh          # -> $OUT/last.pt, $OUT/losses.csv, $OUT/train.log
 #   (SEEDS="1000 1001" renders and trains on those scenes only, e.g. to try it here on the CPU)
 #
 # Back here: stop the CPU run, copy last.pt and losses.csv into results/_training/checkpoint/ and
@@ -21,7 +21,7 @@ SECS=${SECS:-420}
 W=${WORK:-/tmp/gpu_train}
 mkdir -p "$W/scenes" "$W/h5" "$W/ckpt" "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-. "$(dirname "$0")/gpu_lib.sh"
+. "$(dirname "$0")/../bench/gpu_lib.sh"
 
 read -r SEEDS_CFG VIEWS WIDTH HEIGHT < <($PY - <<'EOF'
 import yaml

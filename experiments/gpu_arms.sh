@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Train several arms side by side on one lent GPU (the network is dispatch-bound there, so two
+# Train several arms side by side on one GPU (the network is dispatch-bound there, so two
 # processes share a card at ~0.7 s/step each at batch 8), on the 14 training scenes rendered there.
 # Each arm: NAME:INIT_CHECKPOINT:CONFIG_YAML (its `train` section; `selfmvs train --init`).
 # Back in $OUT: last_NAME.pt, losses_NAME.csv, train_NAME.log and summary.txt (8 files at most: 2 arms).
 #
-#   carry: .whl (see bench/README.md "GPU runs") and the folder holding the inits and configs
-#   ARMS="vvn:.devcarry/init.pt:.devcarry/ft.yaml ctl:.devcarry/init_ctl.pt:.devcarry/ft.yaml" TRAIN_S=360 bash bench/gpu_arms.sh
+#   carry: .whl (see bench/README.md, "GPU check") and the folder holding the inits and configs
+#   ARMS="vvn:.devcarry/init.pt:.devcarry/ft.yaml ctl:.devcarry/init_ctl.pt:.devcarry/ft.yaml" TRAIN_S=360 bash experiments/gpu_arms.sh
 #
-# Ran on 2026-11-27 (H200, session 9) for the valid-view-normalisation arms: rendering 26 s, 300 steps
-# per arm in 360 s (bench/README.md).
+# Ran on 2026-11-27 (NVIDIA H200) for the valid-view-normalisation arms: rendering 26 s, 300 steps
+# per arm in 360 s (docs/benchmarks.md).
 set -u
 PY=${PY:-python3}
 W=${WORK:-/tmp/arms}
@@ -17,7 +17,7 @@ SEEDS=${SEEDS:-$(seq 1000 1013)}  # the base run's training scenes
 OUT=${OUT:-/tmp/arms_out}
 mkdir -p "$W/scenes" "$W/h5" "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-. "$(dirname "$0")/gpu_lib.sh"
+. "$(dirname "$0")/../bench/gpu_lib.sh"
 echo "== $(date +%T) render" | tee "$OUT/summary.txt"
 # shellcheck disable=SC2086
 render_scenes 14 12 400 300 $SEEDS | tee -a "$OUT/summary.txt"

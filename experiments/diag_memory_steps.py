@@ -1,7 +1,7 @@
 """Resident memory of an inference process step by step (import torch, numba, model, kernel load,
 inputs, source features, forward): where a 640x480 forward's peak RSS comes from.
 
-    PYTHONPATH=. .venv/bin/python bench/diag_memory_steps.py
+    PYTHONPATH=. .venv/bin/python experiments/diag_memory_steps.py
 """
 import os, sys
 def rss():

@@ -13,14 +13,15 @@ The loss is the package's ``pseudo_label`` term (smooth-L1 of the relative depth
 pixels only), averaged over the stage outputs; BatchNorm frozen, AdamW, batch 2, whole views (400x296),
 4 sources, gradient clipping 1.
 Checkpoints every 100 steps into --out (plain network checkpoints with the shipped inference
-settings: `quality_heldout.py OUT/step_N.pt`). Session 13's runs: bench/README.md.
+settings: `bench/quality_heldout.py OUT/step_N.pt`). Runs of 2026-11-27: docs/benchmarks.md.
 
-    .venv/bin/python bench/diag_depth_labels.py --labels pseudo --steps 500 --out /tmp/pl
+    .venv/bin/python experiments/diag_depth_labels.py --labels pseudo --steps 500 --out /tmp/pl
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -34,7 +35,8 @@ SHIPPED = REPO / "pipeline" / "checkpoints" / "selfmvs_synthetic.pt"
 def labels_of(seed: int, scene, kind: str, work: Path, checkpoint: Path) -> dict[int, torch.Tensor]:
     """image_id -> (H, W) label depth at the prepared view's pixels (0: no label)."""
     from pipeline.formats.depth_file import read_depth_view
-    from quality_heldout import selfmvs  # bench/ is the script's folder, on sys.path
+    sys.path.insert(0, str(REPO / "bench"))  # quality_heldout.py lives in bench/
+    from quality_heldout import selfmvs
 
     labels = {}
     if kind == "gt":

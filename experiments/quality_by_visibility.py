@@ -9,7 +9,7 @@ there agrees within 1 %; otherwise it is *out of frame* (outside the image or be
 they are out of its frame vs. those hidden from some source by other geometry; depth edges (a
 ground-truth jump over 2 % to a 4-neighbour).
 
-    .venv/bin/python bench/quality_by_visibility.py SCENE_H5 DEPTH_H5 GT_DEPTH_H5 [--num-sources 4] [--json F]
+    .venv/bin/python experiments/quality_by_visibility.py SCENE_H5 DEPTH_H5 GT_DEPTH_H5 [--num-sources 4] [--json F]
 
 (``bench/quality_heldout.py --work DIR`` leaves DIR/s2000.h5, DIR/s2000_base.h5 and
 DIR/s2000/gt/depth.h5 behind.)

@@ -1,7 +1,7 @@
 """Where the depth errors of a held-out scene are: share within 1 % / 2 % by how many of the 4 used
 sources see a pixel (GT geometry, occlusion tested against the sources' GT depth) and by local texture.
 
-    .venv/bin/python bench/diag_error_breakdown.py DEPTH_H5 SCENE_DIR/gt/depth.h5 SCENE_H5
+    .venv/bin/python experiments/diag_error_breakdown.py DEPTH_H5 SCENE_DIR/gt/depth.h5 SCENE_H5
 """
 import sys, numpy as np, h5py
 from scipy.ndimage import uniform_filter
