@@ -20,7 +20,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) -m pytest bench/ --benchmark-only --benchmark-json=bench/results/latest-cpu.json
+	# result files are named by what, machine and date (bench/README.md)
+	$(PY) -m pytest bench/ --benchmark-only -p no:cacheprovider --benchmark-json=bench/results/bench-cpu-$$(nproc)core-$$(date +%F).json
 
 lint: $(STAMP)
 	.venv/bin/snakemake --lint
