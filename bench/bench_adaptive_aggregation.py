@@ -1,7 +1,7 @@
 """Fused adaptive cost aggregation vs its grid_sample reference, PatchmatchNet's stages.
 
     .venv/bin/python -m pytest bench/bench_adaptive_aggregation.py --benchmark-only -p no:cacheprovider \
-        --benchmark-json bench/results/adaptive_aggregation-cpu-2core-$(date +%F).json
+        --benchmark-json bench/results/adaptive-aggregation-cpu-2core-$(date +%F).json
 
 A 640x512 image, batch 1, K=9 neighbours (3x3 pattern dilated by 2, plus learned offsets of a few
 pixels): stage 3 at 80x64 (D=48 in the first iteration, D=16 later), stage 2 at 160x128 (D=16),

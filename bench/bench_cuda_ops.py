@@ -1,7 +1,7 @@
 """The fused warp + correlation and adaptive aggregation on a GPU, against their references there.
 
     python3 -m pytest bench/bench_cuda_ops.py --bench-device cuda --benchmark-only -p no:cacheprovider \
-        --benchmark-json bench/results/cuda-ops-<card>-$(date +%F).json
+        --benchmark-json bench/results/cuda-ops-<machine>-$(date +%F).json
 
 The same inputs as ``bench_warp_correlation.py`` / ``bench_adaptive_aggregation.py`` (PatchmatchNet's
 stages of a 640x512 image, 4 source views, batch 1), moved to the device; one round = forward +

@@ -1,7 +1,7 @@
 """Fused warp + group-wise correlation vs its grid_sample reference, PatchmatchNet's stages.
 
     .venv/bin/python -m pytest bench/bench_warp_correlation.py --benchmark-only -p no:cacheprovider \
-        --benchmark-json bench/results/warp_correlation-cpu-2core-$(date +%F).json
+        --benchmark-json bench/results/warp-correlation-cpu-2core-$(date +%F).json
 
 A 640x512 image, 4 source views, batch 1: stage 3 at 80x64 (C=64, G=8, D=48 in the first
 iteration, D=16 later), stage 2 at 160x128 (C=32, G=8, D=16), stage 1 at 320x256 (C=16, G=4,
