@@ -7,7 +7,7 @@
 #   5. the self-training chain of rule train_self on DATA/demo_scene.h5: infer with the committed base
 #      weights, fuse --masks, pseudo-labels, `train --labels --init` with config/train_self.yaml.
 # Each stage has its own time limit, so one that hangs leaves time for the rest. Results go to
-# $OUT (the device tool's folder; 8 files, its limit) or bench/results/gpu-<date>/.
+# $OUT (few files: the summary, the JSON and the logs) or bench/results/gpu-<date>/.
 # Needs pytest-xdist for stage 1 (the GPU image has it; `-n 4` spreads the tests over 4 workers).
 #   DATA=.devcarry bash bench/gpu_check.sh
 set -u

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Continue the base training run (config/train_base.yaml) on a GPU for SECS seconds.
 #
-# The training scenes are ~70 MB of HDF5, more than the device tool carries, so they are rendered
+# The training scenes are ~70 MB of HDF5, more than is worth copying to the GPU machine, so they are rendered
 # and prepared there (16 cores, in parallel, ~1 min), exactly as the workflow's training_scene and
 # training_prepare rules do. The run resumes from the committed state and keeps its config and
 # schedule (fp32, the same batch and learning-rate schedule as on the CPU; `device: auto` picks the

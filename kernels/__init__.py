@@ -64,12 +64,12 @@ num_groups) -> (correlation, valid)``
     twin: without the library, the reference in chunks); otherwise the ``baddbmm`` reference.
 """
 
-from .adaptive_aggregation import (  # noqa: E402  (engineer D2)
+from .adaptive_aggregation import (  # noqa: E402
     adaptive_aggregation,
     depth_weighted_aggregation,
     neighbour_correlation,
 )
 from .pointwise_mlp import pointwise_mlp  # noqa: E402
-from .warp_correlation import warp_correlation  # noqa: E402  (engineer D2)
-from .ssim import ssim  # noqa: E402  (engineer D1)
-from .warp_image import warp_image  # noqa: E402  (engineer D1)
+from .warp_correlation import warp_correlation  # noqa: E402
+from .ssim import ssim  # noqa: E402
+from .warp_image import warp_image  # noqa: E402

@@ -1,8 +1,8 @@
 """Native (C++, OpenMP) CPU forwards for inference: built once per machine, loaded with ctypes.
 
 Why: numba's JIT costs a process ~120 MB of resident memory before its first kernel runs (its
-typing and target contexts and LLVM; measured in bench/README.md, session 9), about a third of
-what the whole inference process may hold by the issue's memory target. The three forwards that
+typing and target contexts and LLVM; measured on the 2-core CPU on 2026-11-27), about a third of
+the 380 MB that the whole inference process may hold at 640x480 (docs/benchmarks.md). The three forwards that
 ``selfmvs infer`` runs (``warp_correlation``, ``neighbour_correlation``, the depth-weighted
 aggregation) are therefore also written in C++ (``forward.cpp``, line for line the numba kernels)
 and, where a C++ compiler exists, used for every CPU forward; numba stays the CPU path of the
