@@ -34,7 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "pipeline" / "checkpoints" / "selfmvs_synthetic.pt"
-#: One network pass per view, nothing after it: the setting of the issue's targets against PatchmatchNet.
+#: One network pass per view, nothing after it: the setting of the speed and memory targets against PatchmatchNet.
 ONE_PASS = "flip_average=false,plane_fill={enabled: false}"
 RATE = re.compile(r"(\d+) views computed in ([0-9.]+) s \(([0-9.]+) s/view\)")
 
