@@ -206,3 +206,26 @@ def test_view_without_shared_points_gets_fallbacks(twins, tmp_path, caplog):
     front = depth[depth > 0]
     np.testing.assert_allclose(view.depth_range, np.percentile(front, [1, 99]) * [0.75, 1.25])
     assert "view 4 (000003.png) observes fewer than" in caplog.text
+
+
+@pytest.mark.parametrize("depth_kind", ["grey16", "rgb48"])
+def test_16_bit_photos_give_the_images_of_their_8_bit_source(twins, tmp_path, depth_kind):
+    """A 16-bit copy of a scene stores what the 8-bit scene stores (not the all-white clip)."""
+    from PIL import Image
+
+    from test_photo import write_png16
+
+    plain, _ = twins
+    eight, sixteen = shutil.copytree(plain, tmp_path / "eight"), shutil.copytree(plain, tmp_path / "sixteen")
+    for path in sorted((eight / "images").iterdir()):
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        if depth_kind == "grey16":
+            rgb = np.asarray(Image.fromarray(rgb).convert("L"))
+            Image.fromarray(rgb).save(path)  # the 8-bit reference is grey too
+        write_png16(sixteen / "images" / path.name, rgb.astype(np.uint16) * 257)
+    reference = read_scene(run_prepare(eight, tmp_path / "eight.h5"))
+    scene = read_scene(run_prepare(sixteen, tmp_path / "sixteen.h5"))
+    for image_id, view in reference.views.items():
+        assert view.image.max() < 255  # the comparison would not see a clip to white otherwise
+        got = scene.views[image_id].image.astype(int)
+        assert np.abs(got - view.image.astype(int)).max() <= 1, image_id

@@ -21,11 +21,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image as PILImage
-from PIL import UnidentifiedImageError
 
 from pipeline.colmap import read_model
 from pipeline.config import PrepareConfig, load_config, section
+from pipeline.formats.photo import PhotoError, read_photo
 from pipeline.formats.scene_file import SceneView, SceneWriter
 from pipeline.scene.depth_range import DepthRangeOptions, suggest_num_depth, view_depth_range
 from pipeline.scene.resize import ResizePlan, plan_resize
@@ -71,13 +70,10 @@ def _camera_plan(camera, config: PrepareConfig) -> _CameraPlan:
 
 
 def _load_image(path: Path, width: int, height: int) -> np.ndarray:
-    if not path.is_file():
-        raise PrepareError(f"{path}: image not found")
     try:
-        with PILImage.open(path) as handle:
-            image = np.asarray(handle.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise PrepareError(f"{path}: cannot read the image ({error})") from None
+        image = read_photo(path)
+    except (FileNotFoundError, PhotoError) as error:
+        raise PrepareError(str(error)) from None
     if image.shape[:2] != (height, width):
         raise PrepareError(
             f"{path}: image is {image.shape[1]}x{image.shape[0]} pixels but its COLMAP camera says "
