@@ -229,3 +229,56 @@ def test_16_bit_photos_give_the_images_of_their_8_bit_source(twins, tmp_path, de
         assert view.image.max() < 255  # the comparison would not see a clip to white otherwise
         got = scene.views[image_id].image.astype(int)
         assert np.abs(got - view.image.astype(int)).max() <= 1, image_id
+
+
+def _rewrite_model(scene_dir, change):
+    from pipeline.colmap import read_model, write_model
+
+    model = read_model(scene_dir)
+    model_dir = next(p.parent for p in scene_dir.rglob("images.bin"))
+    write_model(*change(*model), model_dir, ext=".bin")
+
+
+def test_photos_from_one_position_are_refused_naming_the_views(twins, tmp_path):
+    """No parallax: today's network would return a constant depth and fusion an empty cloud."""
+    scene_dir = _copy(twins[0], tmp_path)
+
+    def one_spot(cameras, images, points3D):
+        first = images[min(images)].projection_center()
+        for image in images.values():
+            rotation = image.cam_from_world()[:, :3]
+            image.tvec = -rotation @ first  # turned in place around the first camera's centre
+        return cameras, images, points3D
+
+    _rewrite_model(scene_dir, one_spot)
+    with pytest.raises(PrepareError, match=r"copy: no view has a source view with a triangulation angle of at least "
+                       r"1 degrees .*1 \(000000\.png\): 0 deg, 2 \(000001\.png\)"):
+        run_prepare(scene_dir, tmp_path / "scene.h5")
+    assert not (tmp_path / "scene.h5").exists()
+
+
+def test_a_single_image_is_refused(twins, tmp_path):
+    scene_dir = _copy(twins[0], tmp_path)
+
+    def only_first(cameras, images, points3D):
+        keep = min(images)
+        for point in points3D.values():
+            seen = point.image_ids == keep
+            point.image_ids, point.point2D_idxs = point.image_ids[seen], point.point2D_idxs[seen]
+        points3D = {i: p for i, p in points3D.items() if len(p.image_ids)}
+        return cameras, {keep: images[keep]}, points3D
+
+    _rewrite_model(scene_dir, only_first)
+    with pytest.raises(PrepareError, match=r"copy: only one registered image, 1 \(000000\.png\)"):
+        run_prepare(scene_dir, tmp_path / "scene.h5")
+
+
+def test_view_parallax_is_the_triangulation_angle():
+    from pipeline.scene.parallax import view_parallax
+
+    points = np.array([[0.0, 0.0, 10.0], [0.0, 0.0, 20.0], [0.0, 0.0, 1e6]])
+    sources = np.array([[0.0, 0.0, 0.0], [2.0, 0.0, 0.0]])  # the first is the reference's own spot
+    expected = np.degrees(np.arctan2(2.0, 20.0))  # the median point: 20 away, 2 off the axis
+    assert view_parallax(np.zeros(3), sources, points) == pytest.approx(expected)
+    assert view_parallax(np.zeros(3), sources[:1], points) == 0.0
+    assert view_parallax(np.zeros(3), np.zeros((0, 3)), points) == 0.0

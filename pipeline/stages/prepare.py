@@ -27,6 +27,7 @@ from pipeline.config import PrepareConfig, load_config, section
 from pipeline.formats.photo import PhotoError, read_photo
 from pipeline.formats.scene_file import SceneView, SceneWriter
 from pipeline.scene.depth_range import DepthRangeOptions, suggest_num_depth, view_depth_range
+from pipeline.scene.parallax import MIN_TRIANGULATION_ANGLE_DEG, check_parallax, parallax_per_view
 from pipeline.scene.resize import ResizePlan, plan_resize
 from pipeline.scene.undistort import Undistorter, make_undistorter
 from pipeline.scene.view_selection import ViewSelectionOptions, select_views, tracks_from_model
@@ -105,6 +106,15 @@ def run_prepare(
         image_ids, centers, xyz, obs_points, obs_images,
         ViewSelectionOptions(config.num_sources, config.theta0, config.sigma1, config.sigma2),
     )
+    names = {int(i): images[int(i)].name for i in image_ids}
+    try:
+        weak = check_parallax(parallax_per_view(image_ids, centers, xyz, obs_points, obs_images, selection.sources), names)
+    except ValueError as error:
+        raise PrepareError(f"{scene_dir}: {error}") from None
+    if weak:
+        log.warning("%d view(s) see their points from no source under %g degrees or more (little parallax; their "
+                    "depth will be poor): %s", len(weak), MIN_TRIANGULATION_ANGLE_DEG,
+                    ", ".join(f"{i} ({names[i]})" for i in weak[:20]))
     depth_options = DepthRangeOptions(
         percentiles=tuple(config.depth_percentiles),
         stretch=tuple(config.depth_stretch),
