@@ -282,3 +282,36 @@ def test_view_parallax_is_the_triangulation_angle():
     assert view_parallax(np.zeros(3), sources, points) == pytest.approx(expected)
     assert view_parallax(np.zeros(3), sources[:1], points) == 0.0
     assert view_parallax(np.zeros(3), np.zeros((0, 3)), points) == 0.0
+
+
+def test_an_image_name_outside_the_scene_is_refused(twins, tmp_path, capsys):
+    from pipeline.cli import main
+
+    scene_dir = _copy(twins[0], tmp_path)
+    (tmp_path / "secret.png").write_bytes((scene_dir / "images" / "000001.png").read_bytes())
+
+    def escape(cameras, images, points3D):
+        images[2].name = "../../secret.png"
+        return cameras, images, points3D
+
+    _rewrite_model(scene_dir, escape)
+    assert main(["prepare", str(scene_dir), str(tmp_path / "scene.h5")]) == 1
+    err = capsys.readouterr().err
+    assert "images.bin: byte" in err and "'../../secret.png', which leaves the images folder" in err
+    assert not (tmp_path / "scene.h5").exists()
+
+
+def test_exif_orientation_is_named_in_a_warning_and_not_applied(twins, tmp_path, caplog):
+    from PIL import Image
+
+    scene_dir = _copy(twins[0], tmp_path)
+    target = scene_dir / "images" / "000001.png"
+    pixels = np.asarray(Image.open(target).convert("RGB"))
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    Image.fromarray(pixels).save(target, format="JPEG", exif=exif, quality=100, subsampling=0)  # the model keeps the name
+    with caplog.at_level("WARNING"):
+        scene = read_scene(run_prepare(scene_dir, tmp_path / "scene.h5"))
+    assert "000001.png: EXIF orientation 8 ignored" in caplog.text
+    assert scene.views[2].image.shape == (72, 96, 3)  # the raw grid: turned it would be 96 high
+    assert np.abs(scene.views[2].image.astype(int) - pixels).mean() < 3  # JPEG, not rotated
