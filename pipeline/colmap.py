@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import struct
 from pathlib import Path
 from typing import Iterable, Mapping, NamedTuple
@@ -781,9 +782,22 @@ def read_model(
     return cameras, images, points3D
 
 
+def _escapes_image_folder(name: str) -> bool:
+    """Whether an image name is absolute or climbs out of the images folder (either slash)."""
+    parts = name.replace("\\", "/").split("/")
+    return name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) is not None or ".." in parts
+
+
 def _check_consistency(cameras, images, points3D, image_where, point_where) -> None:
     """The three files must agree; checked with whole-model arrays so that large models stay fast."""
     for image in images.values():
+        if _escapes_image_folder(image.name):
+            # The name is joined to the images folder by every reader: "../x" or "/x" would read a
+            # file outside the scene.
+            raise ColmapFormatError(
+                f"{image_where[image.id]}: image {image.id} has the name {image.name!r}, which leaves the "
+                "images folder (absolute, or with a '..' part); names are paths relative to it"
+            )
         if image.camera_id not in cameras:
             raise ColmapFormatError(
                 f"{image_where[image.id]}: image {image.id} ({image.name}) uses camera {image.camera_id}, "

@@ -623,3 +623,19 @@ def test_large_model_reads_fast(tmp_path):
     np.testing.assert_array_equal(images_back[7].point3D_ids, observed[6])
     np.testing.assert_array_equal(points_back[4321].image_ids, seen[4321])
     assert elapsed < 10.0, f"reading took {elapsed:.1f} s"
+
+
+@pytest.mark.parametrize("folder", ["../..", "/etc", "sub/../..", "C:/photos", "..\\up"])
+@pytest.mark.parametrize("ext", [".bin", ".txt"])
+def test_image_names_that_leave_the_images_folder_are_refused(tmp_path, folder, ext):
+    """``images/`` + "../../x.png" or "/x.png" would read a file outside the scene."""
+    model = make_model(folder=folder)
+    write_model(*model, tmp_path, ext=ext)
+    with pytest.raises(ColmapFormatError, match=rf"images{ext}: .*image 2 has the name .*leaves the images folder"):
+        read_model(tmp_path)
+
+
+def test_image_names_with_dots_inside_stay_readable(tmp_path):
+    model = make_model(folder="a..b/./c")
+    write_model(*model, tmp_path)
+    assert_models_equal(model, read_model(tmp_path))

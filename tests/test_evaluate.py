@@ -294,3 +294,59 @@ def test_plane_filled_pixels_are_scored_apart(fused_box, tmp_path):
     assert metrics["filled_pixels_with_gt"]["value"] == pytest.approx(half, rel=0.05)
     unmarked = run_evaluate(scene_dir, scene_h5, depth_h5, fused, tmp_path / "plain.json")["metrics"]
     assert "plane_filled_fraction" not in unmarked and "filled_depth_within_0.01" not in unmarked
+
+
+def test_nan_and_negative_depth_are_counted_per_view(fused_box, tmp_path, caplog):
+    """Pixels that are not a depth are dropped aloud: eval.json `warnings` and the log give the count per view."""
+    from pipeline.formats.depth_file import read_depth_file, write_depth_file
+    from pipeline.stages.evaluate import run_evaluate
+
+    scene_dir, scene_h5, depth_h5, fused = fused_box
+    views = read_depth_file(depth_h5)
+    views[2].depth[:3, :] = np.nan  # 3 rows of 128
+    views[5].depth[0, :10] = -1.0
+    views[5].depth[1, :2] = np.inf
+    bad = tmp_path / "bad.h5"
+    write_depth_file(bad, views.values())
+    with caplog.at_level("WARNING"):
+        result = run_evaluate(scene_dir, scene_h5, bad, fused, tmp_path / "eval.json")
+    expected = [f"{bad}: view 2 (view002.png): 384 NaN/inf and 0 negative depth pixels of 12288 dropped",
+                f"{bad}: view 5 (view005.png): 2 NaN/inf and 10 negative depth pixels of 12288 dropped"]
+    on_disk = json.loads((tmp_path / "eval.json").read_text())["warnings"]
+    for text in expected:
+        assert any(w.startswith(text) for w in on_disk), (text, on_disk)
+        assert text in caplog.text
+    assert len(on_disk) == 2 and result["per_view"]["5"]["pixels_dropped"] == 12
+    assert "pixels_dropped" not in result["per_view"]["1"]
+
+
+def test_nothing_to_evaluate_fails(fused_box, tmp_path):
+    from pipeline.formats.depth_file import read_depth_file, write_depth_file
+    from pipeline.stages.evaluate import run_evaluate
+
+    scene_dir, scene_h5, depth_h5, fused = fused_box
+    views = read_depth_file(depth_h5)
+    for view in views.values():
+        view.depth = np.where(np.arange(view.depth.size).reshape(view.depth.shape) % 2, np.nan, -view.depth)
+    bad = tmp_path / "bad.h5"
+    write_depth_file(bad, views.values())
+    with pytest.raises(ValueError, match=r"bad\.h5: no pixel with a finite positive depth in 8 view\(s\) "
+                       r"\(98304 pixels\): nothing to evaluate"):
+        run_evaluate(scene_dir, scene_h5, bad, fused, tmp_path / "eval.json")
+    assert not (tmp_path / "eval.json").exists()
+
+
+def test_eval_json_reader_checks_kind_and_version(fused_box, tmp_path):
+    from pipeline.formats.eval_json import EvalFormatError, read_eval_json
+    from pipeline.stages.evaluate import run_evaluate
+
+    scene_dir, scene_h5, depth_h5, fused = fused_box
+    result = run_evaluate(scene_dir, scene_h5, depth_h5, fused, tmp_path / "eval.json")
+    document = read_eval_json(tmp_path / "eval.json")
+    assert document["format_version"] == 1 and document["metrics"].keys() == result["metrics"].keys()
+    (tmp_path / "v2.json").write_text(json.dumps({**document, "format_version": 2}))
+    with pytest.raises(EvalFormatError, match=r"v2\.json: format_version 2; this selfmvs reads version 1"):
+        read_eval_json(tmp_path / "v2.json")
+    (tmp_path / "other.json").write_text("[1, 2]")
+    with pytest.raises(EvalFormatError, match=r"other\.json: not an eval.json"):
+        read_eval_json(tmp_path / "other.json")

@@ -418,7 +418,16 @@ def test_run_fuse_writes_ply_and_masks(box_files, tmp_path):
         assert sorted(int(k) for k in masks["views"]) == sorted(views)
         kept = sum(int(masks["views"][k]["mask"][()].sum()) for k in masks["views"])
         assert masks["views"]["1"]["mask"].dtype == np.uint8
+        assert masks.attrs["format_version"] == 1 and masks.attrs["num_points"] == len(cloud)
+        raw = {int(k): masks["views"][k]["mask"][()] for k in masks["views"]}
     assert kept == len(cloud)
+    from pipeline.formats.fused_masks import read_fused_masks
+
+    read = read_fused_masks(tmp_path / "fused_masks.h5")
+    assert read.keys() == raw.keys()
+    for image_id, mask in read.items():
+        assert mask.dtype == bool
+        np.testing.assert_array_equal(mask, raw[image_id] > 0)
 
 
 def test_run_fuse_empty_result_is_a_valid_ply(box_files, tmp_path):

@@ -25,10 +25,11 @@ def _depth(tmp_path, kind="selfmvs.depth"):
     return path, {v.image_id: v.depth for v in views}
 
 
-def _masks(tmp_path, masks, kind="selfmvs.fused_masks"):
+def _masks(tmp_path, masks, kind="selfmvs.fused_masks", format_version=1):
     path = tmp_path / "fused_masks.h5"
     with h5py.File(path, "w") as handle:
         handle.attrs["kind"] = kind
+        handle.attrs["format_version"] = format_version
         for image_id, mask in masks.items():
             handle.create_dataset(f"views/{image_id}/mask", data=mask.astype(np.uint8))
     return path
@@ -75,6 +76,8 @@ def test_cli_and_bad_input(tmp_path, capsys):
         run_pseudo_labels(depth_h5, _masks(tmp_path, {3: np.ones((12, 16)), 7: good[7]}), tmp_path / "x.h5")
     with pytest.raises(LabelsInputError, match="not a fused_masks.h5"):
         run_pseudo_labels(depth_h5, _masks(tmp_path, good, kind="other"), tmp_path / "x.h5")
+    with pytest.raises(LabelsInputError, match=r"fused_masks\.h5: format_version 2; this selfmvs reads fused masks of version 1"):
+        run_pseudo_labels(depth_h5, _masks(tmp_path, good, format_version=2), tmp_path / "x.h5")
     gt_h5, _ = _depth(tmp_path, kind="selfmvs.gt_depth")
     code = main(["pseudo-labels", str(gt_h5), str(_masks(tmp_path, good)), str(tmp_path / "x.h5")])
     assert code == 1 and "labels are made from a depth.h5 of selfmvs infer" in capsys.readouterr().err
@@ -142,3 +145,24 @@ def test_pseudo_labels_transfer_through_the_cli(tmp_path):
     attrs = read_depth_attrs(tmp_path / "l.h5")
     assert attrs["transfer"] and attrs["own_fraction"] == pytest.approx(0.75) and attrs["labelled_fraction"] == 1.0
     assert main(["pseudo-labels", str(tmp_path / "depth.h5"), str(masks), str(tmp_path / "x.h5"), "--support", "0"]) == 1
+
+
+def test_labels_file_round_trip_and_checks_against_the_scene(tmp_path):
+    from types import SimpleNamespace
+
+    from pipeline.formats.depth_file import read_depth_attrs
+    from pipeline.formats.labels_file import read_labels_file, write_labels_file
+
+    depth = np.where(np.arange(24 * 32).reshape(24, 32) % 3, 2.0, 0.0).astype(np.float32)
+    path = tmp_path / "labels.h5"
+    write_labels_file(path, [DepthView(5, "5.png", depth, None, K, POSE)], {"checkpoint": "m.pt"})
+    assert read_depth_attrs(path)["kind"] == "selfmvs.depth_labels"
+    scene = SimpleNamespace(views={5: SimpleNamespace(name="5.png", height=24, width=32)})
+    np.testing.assert_array_equal(read_labels_file(path, scene, "scene.h5")[5], depth)
+    scene.views[5].width = 30
+    with pytest.raises(ValueError, match=r"labels.h5: view 5 is 32x24, but scene.h5 stores it at 30x24"):
+        read_labels_file(path, scene, "scene.h5")
+    scene.views[6] = SimpleNamespace(name="6.png", height=24, width=32)
+    scene.views[5].width = 32
+    with pytest.raises(ValueError, match=r"labels.h5: no labels for view 6 \(6.png\) of scene.h5"):
+        read_labels_file(path, scene, "scene.h5")

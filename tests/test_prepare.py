@@ -206,3 +206,112 @@ def test_view_without_shared_points_gets_fallbacks(twins, tmp_path, caplog):
     front = depth[depth > 0]
     np.testing.assert_allclose(view.depth_range, np.percentile(front, [1, 99]) * [0.75, 1.25])
     assert "view 4 (000003.png) observes fewer than" in caplog.text
+
+
+@pytest.mark.parametrize("depth_kind", ["grey16", "rgb48"])
+def test_16_bit_photos_give_the_images_of_their_8_bit_source(twins, tmp_path, depth_kind):
+    """A 16-bit copy of a scene stores what the 8-bit scene stores (not the all-white clip)."""
+    from PIL import Image
+
+    from test_photo import write_png16
+
+    plain, _ = twins
+    eight, sixteen = shutil.copytree(plain, tmp_path / "eight"), shutil.copytree(plain, tmp_path / "sixteen")
+    for path in sorted((eight / "images").iterdir()):
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        if depth_kind == "grey16":
+            rgb = np.asarray(Image.fromarray(rgb).convert("L"))
+            Image.fromarray(rgb).save(path)  # the 8-bit reference is grey too
+        write_png16(sixteen / "images" / path.name, rgb.astype(np.uint16) * 257)
+    reference = read_scene(run_prepare(eight, tmp_path / "eight.h5"))
+    scene = read_scene(run_prepare(sixteen, tmp_path / "sixteen.h5"))
+    for image_id, view in reference.views.items():
+        assert view.image.max() < 255  # the comparison would not see a clip to white otherwise
+        # x * 257 scales back to x exactly: the stored scenes are the same, so is any depth inferred from them.
+        np.testing.assert_array_equal(scene.views[image_id].image, view.image, err_msg=str(image_id))
+
+
+def _rewrite_model(scene_dir, change):
+    from pipeline.colmap import read_model, write_model
+
+    model = read_model(scene_dir)
+    model_dir = next(p.parent for p in scene_dir.rglob("images.bin"))
+    write_model(*change(*model), model_dir, ext=".bin")
+
+
+def test_photos_from_one_position_are_refused_naming_the_views(twins, tmp_path):
+    """No parallax: today's network would return a constant depth and fusion an empty cloud."""
+    scene_dir = _copy(twins[0], tmp_path)
+
+    def one_spot(cameras, images, points3D):
+        first = images[min(images)].projection_center()
+        for image in images.values():
+            rotation = image.cam_from_world()[:, :3]
+            image.tvec = -rotation @ first  # turned in place around the first camera's centre
+        return cameras, images, points3D
+
+    _rewrite_model(scene_dir, one_spot)
+    with pytest.raises(PrepareError, match=r"copy: no view has a source view with a triangulation angle of at least "
+                       r"1 degrees .*1 \(000000\.png\): 0 deg, 2 \(000001\.png\)"):
+        run_prepare(scene_dir, tmp_path / "scene.h5")
+    assert not (tmp_path / "scene.h5").exists()
+
+
+def test_a_single_image_is_refused(twins, tmp_path):
+    scene_dir = _copy(twins[0], tmp_path)
+
+    def only_first(cameras, images, points3D):
+        keep = min(images)
+        for point in points3D.values():
+            seen = point.image_ids == keep
+            point.image_ids, point.point2D_idxs = point.image_ids[seen], point.point2D_idxs[seen]
+        points3D = {i: p for i, p in points3D.items() if len(p.image_ids)}
+        return cameras, {keep: images[keep]}, points3D
+
+    _rewrite_model(scene_dir, only_first)
+    with pytest.raises(PrepareError, match=r"copy: only one registered image, 1 \(000000\.png\)"):
+        run_prepare(scene_dir, tmp_path / "scene.h5")
+
+
+def test_view_parallax_is_the_triangulation_angle():
+    from pipeline.scene.parallax import view_parallax
+
+    points = np.array([[0.0, 0.0, 10.0], [0.0, 0.0, 20.0], [0.0, 0.0, 1e6]])
+    sources = np.array([[0.0, 0.0, 0.0], [2.0, 0.0, 0.0]])  # the first is the reference's own spot
+    expected = np.degrees(np.arctan2(2.0, 20.0))  # the median point: 20 away, 2 off the axis
+    assert view_parallax(np.zeros(3), sources, points) == pytest.approx(expected)
+    assert view_parallax(np.zeros(3), sources[:1], points) == 0.0
+    assert view_parallax(np.zeros(3), np.zeros((0, 3)), points) == 0.0
+
+
+def test_an_image_name_outside_the_scene_is_refused(twins, tmp_path, capsys):
+    from pipeline.cli import main
+
+    scene_dir = _copy(twins[0], tmp_path)
+    (tmp_path / "secret.png").write_bytes((scene_dir / "images" / "000001.png").read_bytes())
+
+    def escape(cameras, images, points3D):
+        images[2].name = "../../secret.png"
+        return cameras, images, points3D
+
+    _rewrite_model(scene_dir, escape)
+    assert main(["prepare", str(scene_dir), str(tmp_path / "scene.h5")]) == 1
+    err = capsys.readouterr().err
+    assert "images.bin: byte" in err and "'../../secret.png', which leaves the images folder" in err
+    assert not (tmp_path / "scene.h5").exists()
+
+
+def test_exif_orientation_is_named_in_a_warning_and_not_applied(twins, tmp_path, caplog):
+    from PIL import Image
+
+    scene_dir = _copy(twins[0], tmp_path)
+    target = scene_dir / "images" / "000001.png"
+    pixels = np.asarray(Image.open(target).convert("RGB"))
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    Image.fromarray(pixels).save(target, format="JPEG", exif=exif, quality=100, subsampling=0)  # the model keeps the name
+    with caplog.at_level("WARNING"):
+        scene = read_scene(run_prepare(scene_dir, tmp_path / "scene.h5"))
+    assert "000001.png: EXIF orientation 8 ignored" in caplog.text
+    assert scene.views[2].image.shape == (72, 96, 3)  # the raw grid: turned it would be 96 high
+    assert np.abs(scene.views[2].image.astype(int) - pixels).mean() < 3  # JPEG, not rotated

@@ -9,86 +9,25 @@ reference, its sources and the points of one view (the cloud itself goes straigh
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from pipeline.config import FuseConfig, load_config, section
-from pipeline.formats.atomic import atomic_path
+from pipeline.formats.fused_masks import FusedMaskView, default_masks_path, fused_masks_writer
 from pipeline.formats.depth_file import list_depth_views, read_depth_view
 from pipeline.formats.ply import PlyStreamWriter
-from pipeline.formats.scene_file import SceneView, list_scene_views, read_scene, read_view
+from pipeline.formats.scene_file import list_scene_views, read_scene, read_view
 
 log = logging.getLogger(__name__)
-
-MASKS_KIND = "selfmvs.fused_masks"
 
 
 class FuseInputError(ValueError):
     """Scene and depth files that cannot be fused together; names both files and the view."""
-
-
-def default_masks_path(out_ply: str | os.PathLike) -> Path:
-    """``fused.ply`` -> ``fused_masks.h5`` (same folder)."""
-    out_ply = Path(out_ply)
-    return out_ply.with_name(out_ply.stem + "_masks.h5")
-
-
-def fusion_params(config: FuseConfig):
-    """The :class:`pipeline.fusion.FusionParams` of a fuse config (all fields but ``device``)."""
-    from pipeline.fusion import FusionParams
-
-    values = dataclasses.asdict(config)
-    values.pop("device")
-    values.pop("num_threads")
-    return FusionParams(**values)
-
-
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("fuse.device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
-
-
-def _check_camera(scene_h5, depth_h5, scene_view: SceneView, depth_view) -> None:
-    """The depth map must belong to the scene view: same pose, K equal up to the resolution."""
-    where = f"{scene_h5} / {depth_h5}: view {scene_view.image_id}"
-    height, width = depth_view.depth.shape
-    if height == 0 or width == 0:
-        raise FuseInputError(f"{where}: empty depth map {depth_view.depth.shape}")
-    if (height, width) != (scene_view.height, scene_view.width):
-        sx, sy = width / scene_view.width, height / scene_view.height
-        scaled = scene_view.K * np.array([[sx], [sy], [1.0]])
-        if not np.allclose(depth_view.K, scaled, rtol=1e-3, atol=1e-3):
-            raise FuseInputError(
-                f"{where}: depth map is {width}x{height} but the scene image is "
-                f"{scene_view.width}x{scene_view.height}, and K does not scale between them"
-            )
-    pose = np.asarray(depth_view.cam_from_world)[:3, :4]
-    scale = 1.0 + np.abs(scene_view.cam_from_world[:, 3]).max()
-    if not (
-        np.allclose(pose[:, :3], scene_view.cam_from_world[:, :3], atol=1e-4)
-        and np.allclose(pose[:, 3], scene_view.cam_from_world[:, 3], atol=1e-4 * scale)
-    ):
-        raise FuseInputError(f"{where}: cam_from_world of depth.h5 and scene.h5 differ")
-
-
-def _colours(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    if image.shape[:2] == (height, width):
-        return image
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
 
 
 def run_fuse(
@@ -110,28 +49,21 @@ def run_fuse(
     start = time.perf_counter()
     scene_h5, depth_h5, out_ply = Path(scene_h5), Path(depth_h5), Path(out_ply)
     masks_path = Path(masks_path) if masks_path is not None else default_masks_path(out_ply)
+    # torch is imported here, not at module level: ``selfmvs --help`` stays fast.
+    from pipeline.fusion.stage_inputs import CameraMismatchError, fusion_params, resolve_device, torch_threads
+
     params = fusion_params(config)
     device = resolve_device(config.device)
-    with _torch_threads(config.num_threads):
-        return _run_fuse(scene_h5, depth_h5, out_ply, config, masks_path, params, device, start)
-
-
-@contextlib.contextmanager
-def _torch_threads(num_threads: int):
-    import torch
-
-    previous = torch.get_num_threads()
-    if num_threads > 0:
-        torch.set_num_threads(num_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+    with torch_threads(config.num_threads):
+        try:
+            return _run_fuse(scene_h5, depth_h5, out_ply, config, masks_path, params, device, start)
+        except CameraMismatchError as error:
+            raise FuseInputError(str(error)) from None
 
 
 def _run_fuse(scene_h5, depth_h5, out_ply, config, masks_path, params, device, start) -> dict:
-    # torch is imported here, not at module level: ``selfmvs --help`` stays fast.
     from pipeline.fusion import FusionInputError, FusionView, fuse_views
+    from pipeline.fusion.stage_inputs import check_camera, colours_at
 
     scene = read_scene(scene_h5, load_images=False)
     view_ids = list_scene_views(scene_h5)
@@ -146,7 +78,7 @@ def _run_fuse(scene_h5, depth_h5, out_ply, config, masks_path, params, device, s
 
     def load_view(image_id: int) -> FusionView:
         depth_view = read_depth_view(depth_h5, image_id)
-        _check_camera(scene_h5, depth_h5, scene.views[image_id], depth_view)
+        check_camera(scene_h5, depth_h5, scene.views[image_id], depth_view)
         sizes[image_id] = depth_view.depth.shape
         return FusionView(
             image_id=image_id,
@@ -158,7 +90,7 @@ def _run_fuse(scene_h5, depth_h5, out_ply, config, masks_path, params, device, s
 
     def load_image(image_id: int) -> np.ndarray:
         height, width = sizes[image_id]
-        return _colours(read_view(scene_h5, image_id).image, height, width)
+        return colours_at(read_view(scene_h5, image_id).image, height, width)
 
     source_ids = {i: [int(s) for s in scene.views[i].source_ids] for i in view_ids}
     per_view = {}
@@ -167,30 +99,17 @@ def _run_fuse(scene_h5, depth_h5, out_ply, config, masks_path, params, device, s
         f"scene {scene_h5.name} depth {depth_h5.name}",
         "fuse " + " ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()),
     ]
-    with atomic_path(masks_path, suffix=".h5") as tmp_masks, h5py.File(tmp_masks, "w") as masks:
-        masks.attrs["format_version"] = 1
-        masks.attrs["kind"] = MASKS_KIND
-        masks.attrs["depth_file"] = str(depth_h5)
-        for key, value in dataclasses.asdict(config).items():
-            masks.attrs[f"fuse.{key}"] = value
-        views_group = masks.create_group("views")
+    settings = dataclasses.asdict(config)
+    with fused_masks_writer(masks_path, depth_h5, settings) as masks:
         with PlyStreamWriter(out_ply, with_color=True, with_normals=params.normals, comments=comments) as ply:
             try:
                 for fused in fuse_views(view_ids, source_ids, load_view, params, device, load_image):
                     ply.append(fused.xyz, fused.rgb, fused.normals)
-                    group = views_group.create_group(str(fused.image_id))
+                    masks.write(FusedMaskView(
+                        fused.image_id, fused.mask, fused.num_consistent, fused.source_ids,
+                        len(fused.xyz), fused.num_photometric,
+                    ))
                     height, width = fused.mask.shape
-                    data = group.create_dataset(
-                        "mask", data=fused.mask.astype(np.uint8), chunks=(height, width), compression="lzf"
-                    )
-                    data.attrs["units"] = "1 = pixel kept by fusion, 0 = rejected or no depth"
-                    data = group.create_dataset(
-                        "num_consistent", data=fused.num_consistent, chunks=(height, width), compression="lzf"
-                    )
-                    data.attrs["units"] = "number of source views that agree (photometric pixels only)"
-                    group.attrs["source_ids"] = np.asarray(fused.source_ids, dtype=np.int64)
-                    group.attrs["num_points"] = len(fused.xyz)
-                    group.attrs["num_photometric"] = fused.num_photometric
                     per_view[fused.image_id] = {
                         "points": len(fused.xyz),
                         "photometric_pixels": fused.num_photometric,
@@ -203,7 +122,7 @@ def _run_fuse(scene_h5, depth_h5, out_ply, config, masks_path, params, device, s
             except FusionInputError as error:
                 raise FuseInputError(f"{scene_h5} / {depth_h5}: {error}") from None
         total = ply.count
-        masks.attrs["num_points"] = total
+        masks.close(total)
     if total == 0:
         log.warning("%s: no point survived fusion; wrote an empty point cloud", out_ply)
     seconds = time.perf_counter() - start

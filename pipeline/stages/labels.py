@@ -16,31 +16,19 @@ import logging
 import os
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from pipeline.fusion.transfer import transfer_labels
-from pipeline.formats.depth_file import (
-    DepthView, list_depth_views, read_depth_attrs, read_depth_view, write_depth_file,
-)
+from pipeline.formats.depth_file import DepthView, list_depth_views, read_depth_attrs, read_depth_view
+from pipeline.formats.fused_masks import FusedMasksError, read_fused_masks
+from pipeline.formats.labels_file import KIND as LABELS_KIND
+from pipeline.formats.labels_file import write_labels_file
 
 log = logging.getLogger(__name__)
-
-LABELS_KIND = "selfmvs.depth_labels"
 
 
 class LabelsInputError(ValueError):
     """Depth and mask files that do not belong together; names the files and the view."""
-
-
-def _read_mask(masks_h5: Path, handle: h5py.File, image_id: int, shape: tuple[int, int]) -> np.ndarray:
-    group = handle["views"].get(str(image_id))
-    if group is None or "mask" not in group:
-        raise LabelsInputError(f"{masks_h5}: no mask of view {image_id} (fuse the same depth.h5 first)")
-    mask = group["mask"][()].astype(bool)
-    if mask.shape != shape:
-        raise LabelsInputError(f"{masks_h5}: view {image_id}: mask {mask.shape} but depth {shape}: not fused from this depth.h5")
-    return mask
 
 
 def run_pseudo_labels(
@@ -71,18 +59,20 @@ def run_pseudo_labels(
     if attrs.get("kind") != "selfmvs.depth":
         raise LabelsInputError(f"{depth_h5}: kind {attrs.get('kind')!r}; labels are made from a depth.h5 of selfmvs infer")
     try:
-        masks = h5py.File(masks_h5, "r")
-    except OSError as error:
-        raise LabelsInputError(f"{masks_h5}: not an HDF5 file ({error})") from None
+        masks = read_fused_masks(masks_h5)
+    except FusedMasksError as error:
+        raise LabelsInputError(str(error)) from None
     kept, meta = {}, {}
-    with masks:
-        if masks.attrs.get("kind") != "selfmvs.fused_masks" or "views" not in masks:
-            raise LabelsInputError(f"{masks_h5}: not a fused_masks.h5 of selfmvs fuse (kind={masks.attrs.get('kind')!r})")
-        for image_id in list_depth_views(depth_h5):
-            view = read_depth_view(depth_h5, image_id)
-            keep = _read_mask(masks_h5, masks, image_id, view.depth.shape) & np.isfinite(view.depth) & (view.depth > 0)
-            kept[image_id] = np.where(keep, view.depth, 0).astype(np.float32)
-            meta[image_id] = view
+    for image_id in list_depth_views(depth_h5):
+        view = read_depth_view(depth_h5, image_id)
+        if image_id not in masks:
+            raise LabelsInputError(f"{masks_h5}: no mask of view {image_id} (fuse the same depth.h5 first)")
+        if masks[image_id].shape != view.depth.shape:
+            raise LabelsInputError(f"{masks_h5}: view {image_id}: mask {masks[image_id].shape} but depth "
+                                   f"{view.depth.shape}: not fused from this depth.h5")
+        keep = masks[image_id] & np.isfinite(view.depth) & (view.depth > 0)
+        kept[image_id] = np.where(keep, view.depth, 0).astype(np.float32)
+        meta[image_id] = view
     labels = kept
     if transfer:
         labels = transfer_labels(kept, {i: (v.K, v.cam_from_world) for i, v in meta.items()}, neighbours, support)
@@ -90,8 +80,8 @@ def run_pseudo_labels(
     pixels = max(sum(d.size for d in kept.values()), 1)
     own = sum(int((d > 0).sum()) for d in kept.values()) / pixels
     fraction = sum(int((d > 0).sum()) for d in labels.values()) / pixels
-    write_depth_file(out_h5, views, {
-        "kind": LABELS_KIND, "depth_file": str(depth_h5), "masks_file": str(masks_h5),
+    write_labels_file(out_h5, views, {
+        "depth_file": str(depth_h5), "masks_file": str(masks_h5),
         "checkpoint": str(attrs.get("checkpoint", "")), "labelled_fraction": fraction,
         "transfer": bool(transfer), "own_fraction": own,
     })

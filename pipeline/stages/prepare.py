@@ -12,7 +12,6 @@ observations of the sparse points are mapped into the stored images (``points2D`
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
 import json
 import logging
@@ -21,63 +20,28 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image as PILImage
-from PIL import UnidentifiedImageError
 
 from pipeline.colmap import read_model
 from pipeline.config import PrepareConfig, load_config, section
+from pipeline.formats.photo import PhotoError, read_photo
 from pipeline.formats.scene_file import SceneView, SceneWriter
+from pipeline.scene.camera_plan import CameraPlans
 from pipeline.scene.depth_range import DepthRangeOptions, suggest_num_depth, view_depth_range
-from pipeline.scene.resize import ResizePlan, plan_resize
-from pipeline.scene.undistort import Undistorter, make_undistorter
+from pipeline.scene.parallax import MIN_TRIANGULATION_ANGLE_DEG, check_parallax, parallax_per_view
 from pipeline.scene.view_selection import ViewSelectionOptions, select_views, tracks_from_model
 
 log = logging.getLogger(__name__)
-_MAX_CACHED_PLANS = 4
 
 
 class PrepareError(ValueError):
     """A scene folder that cannot be prepared; the message names the file."""
 
 
-@dataclasses.dataclass
-class _CameraPlan:
-    undistorter: Undistorter
-    resize: ResizePlan
-    K: np.ndarray  # final intrinsics
-    mask: np.ndarray | None  # final validity mask, None when every pixel is valid
-
-
-def _camera_plan(camera, config: PrepareConfig) -> _CameraPlan:
-    # A photo bound for a much smaller size is downscaled before it is undistorted (exact, and
-    # far cheaper than undistorting at full resolution).
-    longest = max(camera.width, camera.height)
-    scale = min(1.0, config.max_image_size / longest) if config.max_image_size > 0 else 1.0
-    try:
-        undistorter = make_undistorter(
-            camera.model, camera.width, camera.height, camera.params, config.undistort_mode, scale=scale
-        )
-        resize = plan_resize(
-            undistorter.width, undistorter.height, config.max_image_size, config.size_multiple, config.fit
-        )
-    except ValueError as error:
-        raise PrepareError(f"camera {camera.id} ({camera.model} {camera.width}x{camera.height}): {error}") from None
-    mask = None
-    if undistorter.mask is not None:
-        mask = resize.mask(undistorter.mask)
-        if mask.all():
-            mask = None
-    return _CameraPlan(undistorter, resize, resize.K(undistorter.K), mask)
-
-
 def _load_image(path: Path, width: int, height: int) -> np.ndarray:
-    if not path.is_file():
-        raise PrepareError(f"{path}: image not found")
     try:
-        with PILImage.open(path) as handle:
-            image = np.asarray(handle.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise PrepareError(f"{path}: cannot read the image ({error})") from None
+        image = read_photo(path)
+    except (FileNotFoundError, PhotoError) as error:
+        raise PrepareError(str(error)) from None
     if image.shape[:2] != (height, width):
         raise PrepareError(
             f"{path}: image is {image.shape[1]}x{image.shape[0]} pixels but its COLMAP camera says "
@@ -93,8 +57,9 @@ def run_prepare(
 
     Raises:
         FileNotFoundError: no COLMAP model in ``scene_dir``.
-        PrepareError: a missing, unreadable or wrongly sized image, an unsupported camera, or a
-            view with no sparse point in front of it (the message names the file or view).
+        PrepareError: a missing, unreadable or wrongly sized image, an unsupported camera, a view
+            with no sparse point in front of it, one image only, or no parallax between the views
+            (the message names the file or views).
     """
     started = time.perf_counter()
     scene_dir, out_path = Path(scene_dir), Path(out_path)
@@ -109,26 +74,20 @@ def run_prepare(
         image_ids, centers, xyz, obs_points, obs_images,
         ViewSelectionOptions(config.num_sources, config.theta0, config.sigma1, config.sigma2),
     )
+    names = {int(i): images[int(i)].name for i in image_ids}
+    try:
+        weak = check_parallax(parallax_per_view(image_ids, centers, xyz, obs_points, obs_images, selection.sources), names)
+    except ValueError as error:
+        raise PrepareError(f"{scene_dir}: {error}") from None
+    if weak:
+        log.warning("%d view(s) see their points from no source under %g degrees or more (little parallax; their "
+                    "depth will be poor): %s", len(weak), MIN_TRIANGULATION_ANGLE_DEG,
+                    ", ".join(f"{i} ({names[i]})" for i in weak[:20]))
     depth_options = DepthRangeOptions(
-        percentiles=tuple(config.depth_percentiles),
-        stretch=tuple(config.depth_stretch),
-        min_points=config.min_points,
-        num_depth_min=config.num_depth_min,
-        num_depth_max=config.num_depth_max,
+        percentiles=tuple(config.depth_percentiles), stretch=tuple(config.depth_stretch),
+        min_points=config.min_points, num_depth_min=config.num_depth_min, num_depth_max=config.num_depth_max,
     )
-    # Sampling plans are large (~30 bytes per pixel): keep only the few most recent, which is all
-    # of them for the usual one-or-few-camera scenes and bounded for one camera per image.
-    plans: collections.OrderedDict[int, _CameraPlan] = collections.OrderedDict()
-
-    def plan_of(camera_id: int) -> _CameraPlan:
-        if camera_id in plans:
-            plans.move_to_end(camera_id)
-        else:
-            plans[camera_id] = _camera_plan(cameras[camera_id], config)
-            if len(plans) > _MAX_CACHED_PLANS:
-                plans.popitem(last=False)
-        return plans[camera_id]
-
+    plans = CameraPlans(cameras, config)
     point_order = np.argsort(point_ids, kind="stable")
     sorted_point_ids = point_ids[point_order]
     poses = {int(i): images[i].cam_from_world() for i in image_ids}
@@ -138,20 +97,18 @@ def run_prepare(
         "source": str(scene_dir.resolve()),
         "prepare_config": json.dumps(dataclasses.asdict(config)),
     }
-    fallbacks: list[int] = []
-    summary_near, summary_far, summary_sources, sizes = [], [], [], {}
+    fallbacks, written = [], []
     with SceneWriter(out_path, attrs) as writer:
-        for image_id in image_ids:
-            image_id = int(image_id)
+        for image_id in map(int, image_ids):
             record = images[image_id]
             camera = cameras[record.camera_id]
-            plan = plan_of(record.camera_id)
-            # Sparse points this view observes (first observation of each), and where.
-            observed = np.asarray(record.point3D_ids, dtype=np.int64) >= 0
-            ids_seen, first = np.unique(np.asarray(record.point3D_ids)[observed], return_index=True)
-            xys_seen = np.asarray(record.xys, dtype=np.float64).reshape(-1, 2)[observed][first]
-            rows = point_order[np.searchsorted(sorted_point_ids, ids_seen)] if ids_seen.size else np.zeros(0, int)
             try:
+                plan = plans[record.camera_id]
+                # Sparse points this view observes (first observation of each), and where.
+                observed = np.asarray(record.point3D_ids, dtype=np.int64) >= 0
+                ids_seen, first = np.unique(np.asarray(record.point3D_ids)[observed], return_index=True)
+                xys_seen = np.asarray(record.xys, dtype=np.float64).reshape(-1, 2)[observed][first]
+                rows = point_order[np.searchsorted(sorted_point_ids, ids_seen)] if ids_seen.size else np.zeros(0, int)
                 depth_range, fallback = view_depth_range(
                     poses[image_id], xyz[rows], xyz, depth_options, view_name=f"{image_id} ({record.name})"
                 )
@@ -161,48 +118,36 @@ def run_prepare(
                 fallbacks.append(image_id)
             source_ids, source_scores = selection.sources[image_id]
             best = poses[int(source_ids[0])] if source_ids.size else None
-            num_depth = suggest_num_depth(plan.K, poses[image_id], best, depth_range, depth_options)
-
-            pixels = _load_image(image_dir / record.name, camera.width, camera.height)
-            pixels = np.array(plan.resize.image(plan.undistorter.image(pixels)), order="C")  # writable copy
-            if plan.mask is not None:
-                pixels[~plan.mask] = 0  # resizing blends the blank border into its neighbours
-            points2D = plan.resize.points(plan.undistorter.points(xys_seen))
-            writer.write_view(
-                SceneView(
-                    image_id=image_id,
-                    name=record.name,
-                    image=pixels,
-                    K=plan.K,
-                    cam_from_world=poses[image_id],
-                    depth_range=depth_range,
-                    num_depth=num_depth,
-                    source_ids=source_ids,
-                    source_scores=source_scores,
-                    mask=plan.mask,
-                    point3D_ids=ids_seen,
-                    width=plan.resize.out_width,
-                    height=plan.resize.out_height,
-                    points2D=points2D,
-                )
+            view = SceneView(
+                image_id=image_id, name=record.name,
+                image=plan.image(_load_image(image_dir / record.name, camera.width, camera.height)),
+                K=plan.K, cam_from_world=poses[image_id], depth_range=depth_range,
+                num_depth=suggest_num_depth(plan.K, poses[image_id], best, depth_range, depth_options),
+                source_ids=source_ids, source_scores=source_scores, mask=plan.mask, point3D_ids=ids_seen,
+                width=plan.resize.out_width, height=plan.resize.out_height, points2D=plan.points(xys_seen),
             )
-            summary_near.append(depth_range[0])
-            summary_far.append(depth_range[1])
-            summary_sources.append(source_ids.size)
-            size = (plan.resize.out_width, plan.resize.out_height)
-            sizes[size] = sizes.get(size, 0) + 1
+            writer.write_view(view)
+            written.append((view.width, view.height, depth_range, source_ids.size))  # not the image: memory
         writer.write_sparse(point_ids, xyz, rgb)
+    _log_summary(written, scene_dir, out_path, time.perf_counter() - started, point_ids.size, fallbacks)
+    return out_path
 
+
+def _log_summary(views: list[tuple], scene_dir, out_path, seconds: float, num_points: int, fallbacks) -> None:
+    """``views``: (width, height, depth_range, number of sources) of each view written."""
+    sizes: dict[tuple[int, int], int] = {}
+    for width, height, _, _ in views:
+        sizes[(width, height)] = sizes.get((width, height), 0) + 1
+    near = [v[2][0] for v in views]
+    far = [v[2][1] for v in views]
+    num_sources = np.array([v[3] for v in views])
     log.info(
         "prepared %d views of %s -> %s in %.1f s: sizes %s; %.1f sources per view on average "
         "(%d without any); depth ranges near %.4g..%.4g, far %.4g..%.4g; %d sparse points%s",
-        len(image_ids), scene_dir, out_path, time.perf_counter() - started,
-        ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.items()),
-        float(np.mean(summary_sources)), int(np.sum(np.asarray(summary_sources) == 0)),
-        min(summary_near), max(summary_near), min(summary_far), max(summary_far), point_ids.size,
-        f"; depth-range fallback for views {fallbacks}" if fallbacks else "",
+        len(views), scene_dir, out_path, seconds, ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.items()),
+        float(np.mean(num_sources)), int(np.sum(num_sources == 0)), min(near), max(near), min(far), max(far),
+        num_points, f"; depth-range fallback for views {fallbacks}" if fallbacks else "",
     )
-    return out_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
