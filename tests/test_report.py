@@ -226,6 +226,12 @@ def test_subsample_frusta_and_bad_input(tmp_path):
     assert np.allclose(rows, [-2.0 * (30 + 9) / 50, -2.0 * 30 / 50, 2.0 * 30 / 50])
     # ...and the marker's tip (15 % of the image height beyond the top edge) points to -y, the image's up.
 
+    # Without colours the points take a colour scale; points without coordinates are left out.
+    xyz = np.vstack([np.random.default_rng(0).normal(size=(300, 3)), [[np.nan, 0, 0]]])
+    page = cloud_page(tmp_path / "plain.html", xyz, None, [camera], max_points=100).read_text()
+    assert "#440154" in page and "100 of 301 points" in page and "view 1" in page  # viridis's first stop
+    assert (tmp_path / "plotly.min.js").is_file()
+
     with pytest.raises(ValueError, match=r"\(N, 3\) colours"):
         cloud_page(tmp_path / "c.html", np.zeros((5, 3)), np.zeros((4, 3), np.uint8))
     with pytest.raises(ValueError, match=r"\(N, 3\) points"):
