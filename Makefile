@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 STAMP   := .venv/.installed
 CORES   ?= 2
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint clean system-deps-browser
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -16,8 +16,17 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP)
 	.venv/bin/snakemake --cores $(CORES)
 
-test: $(STAMP)
+test: $(STAMP) system-deps-browser
 	$(PY) -m pytest -q
+
+# Headless Chromium renders the report's 3-D cloud in tests/test_report.py, which skips without it.
+# Installed (Debian's package) only when missing and we are root; apt failing leaves the suite running.
+CHROMIUM ?= chromium
+system-deps-browser:
+	@command -v $(CHROMIUM) >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || \
+	  { echo "installing chromium (apt-get) for the report's browser test"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 || \
+	    echo "apt-get could not install chromium: the report's browser test will skip"; }
 
 bench: $(STAMP)
 	# result files are named by what, machine and date (bench/README.md)

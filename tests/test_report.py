@@ -1,8 +1,11 @@
-"""Report: every PNG opens, has the expected size and is not blank; the page references them."""
+"""Report: every PNG opens, has the expected size and is not blank; the page references them; the
+interactive cloud page renders in a headless Chromium (skipped where none is installed)."""
 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -18,6 +21,38 @@ def assert_picture(path, min_width=200, min_height=150):
         pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
     assert width >= min_width and height >= min_height, (path, image.size)
     assert pixels.std() > 0, f"{path} is blank"
+
+
+def _chromium() -> str | None:
+    return next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
+                 if shutil.which(name)), None)
+
+
+needs_chromium = pytest.mark.skipif(
+    _chromium() is None, reason="no chromium on PATH (make test installs Debian's chromium when run as root)")
+
+
+def screenshot(page, out_png, width=900, height=640) -> np.ndarray:
+    """Open ``page`` from disk (file://, so no server and no network) in headless Chromium; the
+    screenshot's pixels. WebGL (plotly's 3-D) runs on Chromium's software renderer (SwiftShader)."""
+    command = [_chromium(), "--headless", "--no-sandbox", "--disable-dev-shm-usage", "--hide-scrollbars",
+               "--enable-unsafe-swiftshader", f"--user-data-dir={out_png.parent / 'chromium-profile'}",
+               f"--window-size={width},{height}", "--virtual-time-budget=15000", f"--screenshot={out_png}",
+               page.resolve().as_uri()]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0 and out_png.is_file(), f"chromium failed: {done.stderr[-2000:]}"
+    with Image.open(out_png) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def cloud_pixels(pixels: np.ndarray, rgb: np.ndarray) -> int:
+    """Screenshot pixels that show one of the cloud's colours (to 1/16 of the range per channel) and are
+    neither grey (background, grid, text) nor the cameras' orange."""
+    bins = lambda colours: (colours.astype(np.int64) // 16) @ np.array([256, 16, 1])  # noqa: E731
+    flat = pixels.reshape(-1, 3)
+    saturated = flat.max(1).astype(int) - flat.min(1) > 40
+    not_camera = np.abs(flat.astype(int) - [0xE8, 0x59, 0x0C]).max(1) > 24
+    return int((np.isin(bins(flat), np.unique(bins(rgb))) & saturated & not_camera).sum())
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +90,13 @@ def test_full_report(results, tmp_path):
     text = page.read_text()
     referenced = re.findall(r'<img src="([^"]+)"', text)
     assert sorted(referenced) == sorted(p.name for p in out.glob("*.png"))
-    assert {"cloud.png", "scores.png", "training.png", "timings.png"} <= set(referenced)
+    assert {"scores.png", "training.png", "timings.png"} <= set(referenced)
+    # The cloud is a page of its own in a frame, with plotly.js beside it (no network at view time).
+    assert re.findall(r'<iframe src="([^"]+)"', text) == ["cloud.html"]
+    cloud = (out / "cloud.html").read_text()
+    assert 'class="plotly-graph-div"' in cloud and '<script charset="utf-8" src="plotly.min.js">' in cloud
+    assert not re.search(r'src="(https?:)?//', cloud), "the cloud page loads something from the network"
+    assert (out / "plotly.min.js").stat().st_size > 1_000_000
     assert sum(name.startswith("view_") for name in referenced) == 3
     for name in referenced:
         assert_picture(out / name)
@@ -74,7 +115,9 @@ def test_minimal_report_and_empty_cloud(results, tmp_path):
     write_ply(empty, np.zeros((0, 3)), np.zeros((0, 3), np.uint8))
     page = run_report(scene_h5, depth_h5, tmp_path / "r", fused_ply=empty, config=ReportConfig(max_views=1))
     names = re.findall(r'<img src="([^"]+)"', page.read_text())
-    assert "cloud.png" in names and all((tmp_path / "r" / n).is_file() for n in names)
+    assert all((tmp_path / "r" / n).is_file() for n in names)
+    assert '<iframe src="cloud.html"' in page.read_text() and "0 of 0 points drawn" in page.read_text()
+    assert "no points" in (tmp_path / "r" / "cloud.html").read_text()
     assert_picture(tmp_path / "r" / "view_1.png")
 
 
@@ -103,7 +146,7 @@ def test_cli_report(results, tmp_path):
     assert main(["report", str(scene_h5), str(depth_h5), str(fused), str(eval_json), str(out),
                  "--benchmarks", str(tsv), str(tmp_path / "train.tsv"), "--scene-dir", str(scene_dir),
                  "--config", str(config)]) == 0
-    assert (out / "index.html").is_file() and (out / "cloud.png").is_file() and (out / "timings.png").is_file()
+    assert (out / "index.html").is_file() and (out / "cloud.html").is_file() and (out / "timings.png").is_file()
     assert "train.tsv not found" in (out / "index.html").read_text()
 
 
@@ -132,3 +175,64 @@ def test_view_figures_show_the_plane_filled_pixels(results, tmp_path):
     with Image.open(tmp_path / "filled" / name) as wide, Image.open(tmp_path / "plain" / name) as narrow:
         assert wide.size[0] > narrow.size[0]
     assert_picture(tmp_path / "filled" / name)
+
+
+@needs_chromium
+def test_cloud_page_renders_in_a_browser(results, tmp_path):
+    """The report's cloud page, opened from disk in headless Chromium, draws the cloud in its colours
+    and the cameras; a page with the cameras but no points is told apart (the check can fail)."""
+    from pipeline.formats.ply import read_ply, write_ply
+    from pipeline.stages.report import run_report
+
+    _, scene_h5, depth_h5, fused, *_ = results
+    cloud = read_ply(fused)
+    out = tmp_path / "report"
+    run_report(scene_h5, depth_h5, out, fused_ply=fused, config=ReportConfig(max_views=1, cloud_points=5000))
+    pixels = screenshot(out / "cloud.html", tmp_path / "cloud.png")
+    drawn = cloud_pixels(pixels, cloud.rgb)
+    camera = (np.abs(pixels.reshape(-1, 3).astype(int) - [0xE8, 0x59, 0x0C]).max(1) <= 24).sum()
+    assert drawn > 0.01 * pixels.shape[0] * pixels.shape[1], f"only {drawn} pixels of the cloud's colours"
+    assert len(np.unique(pixels.reshape(-1, 3) // 16, axis=0)) > 30, "too few colours for a textured cloud"
+    assert camera > 200, f"cameras not drawn ({camera} orange pixels)"
+
+    empty = tmp_path / "empty.ply"
+    write_ply(empty, np.zeros((0, 3)), np.zeros((0, 3), np.uint8))
+    run_report(scene_h5, depth_h5, tmp_path / "none", fused_ply=empty, config=ReportConfig(max_views=1))
+    bare = screenshot(tmp_path / "none" / "cloud.html", tmp_path / "none.png")
+    assert cloud_pixels(bare, cloud.rgb) < 0.1 * drawn
+    assert (np.abs(bare.reshape(-1, 3).astype(int) - [0xE8, 0x59, 0x0C]).max(1) <= 24).sum() > 200
+
+
+def test_subsample_frusta_and_bad_input(tmp_path):
+    from pipeline.report import CameraPose, cloud_page, subsample
+    from pipeline.report.cloud import frustum_lines
+
+    pick = subsample(1000, 100, seed=0)
+    assert len(pick) == 100 and len(np.unique(pick)) == 100 and np.all(np.diff(pick) > 0)
+    assert np.array_equal(pick, subsample(1000, 100, seed=0))
+    assert not np.array_equal(pick, subsample(1000, 100, seed=1))
+    assert np.array_equal(subsample(50, 100), np.arange(50))
+
+    # A camera at world (0, 0, -5) looking along +z (R = I, t = (0, 0, 5)): the pyramid's apex is its
+    # centre and the image corners lie at the requested depth, at the field of view's half-widths.
+    K = np.array([[50.0, 0, 40], [0, 50, 30], [0, 0, 1]])
+    camera = CameraPose("view 1", K, np.hstack([np.eye(3), [[0], [0], [5]]]), 80, 60)
+    lines = frustum_lines([camera], depth=2.0)
+    points = lines[np.isfinite(lines).all(1)]
+    assert np.allclose(points[0], [0, 0, -5])
+    corners = points[np.isclose(points[:, 2], -3.0)]
+    assert np.allclose(np.abs(corners[:, 0]).max(), 2.0 * 40 / 50)
+    rows = np.unique(corners[:, 1].round(9))
+    assert np.allclose(rows, [-2.0 * (30 + 9) / 50, -2.0 * 30 / 50, 2.0 * 30 / 50])
+    # ...and the marker's tip (15 % of the image height beyond the top edge) points to -y, the image's up.
+
+    # Without colours the points take a colour scale; points without coordinates are left out.
+    xyz = np.vstack([np.random.default_rng(0).normal(size=(300, 3)), [[np.nan, 0, 0]]])
+    page = cloud_page(tmp_path / "plain.html", xyz, None, [camera], max_points=100).read_text()
+    assert "#440154" in page and "100 of 301 points" in page and "view 1" in page  # viridis's first stop
+    assert (tmp_path / "plotly.min.js").is_file()
+
+    with pytest.raises(ValueError, match=r"\(N, 3\) colours"):
+        cloud_page(tmp_path / "c.html", np.zeros((5, 3)), np.zeros((4, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"\(N, 3\) points"):
+        cloud_page(tmp_path / "c.html", np.zeros((5, 2)), None)

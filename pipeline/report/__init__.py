@@ -1,7 +1,7 @@
-"""Report pictures (matplotlib PNGs) and the HTML page that shows them."""
+"""Report pictures (matplotlib PNGs, the interactive plotly cloud) and the HTML page that shows them."""
 
+from pipeline.report.cloud import CameraPose, cloud_page, subsample
 from pipeline.report.figures import (
-    cloud_figure,
     read_benchmarks,
     scores_figure,
     shared_depth_range,
@@ -9,15 +9,18 @@ from pipeline.report.figures import (
     training_figure,
     view_figure,
 )
-from pipeline.report.page import Figure, Section, table, write_page
+from pipeline.report.page import Embedded, Figure, Section, table, write_page
 
 __all__ = [
+    "CameraPose",
+    "Embedded",
     "Figure",
     "Section",
-    "cloud_figure",
+    "cloud_page",
     "read_benchmarks",
     "scores_figure",
     "shared_depth_range",
+    "subsample",
     "table",
     "timings_figure",
     "training_figure",

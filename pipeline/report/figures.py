@@ -103,52 +103,6 @@ def view_figure(
     return _save(fig, path, dpi)
 
 
-def cloud_figure(
-    path: str | os.PathLike,
-    xyz: np.ndarray,
-    rgb: np.ndarray | None,
-    viewpoints: int = 3,
-    max_points: int = 40000,
-    seed: int = 0,
-    title: str = "",
-    dpi: int = 100,
-) -> Path:
-    """The point cloud from ``viewpoints`` azimuths (matplotlib 3-D scatter of a random subsample).
-
-    Shape:
-        xyz: (N, 3); rgb: (N, 3) uint8 or None.
-    """
-    plt = _pyplot()
-    rng = np.random.default_rng(seed)
-    if len(xyz) > max_points:
-        pick = rng.choice(len(xyz), size=max_points, replace=False)
-        xyz = xyz[pick]
-        rgb = rgb[pick] if rgb is not None else None
-    fig = plt.figure(figsize=(4.2 * viewpoints, 4.4))
-    if len(xyz):
-        low, high = np.percentile(xyz, [1, 99], axis=0)
-        centre, half = (low + high) / 2, max(float((high - low).max()) / 2, 1e-9)
-        colours = rgb / 255.0 if rgb is not None else xyz[:, 2]
-    for index in range(viewpoints):
-        axis = fig.add_subplot(1, viewpoints, index + 1, projection="3d")
-        if len(xyz):
-            size = float(np.clip(20000.0 / len(xyz), 0.8, 8.0))
-            axis.scatter(xyz[:, 0], xyz[:, 1], xyz[:, 2], c=colours, s=size, marker="o", linewidths=0, depthshade=False)
-            for setter, c in zip((axis.set_xlim, axis.set_ylim, axis.set_zlim), centre):
-                setter(c - half, c + half)
-        else:
-            axis.text2D(0.5, 0.5, "no points", ha="center", transform=axis.transAxes)
-        # Looking from above the scene at several azimuths; scene z is drawn upwards (COLMAP frames
-        # of real scenes are arbitrary, so this is only a convention).
-        axis.view_init(elev=30, azim=-60 + 360 * index / viewpoints)
-        axis.set_box_aspect((1, 1, 1))
-        axis.set_axis_off()
-        axis.set_title(f"azimuth {(-60 + 360 * index / viewpoints) % 360:.0f} deg", fontsize=9)
-    fig.suptitle(title or f"{len(xyz)} points shown", fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path, dpi)
-
-
 def _read_table(path: str | os.PathLike, delimiter: str) -> tuple[list[str], list[list[str]]]:
     with open(path, newline="", encoding="utf-8") as handle:
         rows = [row for row in csv.reader(handle, delimiter=delimiter) if row]

@@ -1,4 +1,4 @@
-"""The report's HTML page: self-contained text, figures referenced by relative file names."""
+"""The report's HTML page: self-contained text, figures and embedded pages referenced by relative file names."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ _STYLE = """
 body { font-family: sans-serif; max-width: 1300px; margin: 1em auto; color: #222; }
 figure { margin: 1em 0; } img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: 0.9em; color: #444; }
+iframe { width: 100%; border: 1px solid #ddd; display: block; }
 table { border-collapse: collapse; font-size: 0.85em; } td, th { border: 1px solid #ccc; padding: 2px 6px; }
 td.num { text-align: right; font-family: monospace; } .warn { color: #a40; }
 """
@@ -27,9 +28,19 @@ class Figure:
 
 
 @dataclasses.dataclass
+class Embedded:
+    """A page shown inside the report (an iframe), e.g. the interactive cloud: its path relative to the
+    report, its caption and its height in CSS pixels."""
+
+    file: str
+    caption: str
+    height: int = 640
+
+
+@dataclasses.dataclass
 class Section:
     title: str
-    figures: list[Figure] = dataclasses.field(default_factory=list)
+    figures: list[Figure | Embedded] = dataclasses.field(default_factory=list)
     html_body: str = ""  # already escaped HTML (tables, notes)
 
 
@@ -50,7 +61,7 @@ def table(header: list[str], rows: list[list], numeric: set[int] = frozenset()) 
 
 
 def write_page(path: str | os.PathLike, title: str, sections: list[Section], notes: list[str] = ()) -> Path:
-    """Write the page atomically; figure files must lie in (or below) the page's folder."""
+    """Write the page atomically; figure and embedded files must lie in (or below) the page's folder."""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -64,10 +75,12 @@ def write_page(path: str | os.PathLike, title: str, sections: list[Section], not
         if section.html_body:
             parts.append(section.html_body)
         for figure in section.figures:
-            parts.append(
-                f'<figure><img src="{html.escape(figure.file, quote=True)}" alt="{html.escape(figure.caption, quote=True)}">'
-                f"<figcaption>{html.escape(figure.caption)}</figcaption></figure>"
-            )
+            source, caption = html.escape(figure.file, quote=True), html.escape(figure.caption, quote=True)
+            if isinstance(figure, Embedded):
+                shown = f'<iframe src="{source}" title="{caption}" style="height: {int(figure.height)}px"></iframe>'
+            else:
+                shown = f'<img src="{source}" alt="{caption}">'
+            parts.append(f"<figure>{shown}<figcaption>{html.escape(figure.caption)}</figcaption></figure>")
     parts.append("</body></html>")
     with atomic_path(path, suffix=".html") as tmp:
         tmp.write_text("\n".join(parts) + "\n", encoding="utf-8")

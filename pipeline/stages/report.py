@@ -1,9 +1,10 @@
 """``selfmvs report SCENE_H5 DEPTH_H5 FUSED_PLY EVAL_JSON OUT_DIR``: PNG figures and an HTML page.
 
-Sections: depth / confidence maps, point-cloud renderings, metrics table and precision / recall /
+Sections: depth / confidence maps, the fused cloud and the cameras in 3-D (``cloud.html``, plotly, shown
+in a frame; ``plotly.min.js`` beside it, so the folder works offline), metrics table and precision / recall /
 F-score curve; optional inputs add ``--scene-dir`` (error maps against ``gt/depth.h5``),
 ``--training-csv`` (training curves), ``--benchmarks`` (Snakemake benchmark TSVs: stage timings).
-The page ``OUT_DIR/index.html`` references the PNGs beside it by relative names.
+The page ``OUT_DIR/index.html`` references the PNGs and ``cloud.html`` beside it by relative names.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from pipeline.formats.depth_file import list_depth_views, read_depth_view
 from pipeline.formats.ply import read_ply
 from pipeline.formats.scene_file import list_scene_views, read_view
 from pipeline.report import (
+    CameraPose,
+    Embedded,
     Figure,
     Section,
-    cloud_figure,
+    cloud_page,
     read_benchmarks,
     scores_figure,
     shared_depth_range,
@@ -138,15 +141,22 @@ def run_report(
 
     if fused_ply is not None:
         cloud = read_ply(fused_ply)
-        cloud_section = Section("Fused point cloud")
-        cloud_figure(out_dir / "cloud.png", cloud.xyz, cloud.rgb, config.viewpoints, config.cloud_points,
-                     title=f"{len(cloud)} points, {min(len(cloud), config.cloud_points)} drawn", dpi=config.dpi)
-        cloud_section.figures.append(Figure(
-            "cloud.png",
-            f"Fused cloud ({len(cloud)} points; a uniform random subsample of at most {config.cloud_points} drawn, "
-            f"coloured by the reference image) from {config.viewpoints} azimuths, world z drawn upwards.",
-        ))
-        sections.append(cloud_section)
+        cameras = []
+        for image_id in sorted(scene_ids):
+            view = read_view(scene_h5, image_id, load_image=False)
+            cameras.append(CameraPose(f"view {image_id} ({view.name})", view.K, view.cam_from_world,
+                                      view.width, view.height))
+        drawn = min(len(cloud), config.cloud_points)
+        colours = "by the reference image" if cloud.rgb is not None else "by height"
+        cloud_page(out_dir / "cloud.html", cloud.xyz, cloud.rgb, cameras, max_points=config.cloud_points,
+                   viewpoints=config.viewpoints)
+        sections.append(Section("Fused point cloud", [Embedded(
+            "cloud.html",
+            f"Fused cloud: {drawn} of {len(cloud)} points drawn (a uniform random subsample, fixed seed), coloured "
+            f"{colours}, and the {len(cameras)} cameras of scene.h5 as pyramids (the top edge marked). "
+            f"Drag to turn, scroll to zoom; axes in scene units, one scale; the first view looks the photos' way "
+            f"and the buttons turn it about their up direction.",
+        )]))
 
     if eval_json is not None:
         result = json.loads(Path(eval_json).read_text(encoding="utf-8"))
@@ -193,9 +203,9 @@ def run_report(
 def add_arguments(parser) -> None:
     parser.add_argument("scene_h5", help="scene.h5 (images)")
     parser.add_argument("depth_h5", help="depth.h5 (depth and confidence maps)")
-    parser.add_argument("fused_ply", help="fused.ply (point-cloud renderings; masks from <stem>_masks.h5 beside it)")
+    parser.add_argument("fused_ply", help="fused.ply (the interactive cloud; masks from <stem>_masks.h5 beside it)")
     parser.add_argument("eval_json", help="eval.json (metrics table)")
-    parser.add_argument("out_dir", help="folder for the PNGs and index.html")
+    parser.add_argument("out_dir", help="folder for the PNGs, cloud.html and index.html")
     parser.add_argument("--scene-dir", help="scene folder; its gt/depth.h5 gives error maps")
     parser.add_argument("--training-csv", help="training log CSV, e.g. losses.csv of train (curves)")
     parser.add_argument("--benchmarks", nargs="*", default=[], help="Snakemake benchmark TSV files (stage timings)")
