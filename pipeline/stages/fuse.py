@@ -40,16 +40,6 @@ def default_masks_path(out_ply: str | os.PathLike) -> Path:
     return out_ply.with_name(out_ply.stem + "_masks.h5")
 
 
-def fusion_params(config: FuseConfig):
-    """The :class:`pipeline.fusion.FusionParams` of a fuse config (all fields but ``device``)."""
-    from pipeline.fusion import FusionParams
-
-    values = dataclasses.asdict(config)
-    values.pop("device")
-    values.pop("num_threads")
-    return FusionParams(**values)
-
-
 def resolve_device(name: str):
     import torch
 
@@ -110,7 +100,7 @@ def run_fuse(
     start = time.perf_counter()
     scene_h5, depth_h5, out_ply = Path(scene_h5), Path(depth_h5), Path(out_ply)
     masks_path = Path(masks_path) if masks_path is not None else default_masks_path(out_ply)
-    params = fusion_params(config)
+    params = config  # fusion reads its thresholds from the fuse section itself
     device = resolve_device(config.device)
     with _torch_threads(config.num_threads):
         return _run_fuse(scene_h5, depth_h5, out_ply, config, masks_path, params, device, start)

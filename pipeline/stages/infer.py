@@ -437,15 +437,14 @@ def plane_fill_setting(config: PlaneFillConfig) -> str:
 def fill_low_texture(view: DepthView, ref: SceneView, config: PlaneFillConfig) -> DepthView:
     """``view`` with :func:`pipeline.scene.planar_fill.planar_fill` applied (RANSAC seeded by the image
     id, so a view's result does not depend on the order or the resumption of a run)."""
-    from pipeline.scene.planar_fill import PlanarFillParams, planar_fill  # scipy.ndimage only when filling
+    from pipeline.scene.planar_fill import planar_fill  # scipy.ndimage only when filling
 
     if ref.image.shape[:2] != view.depth.shape:
         image = torch.from_numpy(np.ascontiguousarray(ref.image)).permute(2, 0, 1)[None].float()
         image = F.interpolate(image, size=view.depth.shape, mode="area")[0].permute(1, 2, 0).numpy() / 255.0
     else:
         image = ref.image
-    params = PlanarFillParams(**{k: v for k, v in dataclasses.asdict(config).items() if k != "enabled"})
-    result = planar_fill(view.depth, image, tuple(ref.depth_range), params, np.random.default_rng(view.image_id))
+    result = planar_fill(view.depth, image, tuple(ref.depth_range), config, np.random.default_rng(view.image_id))
     return dataclasses.replace(view, depth=result.depth, filled=result.filled)
 
 

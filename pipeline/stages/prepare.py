@@ -30,7 +30,7 @@ from pipeline.formats.scene_file import SceneView, SceneWriter
 from pipeline.scene.depth_range import DepthRangeOptions, suggest_num_depth, view_depth_range
 from pipeline.scene.resize import ResizePlan, plan_resize
 from pipeline.scene.undistort import Undistorter, make_undistorter
-from pipeline.scene.view_selection import ViewSelectionOptions, select_views, tracks_from_model
+from pipeline.scene.view_selection import select_views, tracks_from_model
 
 log = logging.getLogger(__name__)
 _MAX_CACHED_PLANS = 4
@@ -105,10 +105,7 @@ def run_prepare(
 
     image_ids, centers, point_ids, xyz, obs_points, obs_images = tracks_from_model(images, points3D)
     rgb = np.array([p.rgb for p in points3D.values()], dtype=np.uint8).reshape(-1, 3)
-    selection = select_views(
-        image_ids, centers, xyz, obs_points, obs_images,
-        ViewSelectionOptions(config.num_sources, config.theta0, config.sigma1, config.sigma2),
-    )
+    selection = select_views(image_ids, centers, xyz, obs_points, obs_images, config)
     depth_options = DepthRangeOptions(
         percentiles=tuple(config.depth_percentiles),
         stretch=tuple(config.depth_stretch),

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from pipeline.config import TrainConfig, load_config, section
 from pipeline.formats.atomic import atomic_path
-from pipeline.losses import AugmentationParams, SelfSupervisedLoss, augment_images, augmentation_weight, get_recipe
+from pipeline.losses import SelfSupervisedLoss, augment_images, augmentation_weight, get_recipe
 from pipeline.losses.cosegmentation import make_cosegmentation
 from pipeline.scene.mirror import mirror_intrinsics, mirror_pose
 
@@ -543,10 +543,7 @@ def run_train(
         if label_paths is not None and "pseudo_label" not in terms:
             log.warning("%d label file(s) given, but train.loss.weights.pseudo_label is 0: they are not used", len(label_paths))
             label_paths = None
-        aug = loss_config.augmentation
-        aug_params = AugmentationParams(
-            aug.brightness, aug.contrast, aug.saturation, aug.gamma, aug.occlusions, tuple(aug.occlusion_size)
-        )
+        aug = aug_params = loss_config.augmentation
         if dist.is_main:
             log.info("%s: recipe %s, terms %s, %d steps, device %s, %d process(es)",
                      mode, recipe.name, {t: recipe.weights[t] for t in terms}, total_steps, device, dist.world_size)
