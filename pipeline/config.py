@@ -81,8 +81,22 @@ def validate_config(config: Mapping[str, Any], source: str = "<config>") -> dict
     return config
 
 
+def _merge(base: dict, overrides: Mapping[str, Any]) -> dict:
+    """``base`` with ``overrides`` written over it; mappings merge key by key, other values replace."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            value = _merge(dict(merged[key]), value)
+        merged[key] = value
+    return merged
+
+
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> dict:
-    """Read a YAML config (or start empty), apply ``overrides`` (top-level keys), validate."""
+    """Read a YAML config (or start empty), write ``overrides`` over it, validate the result once.
+
+    ``overrides`` is nested like the config (``{"demo": {"seed": 3}}`` changes one option of the
+    section and keeps the others): command-line flags go through the same validation as the file.
+    """
     raw: dict = {}
     source = "<defaults>"
     if path is not None:
@@ -96,8 +110,9 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
             raise ConfigError(f"{path}: not valid YAML: {error}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    for key, value in (overrides or {}).items():
-        raw[key] = value
+    if overrides:
+        raw = _merge(raw, overrides)
+        source += " with command-line options"
     return validate_config(raw, source)
 
 

@@ -228,3 +228,14 @@ def test_scientific_notation_without_a_dot_is_a_number_where_the_schema_wants_on
     path.write_text("train:\n  steps: 1e3\n")  # integers are not guessed: still a clear error
     with pytest.raises(cfg.ConfigError, match=r"train/steps"):
         cfg.load_config(path)
+
+
+def test_overrides_merge_into_the_file_and_are_validated_with_it(tmp_path):
+    """Command-line options are written over the file's section (its other options kept) and the
+    result is validated once: a bad flag is reported like a bad file entry."""
+    path = tmp_path / "run.yaml"
+    path.write_text("demo: {seed: 5, width: 64}\nfuse: {num_sources: 3}\n")
+    config = cfg.load_config(path, overrides={"demo": {"seed": 7}})
+    assert (config["demo"]["seed"], config["demo"]["width"], config["fuse"]["num_sources"]) == (7, 64, 3)
+    with pytest.raises(cfg.ConfigError, match=r"(?s)run\.yaml with command-line options.*demo/width"):
+        cfg.load_config(path, overrides={"demo": {"width": 8}})
