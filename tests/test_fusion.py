@@ -434,6 +434,22 @@ def test_run_fuse_empty_result_is_a_valid_ply(box_files, tmp_path):
     assert len(cloud) == 0 and cloud.rgb is not None
 
 
+def test_run_fuse_logs_where_the_scene_caps_num_sources(box_files, tmp_path, caplog):
+    """fuse.num_sources beyond the scene's source lists is capped, and the log says so once."""
+    from pipeline.formats.scene_file import read_scene
+    from pipeline.stages.fuse import run_fuse
+
+    _, scene_h5, depth_h5, _ = box_files
+    stored = read_scene(scene_h5, load_images=False).num_sources
+    with caplog.at_level("INFO"):
+        run_fuse(scene_h5, depth_h5, tmp_path / "a.ply", FuseConfig(device="cpu", num_sources=stored))
+        assert not [r for r in caplog.records if "fuse.num_sources" in r.getMessage()]
+        run_fuse(scene_h5, depth_h5, tmp_path / "b.ply", FuseConfig(device="cpu", num_sources=stored + 7))
+    capped = [r for r in caplog.records if "fuse.num_sources" in r.getMessage()]
+    assert len(capped) == 1 and capped[0].levelname == "WARNING"
+    assert f"fuse.num_sources is {stored + 7}, but the scene stores at most {stored}" in capped[0].getMessage()
+
+
 def _copy_depth(depth_h5, out, change):
     from pipeline.formats.depth_file import read_depth_file, write_depth_file
 

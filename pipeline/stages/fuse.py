@@ -23,7 +23,7 @@ from pipeline.config import FuseConfig, load_config, section
 from pipeline.formats.atomic import atomic_path
 from pipeline.formats.depth_file import list_depth_views, read_depth_view
 from pipeline.formats.ply import PlyStreamWriter
-from pipeline.formats.scene_file import SceneView, list_scene_views, read_scene, read_view
+from pipeline.formats.scene_file import SceneView, cap_num_sources, list_scene_views, read_scene, read_view
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,8 @@ def _run_fuse(scene_h5, depth_h5, out_ply, config, masks_path, params, device, s
     from pipeline.fusion import FusionInputError, FusionView, fuse_views
 
     scene = read_scene(scene_h5, load_images=False)
+    num_sources = cap_num_sources(params.num_sources, scene.num_sources, "fuse.num_sources", scene_h5)
+    params = dataclasses.replace(params, num_sources=num_sources)
     view_ids = list_scene_views(scene_h5)
     depth_ids = set(list_depth_views(depth_h5))
     missing = [i for i in view_ids if i not in depth_ids]

@@ -134,6 +134,7 @@ def run_prepare(
         "created_by": "selfmvs prepare",
         "source": str(scene_dir.resolve()),
         "prepare_config": json.dumps(dataclasses.asdict(config)),
+        "num_sources": config.num_sources,
     }
     fallbacks: list[int] = []
     summary_near, summary_far, summary_sources, sizes = [], [], [], {}

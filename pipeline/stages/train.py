@@ -406,7 +406,7 @@ def run_train(
     Raises:
         ValueError: bad arguments, scenes or checkpoints, each naming the culprit.
     """
-    from pipeline.formats.scene_file import read_scene
+    from pipeline.formats.scene_file import cap_num_sources, read_scene
     from pipeline.model import load_checkpoint, save_checkpoint
 
     out_dir = Path(out_dir)
@@ -556,7 +556,9 @@ def run_train(
         label_maps = None
         if label_paths is not None:
             label_maps = [_read_labels(path, scene, scene_path) for path, scene, scene_path in zip(label_paths, loaded, scene_paths)]
-        sampler = ViewSampler(loaded, config.num_sources, size, crop, names=scene_paths, labels=label_maps,
+        stored = min(scene.num_sources for scene in loaded)
+        num_sources = cap_num_sources(config.num_sources, stored, "train.num_sources", ", ".join(map(str, scene_paths)))
+        sampler = ViewSampler(loaded, num_sources, size, crop, names=scene_paths, labels=label_maps,
                               mirror_probability=config.mirror_probability)
         batch_size = 1 if size is None else config.batch_size
         if "cross_view" in terms and config.num_sources < 1:
