@@ -187,6 +187,7 @@ def section(config: Mapping[str, Any], name: str, cls: type[T]) -> T:
     """The typed dataclass of one top-level section of a validated config."""
     return from_dict(cls, config.get(name, {}))
 
+
 # ---------------------------------------------------------------------------------------------
 # Typed sections: one frozen dataclass per section, each field declared once with its default and
 # its description. The domain modules take these dataclasses as their parameters (fusion, planar
@@ -229,7 +230,9 @@ class PrepareConfig:
     size_multiple: int = option(8, "both sides become a multiple of this (PatchmatchNet works at 1/8 resolution)")
     fit: Literal["crop", "resize"] = option(
         "crop", "reach size_multiple by a centred crop (exact aspect) or by a slight resize")
-    num_sources: int = option(10, "source views kept per reference view, best MVSNet score first")
+    num_sources: int = option(10,
+        "source views kept per reference view, best MVSNet score first; stored in scene.h5, it caps "
+        "train/infer/fuse.num_sources (a larger setting is capped with a warning)")
     theta0: float = option(5.0, "MVSNet view-selection score, preferred triangulation angle, degrees")
     sigma1: float = option(1.0, "MVSNet score, Gaussian width below theta0, degrees")
     sigma2: float = option(10.0, "MVSNet score, Gaussian width above theta0, degrees")
@@ -368,7 +371,7 @@ class TrainConfig:
     batch_size: int = option(2, "samples per step (per process)")
     num_sources: int = option(4,
         "source views per sample (best-ranked first); more than loss.top_k, so that the photometric loss can "
-        "leave out views that do not see a pixel")
+        "leave out views that do not see a pixel; at most the scene's prepare.num_sources (capped with a warning)")
     width: int = option(320, "training image width (multiple of 8)")
     height: int = option(240, "training image height (multiple of 8)")
     crop_scale: tuple[float, float] = option((0.7, 1.0),
@@ -435,7 +438,8 @@ class InferConfig:
     num_sources: int = option(6,
         "source views per reference (the best-ranked ones); more gives better depth and costs time and memory: 6 "
         "instead of 4 measured +1.9 to +2.9 points within 1 % on four held-out scenes for about 1.3x the time at "
-        "640x480 (README; 4 is PatchmatchNet's DTU setting and that of the speed target)")
+        "640x480 (README; 4 is PatchmatchNet's DTU setting and that of the speed target); at most the scene's "
+        "prepare.num_sources (capped with a warning)")
     device: Literal["auto", "cpu", "cuda"] = option("auto", "auto: cuda when available, else cpu")
     max_size: int | None = option(None,
         "Longest image side the network sees; larger views are downscaled (depth.h5 then holds the smaller maps "
@@ -487,7 +491,8 @@ class FuseConfig:
         "geometric check: reference -> source -> reference round trip error, pixels")
     max_relative_depth_error: float = option(0.01, "geometric check: |d' - d| / d of the round trip")
     min_consistent_views: int = option(3, "sources that must agree (capped by the number of sources of the view)")
-    num_sources: int = option(10, "best source views checked per reference")
+    num_sources: int = option(10,
+        "best source views checked per reference; at most the scene's prepare.num_sources (capped with a warning)")
     sampling: Literal["bilinear", "nearest"] = option("bilinear", "how source depths are read")
     dynamic: bool = option(False,
         "dynamic consistency (D2HC-RMVSNet): a source agrees at level n when errors <= n * step; kept if n "

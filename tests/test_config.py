@@ -160,7 +160,7 @@ def test_a_validated_default_config_builds_the_default_dataclass(name):
 
 
 def test_every_option_has_a_description():
-    assert cfg.describe(cfg.FuseConfig, "num_sources") == "best source views checked per reference"
+    assert cfg.describe(cfg.FuseConfig, "min_confidence") == "photometric check: keep pixels with confidence >= this"
     with pytest.raises(TypeError, match="description"):
         cfg.option(1, "")
     with pytest.raises(KeyError, match="nmae"):
