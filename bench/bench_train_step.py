@@ -39,7 +39,8 @@ def make_batch(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def make_step(recipe: str):
-    from pipeline.losses import AugmentationParams, SelfSupervisedLoss, get_recipe
+    from pipeline.config import AugmentationConfig
+    from pipeline.losses import SelfSupervisedLoss, get_recipe
     from pipeline.model import ModelConfig, PatchmatchNet
     from pipeline.stages.train import _train_step
 
@@ -54,7 +55,7 @@ def make_step(recipe: str):
     def step():
         generator = torch.Generator().manual_seed(0)
         return _train_step(
-            model, objective, optimizer, scaler, batch, terms, AugmentationParams(), 0.01, generator,
+            model, objective, optimizer, scaler, batch, terms, AugmentationConfig(), 0.01, generator,
             None, 1.0, torch.device("cpu"),
         )
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import pipeline.scene.view_selection as view_selection
-from pipeline.scene.view_selection import ViewSelectionOptions, select_views
+from pipeline.config import PrepareConfig
+from pipeline.scene.view_selection import select_views
 
 
 def synthetic_model(num_views: int, num_points: int, seed: int = 0):
@@ -40,4 +41,4 @@ def test_select_views(benchmark, monkeypatch, num_views, num_points, path):
     if path == "sparse":
         monkeypatch.setattr(view_selection, "_DENSE_LIMIT", 0)
     model = synthetic_model(num_views, num_points)
-    benchmark.pedantic(select_views, args=model, kwargs={"options": ViewSelectionOptions()}, rounds=3, iterations=1)
+    benchmark.pedantic(select_views, args=model, kwargs={"options": PrepareConfig()}, rounds=3, iterations=1)

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.fusion import FusionInputError, FusionParams, FusionView, fuse_view, fuse_views, sample_depth
+from pipeline.config import FuseConfig
+from pipeline.fusion import FusionInputError, FusionView, fuse_view, fuse_views, sample_depth
 
 GROUND = 1.5
 BOX_MIN = np.array([-0.4, -0.4, 0.0])
@@ -138,7 +139,7 @@ def test_sample_depth_ignores_holes(device):
 @pytest.mark.parametrize("sampling", ["bilinear", "nearest"])
 def test_ground_truth_depths_fuse_onto_the_surface(box_scene, sampling, device):
     views, sources = box_scene
-    params = FusionParams(sampling=sampling, num_sources=5, min_consistent_views=2)
+    params = FuseConfig(sampling=sampling, num_sources=5, min_consistent_views=2)
     fused = list(fuse_views(list(views), sources, views.__getitem__, params, device))
     points = np.concatenate([f.xyz for f in fused])
     assert len(points) > 0.8 * sum(int((v.depth > 0).sum()) for v in views.values())
@@ -155,7 +156,7 @@ def test_ground_truth_depths_fuse_onto_the_surface(box_scene, sampling, device):
 
 def test_normals_of_the_ground_point_up(box_scene):
     views, sources = box_scene
-    fused = fuse_view(views[1], [views[s] for s in sources[1][:3]], FusionParams(min_consistent_views=1))
+    fused = fuse_view(views[1], [views[s] for s in sources[1][:3]], FuseConfig(min_consistent_views=1))
     on_ground = (np.abs(fused.xyz[:, 2]) < 1e-5) & (np.abs(fused.xyz[:, :2]).max(axis=1) < 1.3)
     interior = fused.normals[on_ground]
     # Most ground points have the analytic normal +z (pixels at silhouettes may differ).
@@ -164,7 +165,7 @@ def test_normals_of_the_ground_point_up(box_scene):
 
 def test_colours_come_from_the_reference_image(box_scene):
     views, sources = box_scene
-    fused = fuse_view(views[2], [views[s] for s in sources[2][:3]], FusionParams(min_consistent_views=1))
+    fused = fuse_view(views[2], [views[s] for s in sources[2][:3]], FuseConfig(min_consistent_views=1))
     np.testing.assert_array_equal(fused.rgb, views[2].image[fused.mask])
 
 
@@ -174,9 +175,9 @@ def test_wrong_depths_are_rejected(box_scene, device):
     corrupted = reference.depth.copy()
     corrupted[10:30, 20:40] *= 1.05  # 5 % off: beyond the 1 % relative-depth threshold
     bad = FusionView(3, corrupted, reference.K, reference.cam_from_world, reference.confidence, reference.image)
-    fused = fuse_view(bad, [views[s] for s in sources[3][:4]], FusionParams(min_consistent_views=2), device)
+    fused = fuse_view(bad, [views[s] for s in sources[3][:4]], FuseConfig(min_consistent_views=2), device)
     assert not fused.mask[10:30, 20:40].any()
-    good = fuse_view(reference, [views[s] for s in sources[3][:4]], FusionParams(min_consistent_views=2), device)
+    good = fuse_view(reference, [views[s] for s in sources[3][:4]], FuseConfig(min_consistent_views=2), device)
     assert good.mask[10:30, 20:40].mean() > 0.5
 
 
@@ -187,19 +188,19 @@ def test_confidence_threshold(box_scene):
     confidence[:, :32] = 0.3
     view = FusionView(4, reference.depth, reference.K, reference.cam_from_world, confidence, reference.image)
     src = [views[s] for s in sources[4][:3]]
-    fused = fuse_view(view, src, FusionParams(min_confidence=0.5, min_consistent_views=1))
+    fused = fuse_view(view, src, FuseConfig(min_confidence=0.5, min_consistent_views=1))
     assert not fused.mask[:, :32].any() and fused.mask[:, 32:].any()
     assert fused.num_photometric == int(((reference.depth > 0) & (confidence >= 0.5)).sum())
-    loose = fuse_view(view, src, FusionParams(min_confidence=0.2, min_consistent_views=1))
+    loose = fuse_view(view, src, FuseConfig(min_confidence=0.2, min_consistent_views=1))
     assert loose.mask[:, :32].any()
 
 
 def test_required_views_capped_by_available_sources(box_scene):
     views, _ = box_scene
-    one_source = fuse_view(views[2], [views[3]], FusionParams(min_consistent_views=3))
+    one_source = fuse_view(views[2], [views[3]], FuseConfig(min_consistent_views=3))
     assert one_source.mask.sum() > 0  # needs min(3, 1) = 1 agreeing source
     assert (one_source.num_consistent[one_source.mask] == 1).all()
-    no_source = fuse_view(views[2], [], FusionParams())
+    no_source = fuse_view(views[2], [], FuseConfig())
     assert no_source.mask.sum() == 0 and no_source.xyz.shape == (0, 3)
 
 
@@ -210,7 +211,7 @@ def test_averaging_reduces_noise(box_scene):
     for key, view in views.items():
         depth = view.depth * (1 + 0.002 * rng.standard_normal(view.depth.shape)).astype(np.float32)
         noisy[key] = FusionView(key, depth, view.K, view.cam_from_world, view.confidence, view.image)
-    params = FusionParams(min_consistent_views=1, max_relative_depth_error=0.02, max_reprojection_error=3)
+    params = FuseConfig(min_consistent_views=1, max_relative_depth_error=0.02, max_reprojection_error=3)
     fused = fuse_view(noisy[3], [noisy[s] for s in sources[3][:5]], params)
     fused_error = surface_distance(fused.xyz.astype(np.float64)).mean()
     alone = fuse_view(noisy[3], [noisy[s] for s in sources[3][:5]], dataclass_replace(params, min_consistent_views=0))
@@ -239,7 +240,7 @@ def test_dynamic_consistency_depends_on_the_number_of_views(box_scene):
     reference = views[3]
     scaled = FusionView(3, reference.depth * np.float32(1.004), reference.K, reference.cam_from_world,
                         reference.confidence, reference.image)
-    params = FusionParams(dynamic=True, min_consistent_views=1, dynamic_relative_depth_step=0.0025,
+    params = FuseConfig(dynamic=True, min_consistent_views=1, dynamic_relative_depth_step=0.0025,
                           dynamic_reprojection_step=0.25)
     # 0.4 % off along the ray: mostly level ceil(0.004 / 0.0025) = 2 or more, so one source alone
     # rarely suffices (only where the surface's slant hides the error) ...
@@ -251,7 +252,7 @@ def test_dynamic_consistency_depends_on_the_number_of_views(box_scene):
     # Exact depths are kept by the dynamic rule as well, and the static 1 % rule keeps the 0.4 % error.
     exact = fuse_view(reference, [views[2]], params)
     assert exact.mask.sum() > 0.5 * (reference.depth > 0).sum() * 0.5
-    static = fuse_view(scaled, [views[2]], FusionParams(min_consistent_views=1))
+    static = fuse_view(scaled, [views[2]], FuseConfig(min_consistent_views=1))
     assert static.mask.sum() > 0
 
 
@@ -263,7 +264,7 @@ def test_streaming_holds_at_most_sources_plus_one_views(box_scene):
         loaded.append(image_id)
         return views[image_id]
 
-    params = FusionParams(num_sources=2, min_consistent_views=1)
+    params = FuseConfig(num_sources=2, min_consistent_views=1)
     results = list(fuse_views(list(views), sources, load, params))
     assert [r.image_id for r in results] == list(views)
     assert all(len(r.source_ids) == 2 for r in results)
@@ -283,7 +284,7 @@ def test_bad_input_names_the_view(box_scene):
     with pytest.raises(FusionInputError, match="view 1.*confidence"):
         fuse_view(FusionView(1, reference.depth, reference.K, reference.cam_from_world, np.ones((2, 2))), [])
     with pytest.raises(ValueError, match="sampling"):
-        FusionParams(sampling="cubic")
+        FuseConfig(sampling="cubic")
 
 
 def test_all_zero_depth_gives_no_points(box_scene):
@@ -291,7 +292,7 @@ def test_all_zero_depth_gives_no_points(box_scene):
     reference = views[1]
     empty = FusionView(1, np.zeros_like(reference.depth), reference.K, reference.cam_from_world,
                        None, reference.image)
-    fused = fuse_view(empty, [views[2]], FusionParams())
+    fused = fuse_view(empty, [views[2]], FuseConfig())
     assert fused.xyz.shape == (0, 3) and fused.rgb.shape == (0, 3) and fused.normals.shape == (0, 3)
 
 
@@ -299,8 +300,8 @@ def test_all_zero_depth_gives_no_points(box_scene):
 def test_cuda_matches_cpu(box_scene):
     views, sources = box_scene
     src = [views[s] for s in sources[2][:4]]
-    cpu = fuse_view(views[2], src, FusionParams(min_consistent_views=2), "cpu")
-    gpu = fuse_view(views[2], src, FusionParams(min_consistent_views=2), "cuda")
+    cpu = fuse_view(views[2], src, FuseConfig(min_consistent_views=2), "cpu")
+    gpu = fuse_view(views[2], src, FuseConfig(min_consistent_views=2), "cuda")
     # Borderline pixels may flip between devices; nearly all must agree.
     assert (cpu.mask == gpu.mask).mean() > 0.999
     both = cpu.mask & gpu.mask
@@ -402,7 +403,6 @@ def box_files(tmp_path_factory):
 
 
 def test_run_fuse_writes_ply_and_masks(box_files, tmp_path):
-    from pipeline.config import FuseConfig
     from pipeline.formats.ply import read_ply
     from pipeline.stages.fuse import run_fuse
 
@@ -431,7 +431,6 @@ def test_run_fuse_writes_ply_and_masks(box_files, tmp_path):
 
 
 def test_run_fuse_empty_result_is_a_valid_ply(box_files, tmp_path):
-    from pipeline.config import FuseConfig
     from pipeline.formats.ply import read_ply
     from pipeline.stages.fuse import run_fuse
 
@@ -444,6 +443,22 @@ def test_run_fuse_empty_result_is_a_valid_ply(box_files, tmp_path):
     assert len(cloud) == 0 and cloud.rgb is not None
 
 
+def test_run_fuse_logs_where_the_scene_caps_num_sources(box_files, tmp_path, caplog):
+    """fuse.num_sources beyond the scene's source lists is capped, and the log says so once."""
+    from pipeline.formats.scene_file import read_scene
+    from pipeline.stages.fuse import run_fuse
+
+    _, scene_h5, depth_h5, _ = box_files
+    stored = read_scene(scene_h5, load_images=False).num_sources
+    with caplog.at_level("INFO"):
+        run_fuse(scene_h5, depth_h5, tmp_path / "a.ply", FuseConfig(device="cpu", num_sources=stored))
+        assert not [r for r in caplog.records if "fuse.num_sources" in r.getMessage()]
+        run_fuse(scene_h5, depth_h5, tmp_path / "b.ply", FuseConfig(device="cpu", num_sources=stored + 7))
+    capped = [r for r in caplog.records if "fuse.num_sources" in r.getMessage()]
+    assert len(capped) == 1 and capped[0].levelname == "WARNING"
+    assert f"fuse.num_sources is {stored + 7}, but the scene stores at most {stored}" in capped[0].getMessage()
+
+
 def _copy_depth(depth_h5, out, change):
     from pipeline.formats.depth_file import read_depth_file, write_depth_file
 
@@ -454,7 +469,6 @@ def _copy_depth(depth_h5, out, change):
 
 
 def test_run_fuse_bad_inputs_name_the_view(box_files, tmp_path):
-    from pipeline.config import FuseConfig
     from pipeline.stages.fuse import FuseInputError, run_fuse
 
     _, scene_h5, depth_h5, _ = box_files
@@ -486,7 +500,6 @@ def test_run_fuse_bad_inputs_name_the_view(box_files, tmp_path):
 
 def test_run_fuse_accepts_downscaled_depth(box_files, tmp_path):
     """A depth map at half resolution with K scaled accordingly is fine (colours are resized)."""
-    from pipeline.config import FuseConfig
     from pipeline.formats.ply import read_ply
     from pipeline.stages.fuse import run_fuse
 

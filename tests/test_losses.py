@@ -16,9 +16,9 @@ import torch
 
 import kernels
 
+from pipeline.config import AugmentationConfig
 from pipeline.losses import (
     RECIPES,
-    AugmentationParams,
     CoSegmentation,
     SelfSupervisedLoss,
     VGG16Features,
@@ -374,7 +374,7 @@ def test_augmentation_loss_ignores_occluded_pixels():
 
 def test_augment_images_reproducible_and_in_range():
     images = torch.rand(2, 3, 3, 24, 32, generator=torch.Generator().manual_seed(4))
-    params = AugmentationParams(occlusions=2)
+    params = AugmentationConfig(occlusions=2)
     first, keep = augment_images(images, torch.Generator().manual_seed(5), params)
     second, keep2 = augment_images(images, torch.Generator().manual_seed(5), params)
     assert torch.equal(first, second) and torch.equal(keep, keep2)
@@ -383,7 +383,7 @@ def test_augment_images_reproducible_and_in_range():
     assert not keep.all() and keep.any()
     assert not torch.allclose(first, images)
     # sources are not occluded: the occlusion mask concerns the reference only
-    none = AugmentationParams(occlusions=0, brightness=0, contrast=0, saturation=0, gamma=1.0)
+    none = AugmentationConfig(occlusions=0, brightness=0, contrast=0, saturation=0, gamma=1.0)
     same, keep = augment_images(images, torch.Generator().manual_seed(6), none)
     torch.testing.assert_close(same, images)
     assert keep.all()

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.config import InferConfig, PlaneFillConfig
 from pipeline.formats.depth_file import DepthView, read_depth_attrs, read_depth_file, write_depth_file
-from pipeline.scene.planar_fill import PlanarFillParams, fit_inverse_depth_plane, low_texture_mask, planar_fill
+from pipeline.scene.planar_fill import fit_inverse_depth_plane, low_texture_mask, planar_fill
 from pipeline.stages.infer import run_infer
 
 HEIGHT, WIDTH = 60, 80
@@ -84,11 +84,11 @@ def test_regions_left_alone_small_ones_split_rings_and_missing_depth():
     truth = plane_depth([0.0, 0.0, 1.0], 3.0)
     truth[:, WIDTH // 2 :] *= 2.0
     estimate = truth * 1.03
-    result = planar_fill(estimate, image, (1.0, 20.0), PlanarFillParams(min_inlier_fraction=0.6))
+    result = planar_fill(estimate, image, (1.0, 20.0), PlaneFillConfig(min_inlier_fraction=0.6))
     assert result.regions == 1 and result.planes == 0
     np.testing.assert_array_equal(result.depth, estimate)
     # a region smaller than min_area is not considered
-    small = planar_fill(plane_depth([0, 0, 1], 3.0), image, (1.0, 20.0), PlanarFillParams(min_area=30 * 40 + 1))
+    small = planar_fill(plane_depth([0, 0, 1], 3.0), image, (1.0, 20.0), PlaneFillConfig(min_area=30 * 40 + 1))
     assert small.regions == 0
     # pixels without an estimate stay without one, and do not count as ring pixels
     holes = plane_depth([0.2, -0.5, 1.0], 4.0)
@@ -139,7 +139,7 @@ def test_infer_fills_low_texture_regions_and_records_the_setting(tmp_path):
     assert all(view.filled is None for view in raw.values())
     expected = planar_fill(
         raw[10].depth, scene.views[10].image, tuple(scene.views[10].depth_range),
-        PlanarFillParams(min_area=100), np.random.default_rng(10),
+        PlaneFillConfig(min_area=100), np.random.default_rng(10),
     )
     assert expected.planes == 1  # the test exercises a fill
     np.testing.assert_array_equal(filled[10].depth, expected.depth)

@@ -10,6 +10,8 @@ from pipeline.formats.scene_file import (
     Scene,
     SceneFormatError,
     SceneView,
+    SceneWriter,
+    cap_num_sources,
     list_scene_views,
     read_scene,
     read_view,
@@ -173,3 +175,40 @@ def test_streaming_writer_requires_sparse_points(tmp_path):
         writer.write_sparse(scene.points3D_ids, scene.points3D_xyz, scene.points3D_rgb)
     back = read_scene(path)
     assert list(back.views) == [7, 2, 40] and back.attrs["note"] == "streamed"
+
+
+def test_num_sources_is_stored_and_derived_for_older_files(tmp_path):
+    """The source lists' length limit is a file attribute; files without it derive it from the lists."""
+    scene = _scene()  # source lists of 2, 2 and 0 views
+    scene.attrs["num_sources"] = 5  # prepare.num_sources
+    write_scene(tmp_path / "given.h5", scene)
+    assert read_scene(tmp_path / "given.h5", load_images=False).num_sources == 5
+    del scene.attrs["num_sources"]
+    write_scene(tmp_path / "longest.h5", scene)
+    with h5py.File(tmp_path / "longest.h5", "r") as handle:
+        assert handle.attrs["num_sources"] == 2 and "num_sources_description" in handle.attrs
+    with h5py.File(tmp_path / "given.h5", "a") as handle:  # as written before the attribute existed
+        del handle.attrs["num_sources"]
+    assert read_scene(tmp_path / "given.h5", load_images=False).num_sources == 2
+
+
+def test_a_source_list_longer_than_num_sources_is_refused(tmp_path):
+    rng = np.random.default_rng(1)
+    with pytest.raises(SceneFormatError, match=r"view 3 has 4 source views, more than num_sources=2"):
+        with SceneWriter(tmp_path / "s.h5", {"num_sources": 2}) as writer:
+            writer.write_view(_view(3, rng, num_sources=4))
+    with pytest.raises(SceneFormatError, match=r"num_sources must be an integer >= 0, got -1"):
+        SceneWriter(tmp_path / "s.h5", {"num_sources": -1})
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_cap_num_sources_logs_both_numbers_once(caplog):
+    with caplog.at_level("INFO", logger="pipeline.formats.scene_file"):
+        assert cap_num_sources(6, 10, "infer.num_sources", "a/scene.h5") == 6
+        assert not caplog.records  # within the stored lists: nothing to say
+        assert cap_num_sources(12, 10, "infer.num_sources", "a/scene.h5") == 10
+    (record,) = caplog.records
+    assert record.levelname == "WARNING"
+    assert "a/scene.h5: infer.num_sources is 12" in record.getMessage()
+    assert "at most 10 source views per view" in record.getMessage()
+

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import pipeline.scene.view_selection as view_selection
-from pipeline.scene.view_selection import ViewSelectionOptions, angle_weight, select_views
+from pipeline.config import PrepareConfig
+from pipeline.scene.view_selection import angle_weight, select_views
 
 
 def G(theta: float) -> float:
@@ -66,7 +67,7 @@ def test_scores_match_hand_computed_angles(caplog):
 
 def test_top_k_keeps_the_best():
     image_ids, centers, points, obs_points, obs_images, expected = _hand_case()
-    result = select_views(image_ids, centers, points, obs_points, obs_images, ViewSelectionOptions(num_sources=1))
+    result = select_views(image_ids, centers, points, obs_points, obs_images, PrepareConfig(num_sources=1))
     assert {ref: ids.tolist() for ref, (ids, _) in result.sources.items()} == {
         # G(5) = 1 > G(20); G(5) > G(7) > G(15); G(15) = 0.61 > 2 G(22) = 0.47 > G(20) = 0.32;
         # G(7) = 0.98 > 2 G(22) > G(2) = 0.011.
@@ -109,7 +110,7 @@ def test_matches_brute_force(dense, monkeypatch):
         monkeypatch.setattr(view_selection, "_DENSE_LIMIT", 0)
     case = _random_case()
     expected = _brute_force(*case)
-    result = select_views(*case, ViewSelectionOptions(num_sources=4))
+    result = select_views(*case, PrepareConfig(num_sources=4))
     for ref, (ids, scores) in result.sources.items():
         candidates = sorted(((s, src) for (r, src), s in expected.items() if r == ref), key=lambda t: (-t[0], t[1]))
         assert ids.tolist() == [src for _, src in candidates[:4]]

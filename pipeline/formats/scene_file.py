@@ -2,7 +2,8 @@
 
 Layout (docs/formats.md)::
 
-    /                               attrs: format_version=1, kind="selfmvs.scene", units, + writer's attrs
+    /                               attrs: format_version=1, kind="selfmvs.scene", units, num_sources,
+                                    + writer's attrs
     /views                          attrs: image_ids (int64, file order)
     /views/<image_id>/image         uint8 (H, W, 3) RGB, undistorted pinhole image, one chunk, lzf
     /views/<image_id>/mask          bool (H, W), optional: pixels that saw the scene through the lens
@@ -16,6 +17,12 @@ Layout (docs/formats.md)::
     /sparse/xyz                     float64 (N, 3) world frame, scene units
     /sparse/rgb                     uint8 (N, 3)
 
+``num_sources`` (int) is the length of the views' source lists: every view keeps its best
+``num_sources`` source views (``prepare.num_sources``), fewer only where fewer views share sparse
+points with it. A stage that asks for more sources per view gets at most this many
+(:func:`cap_num_sources` says so in the log). Files written before the attribute existed: the
+longest stored source list (:attr:`Scene.num_sources`).
+
 Pixel convention (COLMAP's): the centre of pixel (row i, col j) is (x, y) = (j + 0.5, i + 0.5).
 The file is written atomically: a temporary file beside the target, renamed when complete.
 """
@@ -23,6 +30,7 @@ The file is written atomically: a temporary file beside the target, renamed when
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
 from pathlib import Path
@@ -38,6 +46,8 @@ KIND = "selfmvs.scene"
 _FRAME_K = "pixels; centre of pixel (row i, col j) is (x, y) = (j + 0.5, i + 0.5)"
 _FRAME_POSE = "cam_from_world [R | t]: world -> camera (x right, y down, z forward), scene units"
 _RESERVED_ATTRS = ("format_version", "kind")
+
+log = logging.getLogger(__name__)
 
 
 class SceneFormatError(ValueError):
@@ -131,6 +141,14 @@ class Scene:
     points3D_rgb: np.ndarray
     attrs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    @property
+    def num_sources(self) -> int:
+        """The length of the views' source lists: the file's ``num_sources`` attribute, or, for files
+        written without it, the longest stored list."""
+        if "num_sources" in self.attrs:
+            return int(self.attrs["num_sources"])
+        return max((view.source_ids.size for view in self.views.values()), default=0)
+
     def __post_init__(self) -> None:
         self.points3D_ids = np.asarray(self.points3D_ids, dtype=np.int64).reshape(-1)
         self.points3D_xyz = np.asarray(self.points3D_xyz, dtype=np.float64).reshape(-1, 3)
@@ -198,11 +216,24 @@ class SceneWriter:
             for view in views:
                 writer.write_view(view)
             writer.write_sparse(ids, xyz, rgb)
+
+    ``attrs["num_sources"]``, when given, is the length limit of the source lists (a longer list is an
+    error); without it the file records the longest list written.
+
+    Raises:
+        SceneFormatError: a ``num_sources`` attribute that is not an integer >= 0.
     """
 
     def __init__(self, path: str | os.PathLike, attrs: Mapping[str, Any] | None = None) -> None:
         self.path = Path(path)
         self.attrs = dict(attrs or {})
+        self._num_sources: int | None = None
+        if "num_sources" in self.attrs:
+            value = self.attrs["num_sources"]
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise SceneFormatError(f"{self.path}: num_sources must be an integer >= 0, got {value!r}")
+            self._num_sources = int(value)
+        self._longest = 0
         self._atomic = None
         self._handle: h5py.File | None = None
         self._ids: list[int] = []
@@ -234,8 +265,14 @@ class SceneWriter:
             raise SceneFormatError(f"{self.path}: view {view.image_id} has no image to write")
         if view.image_id in self._ids:
             raise SceneFormatError(f"{self.path}: view {view.image_id} written twice")
+        if self._num_sources is not None and view.source_ids.size > self._num_sources:
+            raise SceneFormatError(
+                f"{self.path}: view {view.image_id} has {view.source_ids.size} source views, "
+                f"more than num_sources={self._num_sources}"
+            )
         _write_view(self._handle["views"], view)
         self._ids.append(view.image_id)
+        self._longest = max(self._longest, int(view.source_ids.size))
 
     def write_sparse(self, ids: np.ndarray, xyz: np.ndarray, rgb: np.ndarray) -> None:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
@@ -262,6 +299,11 @@ class SceneWriter:
         if self._handle is not None:
             if exc_type is None:
                 self._handle["views"].attrs["image_ids"] = np.array(self._ids, dtype=np.int64)
+                num_sources = self._longest if self._num_sources is None else self._num_sources
+                self._handle.attrs["num_sources"] = np.int64(num_sources)
+                self._handle.attrs["num_sources_description"] = (
+                    "length of the views' source lists (prepare.num_sources); fewer where fewer views overlap"
+                )
             self._handle.close()
             self._handle = None
         atomic, self._atomic = self._atomic, None
@@ -400,3 +442,24 @@ def scene_attrs(path: str | os.PathLike) -> Mapping[str, Any]:
     """The file attributes only (cheap: no view is read)."""
     with _open(path) as handle:
         return {key: _plain(value) for key, value in handle.attrs.items()}
+
+
+def cap_num_sources(requested: int, stored: int, setting: str, where: Any) -> int:
+    """``requested`` source views per view, capped at ``stored``, the scene's :attr:`Scene.num_sources`.
+
+    A cap is logged (WARNING; call this once per run) naming both numbers, since the caller's setting
+    then does not take effect.
+
+    Args:
+        requested: the stage's setting, e.g. ``infer.num_sources``.
+        stored: the scene's ``num_sources`` (of several scenes: the smallest).
+        setting: the setting's name, quoted in the log line.
+        where: the scene file (or files), quoted in the log line.
+    """
+    if requested <= stored:
+        return requested
+    log.warning(
+        "%s: %s is %d, but the scene stores at most %d source views per view (prepare.num_sources "
+        "when it was prepared): using %d", where, setting, requested, stored, stored,
+    )
+    return stored

@@ -3,7 +3,6 @@
 from pipeline.fusion.core import (
     FusedView,
     FusionInputError,
-    FusionParams,
     FusionView,
     dynamic_agreement_level,
     fuse_view,
@@ -14,7 +13,6 @@ from pipeline.fusion.core import (
 __all__ = [
     "FusedView",
     "FusionInputError",
-    "FusionParams",
     "FusionView",
     "dynamic_agreement_level",
     "fuse_view",

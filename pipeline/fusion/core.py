@@ -23,6 +23,8 @@ many views may be consistent more loosely: the per-view thresholds tighten as th
 agreeing views falls. The averaged point uses the sources with L_s <= n*, n* the largest such n.
 Sorting L ascending as L_(1) <= ... <= L_(S), "n sources have L_s <= n" is "L_(n) <= n".
 
+The thresholds are the ``fuse`` section of the configuration, :class:`pipeline.config.FuseConfig`.
+
 Views are streamed: only the reference and its sources are held (a small LRU cache of loaded views).
 Everything per pixel is vectorised in torch; the only Python loop runs over the sources of a view.
 """
@@ -37,10 +39,9 @@ from typing import Callable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from pipeline.config import FuseConfig
+
 log = logging.getLogger(__name__)
-
-SAMPLING_MODES = ("bilinear", "nearest")
-
 
 class FusionInputError(ValueError):
     """Bad input to fusion (NaN depths, empty maps, wrong shapes); the message names the view."""
@@ -61,35 +62,6 @@ class FusionView:
     cam_from_world: np.ndarray
     confidence: np.ndarray | torch.Tensor | None = None
     image: np.ndarray | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class FusionParams:
-    """Thresholds of the consistency checks (see the module docstring for their meaning)."""
-
-    min_confidence: float = 0.5
-    max_reprojection_error: float = 1.0
-    max_relative_depth_error: float = 0.01
-    min_consistent_views: int = 3
-    num_sources: int = 10
-    sampling: str = "bilinear"
-    dynamic: bool = False
-    dynamic_reprojection_step: float = 0.25
-    dynamic_relative_depth_step: float = 0.0025
-    normals: bool = True
-
-    def __post_init__(self) -> None:
-        if self.sampling not in SAMPLING_MODES:
-            raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {self.sampling!r}")
-        if self.min_consistent_views < 0 or self.num_sources < 0:
-            raise ValueError(
-                f"min_consistent_views and num_sources must be >= 0, got "
-                f"{self.min_consistent_views} and {self.num_sources}"
-            )
-        for name in ("max_reprojection_error", "max_relative_depth_error",
-                     "dynamic_reprojection_step", "dynamic_relative_depth_step"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
 
 @dataclasses.dataclass
@@ -261,7 +233,7 @@ def _normals_at(depth: torch.Tensor, K: np.ndarray, rows: torch.Tensor, cols: to
 def fuse_view(
     reference: FusionView,
     sources: Sequence[FusionView],
-    params: FusionParams = FusionParams(),
+    params: FuseConfig = FuseConfig(),
     device: torch.device | str = "cpu",
 ) -> FusedView:
     """Fuse one reference view against its sources.
@@ -300,7 +272,7 @@ def _prepare(view: FusionView, what: str, device: torch.device, sampling: str) -
 
 
 def _fuse_prepared(
-    prepared_reference: _Prepared, prepared_sources: Sequence[_Prepared], params: FusionParams, device: torch.device
+    prepared_reference: _Prepared, prepared_sources: Sequence[_Prepared], params: FuseConfig, device: torch.device
 ) -> FusedView:
     reference = prepared_reference.view
     sources = [p.view for p in prepared_sources]
@@ -439,7 +411,7 @@ def fuse_views(
     view_ids: Sequence[int],
     source_ids: Mapping[int, Sequence[int]],
     load_view: Callable[[int], FusionView],
-    params: FusionParams = FusionParams(),
+    params: FuseConfig = FuseConfig(),
     device: torch.device | str = "cpu",
     load_image: Callable[[int], np.ndarray | None] | None = None,
 ) -> Iterator[FusedView]:

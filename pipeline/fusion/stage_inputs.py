@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 
 import numpy as np
 import torch
 
-from pipeline.fusion.core import FusionParams
 
 
 class CameraMismatchError(ValueError):
     """A depth map whose size or camera is not that of its scene view; names both files and the view."""
-
-
-def fusion_params(config) -> FusionParams:
-    """The :class:`FusionParams` of a ``FuseConfig`` (all fields but ``device`` and ``num_threads``)."""
-    values = dataclasses.asdict(config)
-    values.pop("device")
-    values.pop("num_threads")
-    return FusionParams(**values)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -12,7 +12,7 @@
 - :mod:`~pipeline.losses.recipes`: named recipes; :mod:`~pipeline.losses.objective`: their weighted sum.
 """
 
-from pipeline.losses.augmentation import AugmentationParams, augment_images, augmentation_loss, augmentation_weight
+from pipeline.losses.augmentation import augment_images, augmentation_loss, augmentation_weight
 from pipeline.losses.cosegmentation import CoSegmentation, cosegmentation_loss, make_cosegmentation, nmf
 from pipeline.losses.cross_view import cross_view_loss
 from pipeline.losses.depth_normal import depth_normal_loss
@@ -26,7 +26,7 @@ from pipeline.losses.vgg16 import VGG16Features
 from pipeline.losses.view_synthesis import best_k_mean, warp_sources
 
 __all__ = [
-    "AugmentationParams", "augment_images", "augmentation_loss", "augmentation_weight",
+    "augment_images", "augmentation_loss", "augmentation_weight",
     "CoSegmentation", "cosegmentation_loss", "make_cosegmentation", "nmf",
     "cross_view_loss", "depth_normal_loss", "SelfSupervisedLoss",
     "photometric_error_maps", "photometric_loss", "pseudo_label_loss", "RECIPES", "TERMS", "Recipe", "get_recipe",

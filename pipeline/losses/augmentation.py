@@ -8,33 +8,11 @@ comes from an explicit ``torch.Generator`` so training stays reproducible.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 
+from pipeline.config import AugmentationConfig
 from pipeline.losses.view_synthesis import check_image
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentationParams:
-    """Ranges of the random photometric changes and occlusions.
-
-    Attributes:
-        brightness: additive brightness offset drawn from [-b, b].
-        contrast: contrast factor drawn from [1 - c, 1 + c] (around the per-image mean).
-        saturation: saturation factor drawn from [1 - s, 1 + s] (around the grey value).
-        gamma: gamma drawn log-uniformly from [1 / g, g].
-        occlusions: number of rectangles blanked in the reference.
-        occlusion_size: (min, max) side of a rectangle as a fraction of the image side.
-    """
-
-    brightness: float = 0.2
-    contrast: float = 0.2
-    saturation: float = 0.2
-    gamma: float = 1.5
-    occlusions: int = 2
-    occlusion_size: tuple[float, float] = (0.1, 0.3)
 
 
 def _uniform(generator: torch.Generator, shape, low: float, high: float) -> torch.Tensor:
@@ -42,7 +20,7 @@ def _uniform(generator: torch.Generator, shape, low: float, high: float) -> torc
 
 
 def augment_images(
-    images: torch.Tensor, generator: torch.Generator, params: AugmentationParams = AugmentationParams()
+    images: torch.Tensor, generator: torch.Generator, params: AugmentationConfig = AugmentationConfig()
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A photometrically changed copy of the views with random rectangles blanked in the reference.
 
@@ -52,7 +30,8 @@ def augment_images(
     Args:
         images: views of each sample in [0, 1], view 0 the reference.
         generator: a CPU generator: the source of all randomness here.
-        params: the augmentation ranges.
+        params: the augmentation ranges (the ``train.loss.augmentation`` section; its weight schedule
+            is :func:`augmentation_weight`'s).
 
     Returns:
         ``(augmented, keep)``: images in [0, 1] and the reference pixels that were not occluded.

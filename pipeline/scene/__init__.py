@@ -16,7 +16,6 @@ from pipeline.scene.resize import ResizePlan, plan_resize
 from pipeline.scene.undistort import UNDISTORT_MODES, Undistorter, make_undistorter
 from pipeline.scene.view_selection import (
     ViewSelection,
-    ViewSelectionOptions,
     angle_weight,
     select_views,
     tracks_from_model,
@@ -26,5 +25,5 @@ __all__ = [
     "LENS_MODELS", "Intrinsics", "UnsupportedCameraModelError", "distort_normalized", "undistort_normalized",
     "DepthRangeError", "DepthRangeOptions", "suggest_num_depth", "view_depth_range",
     "ResizePlan", "plan_resize", "UNDISTORT_MODES", "Undistorter", "make_undistorter",
-    "ViewSelection", "ViewSelectionOptions", "angle_weight", "select_views", "tracks_from_model",
+    "ViewSelection", "angle_weight", "select_views", "tracks_from_model",
 ]

@@ -15,8 +15,8 @@ So, per view:
    plane's inverse depth is within ``inlier_tolerance`` (relative) of its own, and the plane is
    refitted to the inliers by least squares;
 4. a region whose ring is at least ``min_inlier_fraction`` inliers (its surroundings are mostly one
-   plane) takes the plane's depth wherever that depth is within the view's depth range, widened by
-   the factor ``range_margin``; other regions (a curved surface, a ring across several surfaces) keep
+   plane) takes the plane's depth wherever that depth is within the view's depth range, widened
+   by a factor 1.25; other regions (a curved surface, a ring across several surfaces) keep
    the network's depth.
 
 The RANSAC samples come from a generator seeded by the caller, so a view's result is reproducible.
@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.config import PlaneFillConfig
+
 
 #: Hypotheses scored at once: blocks of 16 x 2000 float64 residuals (256 KiB) stay below the 512 KiB
 #: from which `selfmvs infer` has the C library map fresh pages (infer.mmap_threshold_kib); one
@@ -37,19 +39,11 @@ import torch.nn.functional as F
 _SCORE_BLOCK = 16
 
 
-@dataclasses.dataclass(frozen=True)
-class PlanarFillParams:
-    """The thresholds of :func:`planar_fill` (module docstring); defaults as ``infer.plane_fill``."""
-
-    texture_std: float = 0.015
-    window: int = 7
-    min_area: int = 150
-    ring: int = 4
-    inlier_tolerance: float = 0.01
-    min_inlier_fraction: float = 0.5
-    ransac_iterations: int = 200
-    max_ring_samples: int = 2000
-    range_margin: float = 1.25
+#: RANSAC hypotheses per region, ring pixels sampled for them, and the factor by which the view's
+#: depth range is widened for the planes' depths (fixed: no run has needed other values).
+_RANSAC_ITERATIONS = 200
+_MAX_RING_SAMPLES = 2000
+_RANGE_MARGIN = 1.25
 
 
 @dataclasses.dataclass
@@ -128,11 +122,12 @@ def planar_fill(
     depth: np.ndarray,
     image: np.ndarray,
     depth_range: tuple[float, float],
-    params: PlanarFillParams = PlanarFillParams(),
+    params: PlaneFillConfig = PlaneFillConfig(),
     rng: np.random.Generator | None = None,
 ) -> PlanarFillResult:
     """``depth`` with its low-texture regions replaced by the plane of their surroundings (module
-    docstring). Pixels with depth 0 (none) are never ring pixels and stay 0.
+    docstring), with the thresholds of ``params`` (the ``infer.plane_fill`` section; ``enabled`` is the
+    caller's switch, not read here). Pixels with depth 0 (none) are never ring pixels and stay 0.
 
     Shape: depth (H, W); image (H, W, 3) of the same size; depth_range (near, far) of the view.
     """
@@ -167,7 +162,7 @@ def planar_fill(
         ring_rows, ring_cols = np.nonzero(ring)
         plane, fraction = fit_inverse_depth_plane(
             ring_cols + cols.start + 0.5, ring_rows + rows.start + 0.5, 1.0 / local[ring].astype(np.float64),
-            params.inlier_tolerance, params.ransac_iterations, rng, params.max_ring_samples,
+            params.inlier_tolerance, _RANSAC_ITERATIONS, rng, _MAX_RING_SAMPLES,
         )
         if plane is None or fraction < params.min_inlier_fraction:
             continue
@@ -175,7 +170,7 @@ def planar_fill(
         inverse = plane[0] * (region_cols + cols.start + 0.5) + plane[1] * (region_rows + rows.start + 0.5) + plane[2]
         with np.errstate(divide="ignore"):
             plane_depth = np.where(inverse > 0, 1.0 / inverse, np.inf)
-        inside = (plane_depth >= near / params.range_margin) & (plane_depth <= far * params.range_margin)
+        inside = (plane_depth >= near / _RANGE_MARGIN) & (plane_depth <= far * _RANGE_MARGIN)
         if not inside.any():
             continue
         planes += 1

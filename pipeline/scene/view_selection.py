@@ -7,7 +7,8 @@ For views i and j (Yao et al., "MVSNet", ECCV 2018, sec. 4.1)::
     G(theta) = exp(-(theta - theta0)^2 / (2 sigma^2)),  sigma = sigma1 if theta <= theta0 else sigma2,
 
 with theta0 = 5, sigma1 = 1, sigma2 = 10. Each view takes the ``num_sources`` views of highest score
-(only views with a positive score).
+(only views with a positive score). These four are options of the ``prepare`` section, and the
+functions here take that section, :class:`pipeline.config.PrepareConfig`, reading only them.
 
 Everything is vectorised: observations are sorted by point, and the pairs of a track are formed
 offset by offset (observation k with k + d for d = 1, 2, ...), so the Python loop runs over the
@@ -23,18 +24,10 @@ from typing import Mapping
 
 import numpy as np
 
+from pipeline.config import PrepareConfig
+
 LOGGER = logging.getLogger(__name__)
 _DENSE_LIMIT = 4_000_000  # views^2 up to which scores live in a dense array (2,000 views: 32 MB)
-
-
-@dataclasses.dataclass(frozen=True)
-class ViewSelectionOptions:
-    """Parameters of the MVSNet score (angles in degrees)."""
-
-    num_sources: int = 10
-    theta0: float = 5.0
-    sigma1: float = 1.0
-    sigma2: float = 10.0
 
 
 @dataclasses.dataclass
@@ -50,7 +43,7 @@ class ViewSelection:
     num_shared: dict[int, int]
 
 
-def angle_weight(theta: np.ndarray, options: ViewSelectionOptions = ViewSelectionOptions()) -> np.ndarray:
+def angle_weight(theta: np.ndarray, options: PrepareConfig = PrepareConfig()) -> np.ndarray:
     """MVSNet's piecewise Gaussian G(theta) of triangulation angles in degrees."""
     theta = np.asarray(theta, dtype=np.float64)
     sigma = np.where(theta <= options.theta0, options.sigma1, options.sigma2)
@@ -63,7 +56,7 @@ def select_views(
     points_xyz: np.ndarray,
     observation_points: np.ndarray,
     observation_images: np.ndarray,
-    options: ViewSelectionOptions = ViewSelectionOptions(),
+    options: PrepareConfig = PrepareConfig(),
 ) -> ViewSelection:
     """Select source views from camera centres and sparse-point tracks.
 
@@ -74,7 +67,8 @@ def select_views(
         observation_points: for each observation, the row of its point in ``points_xyz``.
         observation_images: for each observation, the row of its view in ``image_ids``.
             Repeated (point, view) observations count once.
-        options: score parameters and the number of sources per view.
+        options: the ``prepare`` section; its ``num_sources``, ``theta0``, ``sigma1`` and ``sigma2``
+            (angles in degrees) are the score parameters and the number of sources per view.
 
     Shape:
         image_ids: (N,); centers: (N, 3); points_xyz: (P, 3); observation_*: (M,)

@@ -21,7 +21,7 @@ from pipeline.config import FuseConfig, load_config, section
 from pipeline.formats.fused_masks import FusedMaskView, default_masks_path, fused_masks_writer
 from pipeline.formats.depth_file import list_depth_views, read_depth_view
 from pipeline.formats.ply import PlyStreamWriter
-from pipeline.formats.scene_file import list_scene_views, read_scene, read_view
+from pipeline.formats.scene_file import cap_num_sources, list_scene_views, read_scene, read_view
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,9 @@ def run_fuse(
     scene_h5, depth_h5, out_ply = Path(scene_h5), Path(depth_h5), Path(out_ply)
     masks_path = Path(masks_path) if masks_path is not None else default_masks_path(out_ply)
     # torch is imported here, not at module level: ``selfmvs --help`` stays fast.
-    from pipeline.fusion.stage_inputs import CameraMismatchError, fusion_params, resolve_device, torch_threads
+    from pipeline.fusion.stage_inputs import CameraMismatchError, resolve_device, torch_threads
 
-    params = fusion_params(config)
+    params = config  # fusion reads its thresholds from the fuse section itself
     device = resolve_device(config.device)
     with torch_threads(config.num_threads):
         try:
@@ -66,6 +66,8 @@ def _run_fuse(scene_h5, depth_h5, out_ply, config, masks_path, params, device, s
     from pipeline.fusion.stage_inputs import check_camera, colours_at
 
     scene = read_scene(scene_h5, load_images=False)
+    num_sources = cap_num_sources(params.num_sources, scene.num_sources, "fuse.num_sources", scene_h5)
+    params = dataclasses.replace(params, num_sources=num_sources)
     view_ids = list_scene_views(scene_h5)
     depth_ids = set(list_depth_views(depth_h5))
     missing = [i for i in view_ids if i not in depth_ids]

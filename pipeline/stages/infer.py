@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from pipeline.config import InferConfig, PlaneFillConfig, load_config, parse_assignments, section
 from pipeline.formats.depth_file import DepthView, DepthWriter
-from pipeline.formats.scene_file import SceneView, read_scene, read_view
+from pipeline.formats.scene_file import SceneView, cap_num_sources, read_scene, read_view
 from pipeline.model import CheckpointError, PatchmatchNet, load_checkpoint
 from pipeline.scene.mirror import mirror_intrinsics, mirror_pose
 
@@ -362,6 +362,7 @@ def run_infer(
         raise CheckpointError(f"infer.model {dict(config.model)} does not fit: {error}") from None
     model.eval()
     scene = read_scene(scene_path, load_images=False)  # metadata only; images are read per view
+    num_sources = cap_num_sources(config.num_sources, scene.num_sources, "infer.num_sources", scene_path)
     attrs = {
         "kind": "selfmvs.depth",
         "checkpoint": str(checkpoint),
@@ -383,7 +384,7 @@ def run_infer(
             if writer.has(image_id):
                 continue
             source_ids = [int(s) for s in view.source_ids if int(s) in scene.views and int(s) != image_id]
-            source_ids = source_ids[: config.num_sources]
+            source_ids = source_ids[:num_sources]
             if not source_ids:
                 log.warning("%s: view %d (%s) has no source view; skipped", scene_path, image_id, view.name)
                 continue
@@ -392,7 +393,7 @@ def run_infer(
             warm_up(model, device)
             started = time.perf_counter()  # the per-view rate below is that of the scene's views
         schedule = [i for image_id, source_ids in plan for i in (*source_ids, image_id)]
-        capacity = config.num_sources + 1 if config.feature_cache is None else config.feature_cache
+        capacity = num_sources + 1 if config.feature_cache is None else config.feature_cache
         caches = [ViewCache(model, scene_path, device, config.max_size, capacity, schedule=schedule)]
         if config.flip_average:
             caches.append(ViewCache(model, scene_path, device, config.max_size, capacity, schedule=schedule, mirror=True))
@@ -437,15 +438,14 @@ def plane_fill_setting(config: PlaneFillConfig) -> str:
 def fill_low_texture(view: DepthView, ref: SceneView, config: PlaneFillConfig) -> DepthView:
     """``view`` with :func:`pipeline.scene.planar_fill.planar_fill` applied (RANSAC seeded by the image
     id, so a view's result does not depend on the order or the resumption of a run)."""
-    from pipeline.scene.planar_fill import PlanarFillParams, planar_fill  # scipy.ndimage only when filling
+    from pipeline.scene.planar_fill import planar_fill  # scipy.ndimage only when filling
 
     if ref.image.shape[:2] != view.depth.shape:
         image = torch.from_numpy(np.ascontiguousarray(ref.image)).permute(2, 0, 1)[None].float()
         image = F.interpolate(image, size=view.depth.shape, mode="area")[0].permute(1, 2, 0).numpy() / 255.0
     else:
         image = ref.image
-    params = PlanarFillParams(**{k: v for k, v in dataclasses.asdict(config).items() if k != "enabled"})
-    result = planar_fill(view.depth, image, tuple(ref.depth_range), params, np.random.default_rng(view.image_id))
+    result = planar_fill(view.depth, image, tuple(ref.depth_range), config, np.random.default_rng(view.image_id))
     return dataclasses.replace(view, depth=result.depth, filled=result.filled)
 
 

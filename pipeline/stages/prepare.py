@@ -28,7 +28,7 @@ from pipeline.formats.scene_file import SceneView, SceneWriter
 from pipeline.scene.camera_plan import CameraPlans
 from pipeline.scene.depth_range import DepthRangeOptions, suggest_num_depth, view_depth_range
 from pipeline.scene.parallax import MIN_TRIANGULATION_ANGLE_DEG, check_parallax, parallax_per_view
-from pipeline.scene.view_selection import ViewSelectionOptions, select_views, tracks_from_model
+from pipeline.scene.view_selection import select_views, tracks_from_model
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +70,7 @@ def run_prepare(
 
     image_ids, centers, point_ids, xyz, obs_points, obs_images = tracks_from_model(images, points3D)
     rgb = np.array([p.rgb for p in points3D.values()], dtype=np.uint8).reshape(-1, 3)
-    selection = select_views(
-        image_ids, centers, xyz, obs_points, obs_images,
-        ViewSelectionOptions(config.num_sources, config.theta0, config.sigma1, config.sigma2),
-    )
+    selection = select_views(image_ids, centers, xyz, obs_points, obs_images, config)
     names = {int(i): images[int(i)].name for i in image_ids}
     try:
         weak = check_parallax(parallax_per_view(image_ids, centers, xyz, obs_points, obs_images, selection.sources), names)
@@ -96,6 +93,7 @@ def run_prepare(
         "created_by": "selfmvs prepare",
         "source": str(scene_dir.resolve()),
         "prepare_config": json.dumps(dataclasses.asdict(config)),
+        "num_sources": config.num_sources,
     }
     fallbacks, written = [], []
     with SceneWriter(out_path, attrs) as writer:

@@ -10,7 +10,7 @@ import logging
 import time
 from pathlib import Path
 
-from pipeline.config import DemoConfig, load_config, section, validate_config
+from pipeline.config import DemoConfig, load_config, section
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> DemoConfig:
     """The ``demo`` section of ``--config`` (or the defaults), overridden by the flags given."""
-    demo = dict(load_config(args.config).get("demo", {}))
-    for name in ("seed", "num_views", "width", "height", "distortion"):
-        value = getattr(args, name)
-        if value is not None:
-            demo[name] = value
-    # Validate the merged section against the schema (minimum sizes, types).
-    source = f"{args.config or 'default config'} with command-line flags"
-    return section(validate_config({"demo": demo}, source), "demo", DemoConfig)
+    names = ("seed", "num_views", "width", "height", "distortion")
+    flags = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    return section(load_config(args.config, overrides={"demo": flags} if flags else None), "demo", DemoConfig)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from pipeline.config import TrainConfig, load_config, section
 from pipeline.formats.atomic import atomic_path
-from pipeline.losses import AugmentationParams, SelfSupervisedLoss, augment_images, augmentation_weight, get_recipe
+from pipeline.losses import SelfSupervisedLoss, augment_images, augmentation_weight, get_recipe
 from pipeline.losses.cosegmentation import make_cosegmentation
 from pipeline.scene.mirror import mirror_intrinsics, mirror_pose
 
@@ -406,7 +406,7 @@ def run_train(
     Raises:
         ValueError: bad arguments, scenes or checkpoints, each naming the culprit.
     """
-    from pipeline.formats.scene_file import read_scene
+    from pipeline.formats.scene_file import cap_num_sources, read_scene
     from pipeline.model import load_checkpoint, save_checkpoint
 
     out_dir = Path(out_dir)
@@ -543,10 +543,7 @@ def run_train(
         if label_paths is not None and "pseudo_label" not in terms:
             log.warning("%d label file(s) given, but train.loss.weights.pseudo_label is 0: they are not used", len(label_paths))
             label_paths = None
-        aug = loss_config.augmentation
-        aug_params = AugmentationParams(
-            aug.brightness, aug.contrast, aug.saturation, aug.gamma, aug.occlusions, tuple(aug.occlusion_size)
-        )
+        aug = aug_params = loss_config.augmentation
         if dist.is_main:
             log.info("%s: recipe %s, terms %s, %d steps, device %s, %d process(es)",
                      mode, recipe.name, {t: recipe.weights[t] for t in terms}, total_steps, device, dist.world_size)
@@ -559,7 +556,9 @@ def run_train(
         label_maps = None
         if label_paths is not None:
             label_maps = [_read_labels(path, scene, scene_path) for path, scene, scene_path in zip(label_paths, loaded, scene_paths)]
-        sampler = ViewSampler(loaded, config.num_sources, size, crop, names=scene_paths, labels=label_maps,
+        stored = min(scene.num_sources for scene in loaded)
+        num_sources = cap_num_sources(config.num_sources, stored, "train.num_sources", ", ".join(map(str, scene_paths)))
+        sampler = ViewSampler(loaded, num_sources, size, crop, names=scene_paths, labels=label_maps,
                               mirror_probability=config.mirror_probability)
         batch_size = 1 if size is None else config.batch_size
         if "cross_view" in terms and config.num_sources < 1:
