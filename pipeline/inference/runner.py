@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config import InferConfig
+from pipeline.formats.atomic import output_lock
 from pipeline.formats.depth_file import DepthWriter
 from pipeline.formats.scene_file import read_scene, read_view
 from pipeline.inference.cache import ViewCache
@@ -76,9 +77,17 @@ def run_inference(
 ) -> Path:
     """Write ``out_path`` (depth.h5) with every view of ``scene_path`` that has a source view.
 
+    ``out_path``'s lock is held for the whole run: a second writer of the same file is refused at once.
     Views already complete in an interrupted run's partial file are skipped. Views without any
     source view in the scene are left out (with a warning).
     """
+    with output_lock(out_path):
+        return _run_locked(scene_path, checkpoint, out_path, config, device)
+
+
+def _run_locked(
+    scene_path: Path, checkpoint: str | os.PathLike, out_path: Path, config: InferConfig, device: torch.device
+) -> Path:
     if config.num_threads is not None:
         torch.set_num_threads(int(config.num_threads))
     if device.type == "cpu" and config.mmap_threshold_kib > 0:

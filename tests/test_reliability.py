@@ -1,0 +1,220 @@
+"""Output safety: one writer per output, temporary files, durable renames, resumption only of the same
+inputs, inputs never overwritten, non-finite inputs and estimates refused.
+
+The concurrency and kill cases run ``python -m pipeline infer`` as real processes on tiny scenes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_infer import SMALL, make_scene
+
+from pipeline.config import InferConfig
+from pipeline.formats.atomic import OutputLockedError, atomic_path, lock_path, output_lock
+from pipeline.formats.depth_file import read_depth_file
+from pipeline.formats.ply import PlyStreamWriter, read_ply
+from pipeline.model import PatchmatchNet, save_checkpoint
+from pipeline.stages.infer import run_infer
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+CPU = InferConfig(device="cpu", num_sources=2)
+# 10 views at 48x64: a run lasts a few seconds, long enough to stop or kill it midway
+SIZES = ((48, 64),) * 10
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _checkpoint(path: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    return save_checkpoint(path, PatchmatchNet(SMALL), {"epoch": 0})
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return _checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", 0)
+
+
+def _infer_process(scene: Path, ckpt: Path, out: Path, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "pipeline", "infer", str(scene), str(ckpt), str(out), "--device", "cpu",
+               "--num-sources", "2", *extra]
+    return subprocess.Popen(command, env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(condition, timeout: float, what: str, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the process ended (rc {process.returncode}) before {what}: {process.stderr.read()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+# --- one writer per output -------------------------------------------------------------------------
+
+
+def test_a_second_infer_on_the_same_output_is_refused_at_once_and_the_first_finishes(tmp_path, checkpoint):
+    make_scene(tmp_path / "scene.h5", sizes=SIZES[:6])
+    out = tmp_path / "depth.h5"
+    first = _infer_process(tmp_path / "scene.h5", checkpoint, out)
+    try:
+        lock = lock_path(out)
+        _wait_for(lambda: lock.exists() and lock.read_text().strip() == str(first.pid), 120, "the lock", first)
+        os.kill(first.pid, signal.SIGSTOP)  # holds its lock while the second one tries
+        partial = out.with_name(out.name + ".partial")
+        before = os.stat(partial) if partial.exists() else None
+        started = time.monotonic()
+        second = subprocess.run(
+            [sys.executable, "-m", "pipeline", "infer", str(tmp_path / "scene.h5"), str(checkpoint), str(out),
+             "--device", "cpu"], env=ENV, cwd=REPO, capture_output=True, text=True, timeout=120,
+        )
+        seconds = time.monotonic() - started
+        assert second.returncode == 1, second.stderr
+        assert str(out) in second.stderr and f"pid {first.pid}" in second.stderr
+        assert "Traceback" not in second.stderr
+        assert "kernels ready" not in second.stderr  # refused before loading anything
+        assert seconds < 60
+        if before is not None:  # the first one's partial file is untouched
+            after = os.stat(partial)
+            assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+        assert not out.exists()
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert sorted(read_depth_file(out)) == list(range(10, 16))
+    assert not lock_path(out).exists() and not out.with_name(out.name + ".partial").exists()
+
+
+_HOLD_LOCK = textwrap.dedent("""
+    import sys, time
+    from pipeline.formats.atomic import output_lock
+    with output_lock(sys.argv[1]):
+        print("held", flush=True)
+        time.sleep(120)
+""")
+
+
+def test_atomic_path_refuses_an_output_another_process_holds(tmp_path):
+    out = tmp_path / "eval.json"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(out)], env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputLockedError, match=rf"eval\.json.*pid {holder.pid}"):
+            with atomic_path(out) as tmp:
+                tmp.write_text("{}")
+        assert not out.exists()
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".eval.json.")]
+    finally:
+        holder.kill()
+        holder.wait()
+    # a holder killed hard leaves its lock file, but not its lock
+    with atomic_path(out) as tmp:
+        tmp.write_text("{}")
+    assert out.read_text() == "{}" and not lock_path(out).exists()
+
+
+def test_output_lock_is_reentrant_within_a_process(tmp_path):
+    out = tmp_path / "depth.h5"
+    with output_lock(out) as lock:
+        assert lock.read_text().strip() == str(os.getpid())
+        with atomic_path(out) as tmp:
+            tmp.write_text("x")
+        assert lock.exists()  # still held by the outer block
+    assert not lock.exists() and out.read_text() == "x"
+
+
+def test_the_rename_moves_only_the_file_this_process_wrote(tmp_path):
+    out = tmp_path / "fused.ply"
+    with pytest.raises(OSError, match="not the one this process wrote"):
+        with atomic_path(out, suffix=".ply") as tmp:
+            tmp.write_text("ours")
+            stranger = tmp_path / "stranger"
+            stranger.write_text("theirs")
+            os.replace(stranger, tmp)  # another writer's file under our temporary name
+    assert not out.exists()
+    assert tmp.read_text() == "theirs"  # not ours to delete either
+
+
+# --- temporary files and durability ----------------------------------------------------------------
+
+
+_KILLED_WRITER = textwrap.dedent("""
+    import sys, time
+    from pipeline.formats.atomic import atomic_path
+    from pipeline.formats.ply import PlyStreamWriter
+    import numpy as np
+    ply, masks = sys.argv[1], sys.argv[2]
+    with PlyStreamWriter(ply, with_color=False) as writer, atomic_path(masks, suffix=".h5") as tmp:
+        writer.append(np.zeros((4, 3)))
+        tmp.write_bytes(b"half")
+        print("writing", flush=True)
+        time.sleep(120)
+""")
+
+
+def test_temporary_files_of_a_killed_writer_are_removed_by_the_next_one(tmp_path):
+    ply, masks = tmp_path / "fused.ply", tmp_path / "fused_masks.h5"
+    writer = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(ply), str(masks)], env=ENV,
+                              stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "writing"
+    writer.kill()
+    writer.wait()
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+    assert any(n.startswith(f".fused.ply.{writer.pid}.") and n.endswith(".body") for n in left), left
+    assert any(n.startswith(f".fused_masks.h5.{writer.pid}.") and n.endswith(".h5") for n in left), left
+    # a live process's temporary file (by its pid) and another output's are left alone
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        live_temp = tmp_path / f".fused.ply.{alive.pid}.abcdefgh.body"
+        live_temp.write_text("")
+        other_output = tmp_path / f".fused.ply.bak.{writer.pid}.abcdefgh.tmp"
+        other_output.write_text("")
+        with PlyStreamWriter(ply, with_color=False) as stream:
+            stream.append(np.ones((2, 3)))
+        with atomic_path(masks, suffix=".h5") as tmp:
+            tmp.write_bytes(b"done")
+        assert len(read_ply(ply).xyz) == 2 and masks.read_bytes() == b"done"
+        left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+        assert left == sorted([live_temp.name, other_output.name])
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_atomic_path_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.path.realpath(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.fspath(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    out = tmp_path / "eval.json"
+    with atomic_path(out, suffix=".json") as tmp:
+        tmp.write_text("{}")
+    real = os.path.realpath
+    assert events[-3:] == [("fsync", real(tmp)), ("replace", str(out)), ("fsync", real(tmp_path))]
+    assert tmp.name.startswith(f".eval.json.{os.getpid()}.")
