@@ -6,6 +6,7 @@ The concurrency and kill cases run ``python -m pipeline infer`` as real processe
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from test_infer import SMALL, make_scene
 from pipeline.config import InferConfig
 from pipeline.formats.atomic import OutputLockedError, atomic_path, lock_path, output_lock
 from pipeline.formats.depth_file import read_depth_file
+from pipeline.formats.paths import check_outputs_distinct
 from pipeline.formats.ply import PlyStreamWriter, read_ply
 from pipeline.model import PatchmatchNet, save_checkpoint
 from pipeline.stages.infer import run_infer
@@ -218,3 +220,32 @@ def test_atomic_path_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp_
     real = os.path.realpath
     assert events[-3:] == [("fsync", real(tmp)), ("replace", str(out)), ("fsync", real(tmp_path))]
     assert tmp.name.startswith(f".eval.json.{os.getpid()}.")
+
+
+# --- inputs and outputs -----------------------------------------------------------------------------
+
+
+def test_check_outputs_distinct(tmp_path):
+    scene = tmp_path / "scene.h5"
+    scene.write_text("scene")
+    (tmp_path / "link.h5").symlink_to(scene)
+    os.link(scene, tmp_path / "hard.h5")
+    for same in (scene, tmp_path / "link.h5", tmp_path / "hard.h5", tmp_path / "sub" / ".." / "scene.h5"):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        with pytest.raises(ValueError, match=r"output depth .*is the input scene .*scene\.h5"):
+            check_outputs_distinct({"scene": scene, "checkpoint": tmp_path / "m.pt"}, {"depth": same})
+    check_outputs_distinct({"scene": scene}, {"depth": tmp_path / "depth.h5"})  # not there yet: fine
+    with pytest.raises(ValueError, match="same file"):
+        check_outputs_distinct({}, {"cloud": tmp_path / "a.ply", "masks": tmp_path / "a.ply"})
+
+
+def test_infer_refuses_to_write_over_its_scene(tmp_path, checkpoint):
+    make_scene(tmp_path / "same.h5", sizes=SIZES[:2])
+    digest = hashlib.sha256((tmp_path / "same.h5").read_bytes()).hexdigest()
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "infer", str(tmp_path / "same.h5"), str(checkpoint), str(tmp_path / "same.h5"),
+         "--device", "cpu"], env=ENV, cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1 and "same.h5" in result.stderr and "is the input scene" in result.stderr
+    assert hashlib.sha256((tmp_path / "same.h5").read_bytes()).hexdigest() == digest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same.h5"]  # no partial, no lock left

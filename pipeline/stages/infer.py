@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config import InferConfig, load_config, parse_assignments, section
+from pipeline.formats.paths import check_outputs_distinct
 from pipeline.inference import run_inference, validate_config
 
 log = logging.getLogger("selfmvs.infer")
@@ -52,8 +53,10 @@ def run_infer(
     :func:`pipeline.inference.run_inference`'s.
     """
     config = config if config is not None else InferConfig()
-    validate_config(config)
     scene_path, out_path = Path(scene_path), Path(out_path)
+    # before anything is written: the partial file and the rename would replace an input
+    check_outputs_distinct({"scene": scene_path, "checkpoint": checkpoint}, {"depth": out_path})
+    validate_config(config)
     if not scene_path.is_file():
         raise FileNotFoundError(f"{scene_path}: scene file not found")
     device = resolve_device(config.device)
