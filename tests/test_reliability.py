@@ -25,6 +25,7 @@ from pipeline.formats.atomic import OutputLockedError, atomic_path, lock_path, o
 from pipeline.formats.depth_file import read_depth_file
 from pipeline.formats.paths import check_outputs_distinct
 from pipeline.formats.ply import PlyStreamWriter, read_ply
+from pipeline.formats.scene_file import write_scene
 from pipeline.model import PatchmatchNet, save_checkpoint
 from pipeline.stages.infer import run_infer
 
@@ -249,3 +250,56 @@ def test_infer_refuses_to_write_over_its_scene(tmp_path, checkpoint):
     assert result.returncode == 1 and "same.h5" in result.stderr and "is the input scene" in result.stderr
     assert hashlib.sha256((tmp_path / "same.h5").read_bytes()).hexdigest() == digest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["same.h5"]  # no partial, no lock left
+
+
+# --- non-finite inputs and estimates ---------------------------------------------------------------
+
+
+def test_infer_refuses_a_checkpoint_with_nan_weights(tmp_path):
+    make_scene(tmp_path / "scene.h5", sizes=SIZES[:2])
+    torch.manual_seed(0)
+    model = PatchmatchNet(SMALL)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("nan")
+    save_checkpoint(tmp_path / "nan.pt", model, {"epoch": 0})
+    with pytest.raises(ValueError, match=r"nan\.pt.*NaN or infinite"):
+        run_infer(tmp_path / "scene.h5", tmp_path / "nan.pt", tmp_path / "depth.h5", CPU)
+    assert not (tmp_path / "depth.h5").exists() and not (tmp_path / "depth.h5.partial").exists()
+
+
+@pytest.mark.parametrize("field", ["K", "cam_from_world", "depth_range"])
+def test_infer_refuses_a_scene_with_non_finite_cameras(tmp_path, checkpoint, field):
+    scene = make_scene(tmp_path / "scene.h5", sizes=SIZES[:3])
+    value = getattr(scene.views[11], field).copy()
+    value.flat[0] = np.nan
+    setattr(scene.views[11], field, value)
+    write_scene(tmp_path / "scene.h5", scene)
+    with pytest.raises(ValueError, match=rf"scene\.h5: view 11 .*{field}"):
+        run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "depth.h5", CPU)
+    assert not (tmp_path / "depth.h5").exists() and not (tmp_path / "depth.h5.partial").exists()
+
+
+def test_a_view_whose_estimate_is_not_finite_is_an_error_naming_it(tmp_path, checkpoint):
+    make_scene(tmp_path / "scene.h5", sizes=SIZES[:3])
+    with pytest.raises(ValueError, match=r"view 11 \(img_01\.png\).*depth is not finite at 1 of"):
+        _run_failing_at_view(tmp_path / "scene.h5", checkpoint, tmp_path / "depth.h5", failing_view=11)
+    assert not (tmp_path / "depth.h5").exists()
+
+
+def _run_failing_at_view(scene_path, checkpoint, out, failing_view):
+    """run_infer whose estimate of ``failing_view`` is NaN (it stops there, the views before it written)."""
+    import pipeline.inference.runner as runner
+
+    real = runner.estimate_view
+
+    def estimate(model, ref, sources, cache, mask_invalid=True):
+        view = real(model, ref, sources, cache, mask_invalid)
+        if ref.image_id == failing_view:
+            view.depth[5, 7] = np.nan
+        return view
+
+    runner.estimate_view = estimate
+    try:
+        run_infer(scene_path, checkpoint, out, CPU)
+    finally:
+        runner.estimate_view = real

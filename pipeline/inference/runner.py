@@ -8,12 +8,13 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipeline.config import InferConfig
 from pipeline.formats.atomic import output_lock
-from pipeline.formats.depth_file import DepthWriter
-from pipeline.formats.scene_file import read_scene, read_view
+from pipeline.formats.depth_file import DepthView, DepthWriter
+from pipeline.formats.scene_file import Scene, read_scene, read_view
 from pipeline.inference.cache import ViewCache
 from pipeline.inference.estimate import estimate_view, fill_low_texture
 from pipeline.inference.memory import MAX_MMAP_THRESHOLD_KIB, set_mmap_threshold
@@ -72,6 +73,41 @@ def warm_up(model: PatchmatchNet, device: torch.device) -> float:
     return seconds
 
 
+def check_weights(model: PatchmatchNet, checkpoint: str | os.PathLike) -> None:
+    """Raise ValueError naming ``checkpoint`` if a weight of the model is NaN or infinite."""
+    bad = [name for name, value in model.state_dict().items()
+           if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise ValueError(f"{checkpoint}: {len(bad)} weight tensor(s) hold NaN or infinite values ({shown})")
+
+
+def check_scene(scene: Scene, scene_path: Path) -> None:
+    """Raise ValueError naming the file and view whose K, pose or depth range is not usable."""
+    for image_id, view in scene.views.items():
+        where = f"{scene_path}: view {image_id} ({view.name})"
+        if not np.isfinite(view.K).all():
+            raise ValueError(f"{where}: K is not finite")
+        if not np.isfinite(view.cam_from_world).all():
+            raise ValueError(f"{where}: cam_from_world is not finite")
+        near, far = (float(v) for v in view.depth_range)
+        if not (np.isfinite(near) and np.isfinite(far) and 0 < near < far):
+            raise ValueError(f"{where}: invalid depth_range [{near}, {far}]")
+
+
+def check_estimate(estimate: DepthView, scene_path: Path, checkpoint: str | os.PathLike) -> None:
+    """Raise ValueError naming the view if its depth or confidence is not finite (never write NaN maps)."""
+    for what, values in (("depth", estimate.depth), ("confidence", estimate.confidence)):
+        if values is None:
+            continue
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        if bad:
+            raise ValueError(
+                f"{scene_path}: view {estimate.image_id} ({estimate.name}): the estimated {what} is not finite at "
+                f"{bad} of {values.size} pixels (checkpoint {checkpoint})"
+            )
+
+
 def run_inference(
     scene_path: Path, checkpoint: str | os.PathLike, out_path: Path, config: InferConfig, device: torch.device
 ) -> Path:
@@ -99,7 +135,9 @@ def _run_locked(
             raise
         raise CheckpointError(f"infer.model {dict(config.model)} does not fit: {error}") from None
     model.eval()
+    check_weights(model, checkpoint)
     scene = read_scene(scene_path, load_images=False)  # metadata only; images are read per view
+    check_scene(scene, scene_path)
     attrs = {
         "kind": "selfmvs.depth",
         "checkpoint": str(checkpoint),
@@ -142,6 +180,7 @@ def _run_locked(
                 estimate = fill_low_texture(estimate, ref, config.plane_fill)
                 filled_pixels += int(estimate.filled.sum())
                 total_pixels += estimate.filled.size
+            check_estimate(estimate, scene_path, checkpoint)
             writer.write(estimate)
             computed += 1
             del ref, estimates
