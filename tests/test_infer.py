@@ -18,6 +18,7 @@ from pipeline.formats.depth_file import DepthView, DepthWriter, read_depth_attrs
 from pipeline.formats.scene_file import Scene, SceneView, write_scene
 from pipeline.model import ModelConfig, PatchmatchNet, save_checkpoint
 from pipeline.inference import plane_fill_setting
+from pipeline.inference.resume import file_sha256
 from pipeline.stages.infer import run_infer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,7 +130,9 @@ def test_infer_resumes_from_a_partial_file(tmp_path, checkpoint):
     marker = DepthView(11, "img_01.png", np.full((24, 32), 7.0, np.float32), None, np.eye(3), np.eye(3, 4))
     attrs = {"checkpoint": str(checkpoint), "scene": str(tmp_path / "scene.h5"), "num_sources": 1,
              "model_config": json.dumps(SMALL.to_dict()), "flip_average": 1,
-             "plane_fill": plane_fill_setting(PlaneFillConfig())}
+             "plane_fill": plane_fill_setting(PlaneFillConfig()),
+             "checkpoint_sha256": file_sha256(checkpoint), "scene_sha256": file_sha256(tmp_path / "scene.h5"),
+             "max_size": 0, "mask_invalid": 1, "device": "cpu"}
     with pytest.raises(KeyboardInterrupt):
         with DepthWriter(out, attrs) as writer:
             writer.write(marker)

@@ -7,6 +7,7 @@ The concurrency and kill cases run ``python -m pipeline infer`` as real processe
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -303,3 +305,93 @@ def _run_failing_at_view(scene_path, checkpoint, out, failing_view):
         run_infer(scene_path, checkpoint, out, CPU)
     finally:
         runner.estimate_view = real
+
+
+# --- resumption --------------------------------------------------------------------------------------
+
+
+def _complete_views(partial: Path) -> int:
+    with h5py.File(partial, "r", locking=False) as handle:
+        return sum("complete" in group.attrs for group in handle["views"].values())
+
+
+def _kill_after_views(process: subprocess.Popen, partial: Path, at_least: int) -> int:
+    """SIGKILL ``process`` once its partial file holds ``at_least`` complete views; returns how many it held.
+
+    The file is read only while the writer is stopped (SIGSTOP), so it is never read mid-write."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"infer ended before it was killed: {process.stderr.read()}"
+        time.sleep(0.1)
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            count = _complete_views(partial) if partial.exists() else 0
+        except (OSError, KeyError):
+            count = 0
+        if count >= at_least:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+            return count
+        os.kill(process.pid, signal.SIGCONT)
+    raise AssertionError("timed out waiting for views in the partial file")
+
+
+def _same_views(a: Path, b: Path) -> None:
+    first, second = read_depth_file(a), read_depth_file(b)
+    assert sorted(first) == sorted(second)
+    for image_id in first:
+        np.testing.assert_array_equal(first[image_id].depth, second[image_id].depth, err_msg=f"view {image_id}")
+        np.testing.assert_array_equal(first[image_id].confidence, second[image_id].confidence)
+
+
+def test_a_killed_infer_resumes_its_views_and_ends_as_a_clean_run(tmp_path, checkpoint):
+    make_scene(tmp_path / "scene.h5", sizes=SIZES)
+    out = tmp_path / "depth.h5"
+    first = _infer_process(tmp_path / "scene.h5", checkpoint, out)
+    done = _kill_after_views(first, out.with_name(out.name + ".partial"), 3)
+    again = subprocess.run(
+        [sys.executable, "-m", "pipeline", "infer", str(tmp_path / "scene.h5"), str(checkpoint), str(out),
+         "--device", "cpu", "--num-sources", "2"], env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert again.returncode == 0, again.stderr
+    assert f"resuming {done} of 10 views" in again.stderr
+    run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "clean.h5", CPU)
+    _same_views(out, tmp_path / "clean.h5")
+
+
+def test_a_checkpoint_replaced_at_the_same_path_is_not_resumed(tmp_path):
+    make_scene(tmp_path / "scene.h5", sizes=SIZES)
+    ckpt, out = tmp_path / "model.pt", tmp_path / "depth.h5"
+    _checkpoint(ckpt, 0)
+    first = _infer_process(tmp_path / "scene.h5", ckpt, out)
+    _kill_after_views(first, out.with_name(out.name + ".partial"), 3)
+    _checkpoint(ckpt, 1)  # new weights, same path
+    again = subprocess.run(
+        [sys.executable, "-m", "pipeline", "infer", str(tmp_path / "scene.h5"), str(ckpt), str(out),
+         "--device", "cpu", "--num-sources", "2"], env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert again.returncode == 0, again.stderr
+    assert "not resumed" in again.stderr and "checkpoint_sha256" in again.stderr
+    assert "resuming" not in again.stderr
+    run_infer(tmp_path / "scene.h5", ckpt, tmp_path / "clean.h5", CPU)
+    _same_views(out, tmp_path / "clean.h5")
+
+
+def test_a_scene_or_setting_changed_since_the_partial_file_is_not_resumed(tmp_path, checkpoint, caplog):
+    caplog.set_level(logging.INFO, logger="selfmvs.infer")
+    scene_path, out = tmp_path / "scene.h5", tmp_path / "depth.h5"
+    make_scene(scene_path, sizes=SIZES[:4])
+    with pytest.raises(ValueError, match="not finite"):
+        # an interrupted run: the last view fails, the others stay in the partial file
+        _run_failing_at_view(scene_path, checkpoint, out, failing_view=13)
+    make_scene(scene_path, sizes=SIZES[:4], seed=1)  # other images, same path
+    run_infer(scene_path, checkpoint, out, CPU)
+    assert "scene_sha256" in caplog.text and "resuming" not in caplog.text
+    run_infer(scene_path, checkpoint, tmp_path / "clean.h5", CPU)
+    _same_views(out, tmp_path / "clean.h5")
+    caplog.clear()
+    with pytest.raises(ValueError, match="not finite"):
+        _run_failing_at_view(scene_path, checkpoint, out.with_name("b.h5"), failing_view=13)
+    run_infer(scene_path, checkpoint, out.with_name("b.h5"), InferConfig(device="cpu", num_sources=2, max_size=32))
+    assert "max_size" in caplog.text and "resuming" not in caplog.text
+    assert read_depth_file(out.with_name("b.h5"))[10].depth.shape == (24, 32)

@@ -19,7 +19,7 @@ from pipeline.inference.cache import ViewCache
 from pipeline.inference.estimate import estimate_view, fill_low_texture
 from pipeline.inference.memory import MAX_MMAP_THRESHOLD_KIB, set_mmap_threshold
 from pipeline.inference.mirror import combine_mirrored
-from pipeline.inference.resume import discard_foreign_partial, plane_fill_setting
+from pipeline.inference.resume import discard_foreign_partial, file_sha256, plane_fill_setting
 from pipeline.model import CheckpointError, PatchmatchNet, load_checkpoint
 
 log = logging.getLogger("selfmvs.infer")
@@ -114,8 +114,9 @@ def run_inference(
     """Write ``out_path`` (depth.h5) with every view of ``scene_path`` that has a source view.
 
     ``out_path``'s lock is held for the whole run: a second writer of the same file is refused at once.
-    Views already complete in an interrupted run's partial file are skipped. Views without any
-    source view in the scene are left out (with a warning).
+    Views already complete in an interrupted run's partial file are kept if that run had the same
+    checkpoint and scene content and the same settings (:mod:`pipeline.inference.resume`). Views
+    without any source view in the scene are left out (with a warning).
     """
     with output_lock(out_path):
         return _run_locked(scene_path, checkpoint, out_path, config, device)
@@ -146,8 +147,13 @@ def _run_locked(
         "model_config": json.dumps(model.config.to_dict()),
         "flip_average": int(config.flip_average),
         "plane_fill": plane_fill_setting(config.plane_fill),
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "scene_sha256": file_sha256(scene_path),
+        "max_size": int(config.max_size or 0),  # 0: full size
+        "mask_invalid": int(config.mask_invalid),
+        "device": device.type,  # CPU and CUDA estimates differ in the last digits
     }
-    discard_foreign_partial(out_path, attrs)
+    resumable = discard_foreign_partial(out_path, attrs)
     from tqdm import tqdm
 
     started = time.perf_counter()
@@ -164,6 +170,10 @@ def _run_locked(
                 log.warning("%s: view %d (%s) has no source view; skipped", scene_path, image_id, view.name)
                 continue
             plan.append((image_id, source_ids))
+        if resumable:
+            done = sum(writer.has(image_id) for image_id in scene.views)
+            log.info("%s: resuming %d of %d views from the partial file (same checkpoint, scene and settings)",
+                     out_path, done, len(scene.views))
         if plan:
             warm_up(model, device)
             started = time.perf_counter()  # the per-view rate below is that of the scene's views
