@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -90,6 +91,21 @@ def test_errors_name_file_and_view(tmp_path):
         read_depth_file(foreign)
     with pytest.raises(DepthFormatError, match="confidence"):
         DepthView(1, "a", np.zeros((2, 3)), np.zeros((3, 2)), np.eye(3), np.eye(4))
+
+
+@pytest.mark.parametrize("version", [2, 0, None, "1", 1.5])
+def test_a_depth_file_of_another_format_version_is_refused(tmp_path, version):
+    path = tmp_path / "depth.h5"
+    write_depth_file(path, [make_view(1)])
+    with h5py.File(path, "a") as handle:
+        if version is None:
+            del handle.attrs["format_version"]
+        else:
+            handle.attrs["format_version"] = version
+    expected = "None" if version is None else repr(version)
+    with pytest.raises(DepthFormatError, match=rf"depth\.h5: format_version {re.escape(expected)} not supported "
+                       r"\(this build of selfmvs reads depth files of format_version 1\)"):
+        read_depth_file(path)
 
 
 _HOLD_LOCK = """

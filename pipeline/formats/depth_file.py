@@ -192,10 +192,32 @@ def _open(path: str | os.PathLike) -> h5py.File:
     except OSError as error:
         raise DepthFormatError(f"{path}: not an HDF5 file ({error})") from None
     kind = handle.attrs.get("kind")
+    if isinstance(kind, bytes):
+        kind = kind.decode(errors="replace")
+    version = handle.attrs.get("format_version")
+    problem = None
     if kind not in KINDS or "views" not in handle:
+        problem = f"not a selfmvs depth file (kind={kind!r})"
+    elif not _is_current_version(version):
+        problem = (f"format_version {_plain(version)!r} not supported "
+                   f"(this build of selfmvs reads depth files of format_version {FORMAT_VERSION})")
+    if problem is not None:
         handle.close()
-        raise DepthFormatError(f"{path}: not a selfmvs depth file (kind={kind!r})")
+        raise DepthFormatError(f"{path}: {problem}")
     return handle
+
+
+def _plain(value):
+    """An attribute value as a plain Python value for messages."""
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _is_current_version(version) -> bool:
+    return isinstance(version, (int, np.integer)) and int(version) == FORMAT_VERSION
 
 
 def _read_view(path: Path, views: h5py.Group, key: str) -> DepthView:
