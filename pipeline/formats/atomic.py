@@ -146,8 +146,9 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
         names = os.listdir(target.parent)
     except FileNotFoundError:
         return removed
+    prefix = f".{target.name}."
     for name in names:
-        match = pattern.match(name)
+        match = pattern.match(name) if name.startswith(prefix) else None
         if match is None:
             continue
         pid = int(match.group(1))
