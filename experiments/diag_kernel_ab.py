@@ -52,7 +52,7 @@ def main() -> int:
     from kernels.warp_correlation import cpu
     from pipeline.formats.scene_file import read_scene, read_view
     from pipeline.model import load_checkpoint
-    from pipeline.stages.infer import ViewCache
+    from pipeline.inference import ViewCache
 
     torch.set_num_threads(args.threads)
     old = load_revision_kernel(args.rev)

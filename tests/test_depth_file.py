@@ -1,7 +1,14 @@
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
 
+from pipeline.formats.atomic import OutputLockedError
 from pipeline.formats.depth_file import (
     DepthFormatError,
     DepthView,
@@ -84,3 +91,50 @@ def test_errors_name_file_and_view(tmp_path):
         read_depth_file(foreign)
     with pytest.raises(DepthFormatError, match="confidence"):
         DepthView(1, "a", np.zeros((2, 3)), np.zeros((3, 2)), np.eye(3), np.eye(4))
+
+
+@pytest.mark.parametrize("version", [2, 0, None, "1", 1.5])
+def test_a_depth_file_of_another_format_version_is_refused(tmp_path, version):
+    path = tmp_path / "depth.h5"
+    write_depth_file(path, [make_view(1)])
+    with h5py.File(path, "a") as handle:
+        if version is None:
+            del handle.attrs["format_version"]
+        else:
+            handle.attrs["format_version"] = version
+    expected = "None" if version is None else repr(version)
+    with pytest.raises(DepthFormatError, match=rf"depth\.h5: format_version {re.escape(expected)} not supported "
+                       r"\(this build of selfmvs reads depth files of format_version 1\)"):
+        read_depth_file(path)
+
+
+_HOLD_LOCK = """
+import sys, time
+from pipeline.formats.atomic import output_lock
+with output_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_writer_of_a_depth_file_is_refused_and_leaves_the_partial_file_alone(tmp_path):
+    path = tmp_path / "labels.h5"
+    with pytest.raises(RuntimeError):
+        with DepthWriter(path) as writer:
+            writer.write(make_view(1))
+            raise RuntimeError("interrupted")
+    partial = tmp_path / "labels.h5.partial"
+    before = partial.read_bytes()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(path)], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputLockedError, match=rf"labels\.h5: being written by another process \(pid {holder.pid}"):
+            write_depth_file(path, [make_view(2)])
+        with pytest.raises(OutputLockedError, match=rf"pid {holder.pid}"):
+            with DepthWriter(path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert partial.read_bytes() == before and not path.exists()

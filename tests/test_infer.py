@@ -17,7 +17,9 @@ from pipeline.config import InferConfig, PlaneFillConfig
 from pipeline.formats.depth_file import DepthView, DepthWriter, read_depth_attrs, read_depth_file
 from pipeline.formats.scene_file import Scene, SceneView, write_scene
 from pipeline.model import ModelConfig, PatchmatchNet, save_checkpoint
-from pipeline.stages.infer import plane_fill_setting, run_infer
+from pipeline.inference import plane_fill_setting
+from pipeline.inference.resume import file_sha256
+from pipeline.stages.infer import run_infer
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ModelConfig(iterations=(1, 1, 1), num_initial_hypotheses=16)
@@ -128,7 +130,9 @@ def test_infer_resumes_from_a_partial_file(tmp_path, checkpoint):
     marker = DepthView(11, "img_01.png", np.full((24, 32), 7.0, np.float32), None, np.eye(3), np.eye(3, 4))
     attrs = {"checkpoint": str(checkpoint), "scene": str(tmp_path / "scene.h5"), "num_sources": 1,
              "model_config": json.dumps(SMALL.to_dict()), "flip_average": 1,
-             "plane_fill": plane_fill_setting(PlaneFillConfig())}
+             "plane_fill": plane_fill_setting(PlaneFillConfig()),
+             "checkpoint_sha256": file_sha256(checkpoint), "scene_sha256": file_sha256(tmp_path / "scene.h5"),
+             "max_size": 0, "mask_invalid": 1, "device": "cpu"}
     with pytest.raises(KeyboardInterrupt):
         with DepthWriter(out, attrs) as writer:
             writer.write(marker)
@@ -202,7 +206,7 @@ def test_mmap_threshold_is_set_through_mallopt():
     """glibc (this project's Linux machines) takes the threshold; elsewhere the line says why not."""
     import platform
 
-    from pipeline.stages.infer import set_mmap_threshold
+    from pipeline.inference import set_mmap_threshold
 
     line = set_mmap_threshold(512)
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
@@ -213,7 +217,7 @@ def test_mmap_threshold_is_set_through_mallopt():
 
 def test_view_cache_reuses_prepared_views(tmp_path, checkpoint):
     from pipeline.model import load_checkpoint
-    from pipeline.stages.infer import ViewCache
+    from pipeline.inference import ViewCache
 
     make_scene(tmp_path / "scene.h5")
     model, _ = load_checkpoint(checkpoint)
@@ -233,7 +237,7 @@ def test_estimate_view_equals_the_network_on_the_images(tmp_path, checkpoint):
     """The cached sources hand the network placeholders for their images: same depth as the images."""
     from pipeline.formats.scene_file import read_view
     from pipeline.model import load_checkpoint
-    from pipeline.stages.infer import ViewCache, estimate_view, prepare_view
+    from pipeline.inference import ViewCache, estimate_view, prepare_view
 
     make_scene(tmp_path / "scene.h5", with_mask=False)
     model, _ = load_checkpoint(checkpoint)
@@ -255,7 +259,7 @@ def test_estimate_view_equals_the_network_on_the_images(tmp_path, checkpoint):
 
 def test_view_cache_with_a_schedule_evicts_the_view_needed_last(tmp_path, checkpoint):
     from pipeline.model import load_checkpoint
-    from pipeline.stages.infer import ViewCache
+    from pipeline.inference import ViewCache
 
     make_scene(tmp_path / "scene.h5")
     model, _ = load_checkpoint(checkpoint)
@@ -338,7 +342,7 @@ def test_infer_on_cuda(tmp_path, checkpoint):
 def test_infer_loads_the_kernels_once_before_the_first_view(tmp_path, checkpoint, caplog, monkeypatch):
     import logging
 
-    import pipeline.stages.infer as infer_stage
+    import pipeline.inference.runner as infer_stage
 
     calls = []
     warm_up, estimate_view = infer_stage.warm_up, infer_stage.estimate_view
@@ -353,7 +357,7 @@ def test_infer_loads_the_kernels_once_before_the_first_view(tmp_path, checkpoint
 
 def test_warm_up_leaves_the_model_as_it_was(checkpoint):
     from pipeline.model import load_checkpoint
-    from pipeline.stages.infer import warm_up
+    from pipeline.inference import warm_up
 
     model, _ = load_checkpoint(checkpoint, strict=True)
     model.eval()
@@ -435,7 +439,7 @@ def test_mirroring_cache_runs_the_network_on_the_mirrored_scene(tmp_path, checkp
     way, flipped back: same images, same relative poses, same maps."""
     from pipeline.formats.scene_file import read_view
     from pipeline.model import load_checkpoint
-    from pipeline.stages.infer import ViewCache, estimate_view
+    from pipeline.inference import ViewCache, estimate_view
 
     scene = make_scene(tmp_path / "scene.h5", sizes=((24, 32), (24, 32), (24, 32)), seed=5)
     _mirrored_scene_file(scene, tmp_path / "mirrored.h5")
@@ -456,7 +460,7 @@ def test_mirroring_cache_runs_the_network_on_the_mirrored_scene(tmp_path, checkp
 
 
 def test_combine_mirrored_averages_agreeing_depths_and_else_takes_the_more_confident():
-    from pipeline.stages.infer import combine_mirrored
+    from pipeline.inference import combine_mirrored
 
     def view(depth, confidence):
         return DepthView(image_id=1, name="a.png", depth=np.array([depth], np.float32),
@@ -474,7 +478,7 @@ def test_combine_mirrored_averages_agreeing_depths_and_else_takes_the_more_confi
 
 
 def test_infer_flip_average_writes_the_combination_and_keeps_its_setting(tmp_path, checkpoint):
-    from pipeline.stages.infer import combine_mirrored
+    from pipeline.inference import combine_mirrored
 
     scene = make_scene(tmp_path / "scene.h5", sizes=((24, 32), (24, 32), (24, 32)), seed=6)
     one_pass = InferConfig(num_sources=2, device="cpu", flip_average=False)
@@ -507,7 +511,7 @@ def test_mirrored_pass_of_the_shipped_network_is_as_good_as_the_direct_one(tmp_p
     from pipeline.evaluation import depth_errors
     from pipeline.formats.scene_file import read_view
     from pipeline.model import load_checkpoint
-    from pipeline.stages.infer import ViewCache, combine_mirrored, estimate_view
+    from pipeline.inference import ViewCache, combine_mirrored, estimate_view
     from pipeline.stages.prepare import run_prepare
     from pipeline.synth import render_scene
 

@@ -13,7 +13,9 @@ Layout (docs/formats.md)::
 
 Files are written atomically. :class:`DepthWriter` writes view by view into ``<path>.partial`` and
 renames it to ``path`` when closed after success, so a long inference can be resumed: a rerun finds
-the partial file and :meth:`DepthWriter.has` tells which views are already complete.
+the partial file and :meth:`DepthWriter.has` tells which views are already complete. The writer holds
+``<path>.lock`` (:func:`pipeline.formats.atomic.output_lock`) while open: a second writer of the same
+file is refused at once, and the rename moves only the partial file this writer opened.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Iterable, Mapping
 
 import h5py
 import numpy as np
+
+from pipeline.formats.atomic import OutputLockedError, output_lock, replace_own
 
 FORMAT_VERSION = 1
 KINDS = ("selfmvs.depth", "selfmvs.gt_depth", "selfmvs.depth_labels")
@@ -121,18 +125,32 @@ class DepthWriter:
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.attrs = dict(attrs or {})
         self._handle: h5py.File | None = None
+        self._lock = None
+        self._identity: os.stat_result | None = None
 
     def __enter__(self) -> "DepthWriter":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = output_lock(self.path)
+        self._lock.__enter__()
+        try:
+            self._open()
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+        return self
+
+    def _open(self) -> None:
         try:
             self._handle = h5py.File(self.partial, "a")
-        except OSError:
+        except OSError as error:
+            if "lock" in str(error).lower():
+                # HDF5's own lock: a process reading or writing the partial file outside our lock file
+                raise OutputLockedError(f"{self.partial}: opened by another process ({error})") from None
             # A partial file broken by a hard kill: start over rather than fail.
             self.partial.unlink(missing_ok=True)
             self._handle = h5py.File(self.partial, "w")
+        self._identity = os.stat(self.partial)
         _write_file_attrs(self._handle, self.attrs)
         self._handle.require_group("views")
-        return self
 
     def has(self, image_id: int) -> bool:
         group = self._handle["views"].get(str(int(image_id)))
@@ -143,10 +161,14 @@ class DepthWriter:
         self._handle.flush()
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._handle.close()
-        self._handle = None
-        if exc_type is None:
-            os.replace(self.partial, self.path)
+        try:
+            self._handle.close()
+            self._handle = None
+            if exc_type is None:
+                replace_own(self.partial, self.path, self._identity)
+        finally:
+            self._lock.__exit__(exc_type, exc, tb)
+            self._lock = None
 
 
 def write_depth_file(
@@ -154,10 +176,11 @@ def write_depth_file(
 ) -> None:
     """Write all ``views`` to ``path`` atomically (any previous partial file is discarded)."""
     path = Path(path)
-    path.with_name(path.name + ".partial").unlink(missing_ok=True)
-    with DepthWriter(path, attrs) as writer:
-        for view in views:
-            writer.write(view)
+    with output_lock(path):
+        path.with_name(path.name + ".partial").unlink(missing_ok=True)
+        with DepthWriter(path, attrs) as writer:
+            for view in views:
+                writer.write(view)
 
 
 def _open(path: str | os.PathLike) -> h5py.File:
@@ -169,10 +192,32 @@ def _open(path: str | os.PathLike) -> h5py.File:
     except OSError as error:
         raise DepthFormatError(f"{path}: not an HDF5 file ({error})") from None
     kind = handle.attrs.get("kind")
+    if isinstance(kind, bytes):
+        kind = kind.decode(errors="replace")
+    version = handle.attrs.get("format_version")
+    problem = None
     if kind not in KINDS or "views" not in handle:
+        problem = f"not a selfmvs depth file (kind={kind!r})"
+    elif not _is_current_version(version):
+        problem = (f"format_version {_plain(version)!r} not supported "
+                   f"(this build of selfmvs reads depth files of format_version {FORMAT_VERSION})")
+    if problem is not None:
         handle.close()
-        raise DepthFormatError(f"{path}: not a selfmvs depth file (kind={kind!r})")
+        raise DepthFormatError(f"{path}: {problem}")
     return handle
+
+
+def _plain(value):
+    """An attribute value as a plain Python value for messages."""
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _is_current_version(version) -> bool:
+    return isinstance(version, (int, np.integer)) and int(version) == FORMAT_VERSION
 
 
 def _read_view(path: Path, views: h5py.Group, key: str) -> DepthView:

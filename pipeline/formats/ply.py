@@ -14,13 +14,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import plyfile
 
-from pipeline.formats.atomic import atomic_path
+from pipeline.formats.atomic import atomic_path, output_lock, private_temp, remove_stale_temps
 
 
 class PlyFormatError(ValueError):
@@ -169,12 +168,19 @@ class PlyStreamWriter:
         self.count = 0
         self._body = None
         self._body_path: Path | None = None
+        self._lock = None
 
     def __enter__(self) -> "PlyStreamWriter":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".body", dir=self.path.parent)
-        self._body = os.fdopen(handle, "wb")
-        self._body_path = Path(name)
+        # the output's lock for the whole stream, so a second writer is refused before it writes a body
+        self._lock = output_lock(self.path)
+        self._lock.__enter__()
+        try:
+            remove_stale_temps(self.path)
+            self._body_path = private_temp(self.path, ".body")
+            self._body = open(self._body_path, "wb")
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
         return self
 
     def append(self, xyz: np.ndarray, rgb: np.ndarray | None = None, normals: np.ndarray | None = None) -> None:
@@ -199,3 +205,4 @@ class PlyStreamWriter:
                         shutil.copyfileobj(body, out, length=16 << 20)
         finally:
             self._body_path.unlink(missing_ok=True)
+            self._lock.__exit__(exc_type, exc, tb)
