@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pipeline.config import parse_assignments
+from pipeline.formats.paths import check_outputs_distinct
 from pipeline.model.checkpoint import export_weights
 
 
@@ -22,5 +23,6 @@ def main(args) -> int:
         overrides = parse_assignments(args.model)
     except ValueError as error:
         raise SystemExit(f"export-checkpoint --model: {error}") from None
+    check_outputs_distinct({"training checkpoint": args.src}, {"weights": args.dst})
     export_weights(args.src, args.dst, args.note, overrides)
     return 0

@@ -13,6 +13,7 @@ import yaml
 
 from pipeline.config import ConfigError, load_config, validate_config
 from pipeline.formats.atomic import atomic_path
+from pipeline.formats.paths import check_outputs_distinct
 
 
 def add_arguments(parser) -> None:
@@ -23,6 +24,8 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
+    if args.config is not None and args.out is not None:
+        check_outputs_distinct({"config": args.config}, {"out": args.out})
     if args.json is not None:
         try:
             raw = json.loads(args.json)

@@ -22,6 +22,7 @@ from pipeline.evaluation.scene_eval import DepthPools, cloud_section, reference_
 from pipeline.formats.depth_file import list_depth_views, read_depth_view
 from pipeline.formats.eval_json import write_eval_json
 from pipeline.formats.fused_masks import FusedMasksError, default_masks_path, read_fused_masks
+from pipeline.formats.paths import check_outputs_distinct
 from pipeline.formats.ply import read_ply
 from pipeline.formats.scene_file import read_scene
 
@@ -90,6 +91,9 @@ def run_evaluate(
     scene_dir, scene_h5, depth_h5 = Path(scene_dir), Path(scene_h5), Path(depth_h5)
     fused_ply, out_json = Path(fused_ply), Path(out_json)
     masks_h5 = Path(masks_h5) if masks_h5 is not None else default_masks_path(fused_ply)
+    check_outputs_distinct(
+        {"scene": scene_h5, "depth": depth_h5, "cloud": fused_ply, "masks": masks_h5}, {"scores": out_json}
+    )
     masks = _read_masks(masks_h5)
     rng = np.random.default_rng(config.seed)
 

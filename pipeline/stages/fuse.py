@@ -21,6 +21,7 @@ from pipeline.config import FuseConfig, load_config, section
 from pipeline.formats.fused_masks import FusedMaskView, default_masks_path, fused_masks_writer
 from pipeline.formats.depth_file import list_depth_views, read_depth_view
 from pipeline.formats.ply import PlyStreamWriter
+from pipeline.formats.paths import check_outputs_distinct
 from pipeline.formats.scene_file import cap_num_sources, list_scene_views, read_scene, read_view
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ def run_fuse(
     start = time.perf_counter()
     scene_h5, depth_h5, out_ply = Path(scene_h5), Path(depth_h5), Path(out_ply)
     masks_path = Path(masks_path) if masks_path is not None else default_masks_path(out_ply)
+    check_outputs_distinct({"scene": scene_h5, "depth": depth_h5}, {"cloud": out_ply, "masks": masks_path})
     # torch is imported here, not at module level: ``selfmvs --help`` stays fast.
     from pipeline.fusion.stage_inputs import CameraMismatchError, resolve_device, torch_threads
 

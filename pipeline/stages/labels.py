@@ -23,6 +23,7 @@ from pipeline.formats.depth_file import DepthView, list_depth_views, read_depth_
 from pipeline.formats.fused_masks import FusedMasksError, read_fused_masks
 from pipeline.formats.labels_file import KIND as LABELS_KIND
 from pipeline.formats.labels_file import write_labels_file
+from pipeline.formats.paths import check_outputs_distinct
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ def run_pseudo_labels(
         LabelsInputError, ``DepthFormatError``, FileNotFoundError: each naming the file at fault.
     """
     depth_h5, masks_h5, out_h5 = Path(depth_h5), Path(masks_h5), Path(out_h5)
+    check_outputs_distinct({"depth": depth_h5, "masks": masks_h5}, {"labels": out_h5})
     if not masks_h5.is_file():
         raise FileNotFoundError(f"{masks_h5}: fusion mask file not found")
     attrs = read_depth_attrs(depth_h5)

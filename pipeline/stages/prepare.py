@@ -24,6 +24,7 @@ import numpy as np
 from pipeline.colmap import read_model
 from pipeline.config import PrepareConfig, load_config, section
 from pipeline.formats.photo import PhotoError, read_photo
+from pipeline.formats.paths import check_outputs_distinct
 from pipeline.formats.scene_file import SceneView, SceneWriter
 from pipeline.scene.camera_plan import CameraPlans
 from pipeline.scene.depth_range import DepthRangeOptions, suggest_num_depth, view_depth_range
@@ -63,6 +64,7 @@ def run_prepare(
     """
     started = time.perf_counter()
     scene_dir, out_path = Path(scene_dir), Path(out_path)
+    check_outputs_distinct({"scene folder": scene_dir}, {"scene": out_path})
     cameras, images, points3D = read_model(scene_dir)
     if not images:
         raise PrepareError(f"{scene_dir}: the COLMAP model has no registered image")

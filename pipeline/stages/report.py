@@ -19,6 +19,7 @@ import numpy as np
 
 from pipeline.config import ReportConfig, load_config, section
 from pipeline.formats.depth_file import list_depth_views, read_depth_view
+from pipeline.formats.paths import check_outputs_distinct
 from pipeline.formats.ply import read_ply
 from pipeline.formats.scene_file import list_scene_views, read_view
 from pipeline.report import (
@@ -78,6 +79,8 @@ def run_report(
 ) -> Path:
     """Write the figures and ``index.html`` into ``out_dir``; returns the page's path."""
     scene_h5, depth_h5, out_dir = Path(scene_h5), Path(depth_h5), Path(out_dir)
+    inputs = {"scene": scene_h5, "depth": depth_h5, "cloud": fused_ply, "scores": eval_json, "losses": training_csv}
+    check_outputs_distinct({k: v for k, v in inputs.items() if v is not None}, {"report folder": out_dir})
     out_dir.mkdir(parents=True, exist_ok=True)
     title = title or f"selfmvs report: {Path(scene_dir).name if scene_dir else scene_h5.parent.name}"
     sections: list[Section] = []

@@ -13,6 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from pipeline.formats.paths import check_outputs_distinct
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -40,6 +42,10 @@ def run_sfm(scene_dir: str | os.PathLike, out_dir: str | os.PathLike, *, single_
     if len(names) < 2:
         raise ValueError(f"{image_dir}: need at least 2 photos to register, found {len(names)}")
     out_dir = Path(out_dir)
+    # The output folder is replaced whole: it must not be (or hold) the photos it is made from.
+    check_outputs_distinct({"photo folder": scene_dir, "images": image_dir}, {"scene folder": out_dir})
+    if image_dir.resolve().is_relative_to(out_dir.resolve()):
+        raise ValueError(f"output folder {str(out_dir)!r} holds the photos {str(image_dir)!r}; replacing it would delete them")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
