@@ -213,8 +213,11 @@ class FinetuneConfig:
     """``train.finetune``: per-scene self-supervised fine-tuning."""
 
     enabled: bool = True
-    steps: int = 300
-    max_seconds: float | None = 120.0
+    steps: int | None = None
+    megapixel_steps: float = 16.5
+    min_steps: int = 10
+    max_steps: int = 300
+    max_seconds: float | None = 1800.0
     learning_rate: float = 0.0001
     freeze_batchnorm: bool = True
     full_resolution: bool = False
@@ -284,6 +287,7 @@ class TrainConfig:
 
     seed: int = 0
     steps: int = 2000
+    max_seconds: float | None = None
     batch_size: int = 2
     num_sources: int = 4
     width: int = 320
