@@ -1,4 +1,4 @@
-"""pipeline.model.device.resolve_device: the one device helper."""
+"""pipeline.model.device.resolve_device: the one place that turns a device name into a torch.device."""
 
 from __future__ import annotations
 
