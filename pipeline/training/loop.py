@@ -57,7 +57,10 @@ def train(
     """
     finetuning = mode == "finetune"
     dist = Distributed.from_env()
-    device = resolve_device(config.device, dist.local_rank)
+    try:
+        device = resolve_device(config.device, dist.local_rank)
+    except ValueError as error:
+        raise ValueError(f"train.{error}") from None
     dist.init(device)
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
