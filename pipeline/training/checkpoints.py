@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.formats.loss_log import read_loss_log, write_loss_log, write_run_summary
+from pipeline.formats.loss_log import FORMAT_VERSION, LossLog, read_loss_log, write_loss_log, write_run_summary
 
 log = logging.getLogger("selfmvs.train")
 
@@ -52,7 +52,6 @@ class CheckpointFolder:
     def save(self, step: int, model: torch.nn.Module, extra: dict, rows, columns, terms) -> None:
         from pipeline.model import save_checkpoint
         from pipeline.report.figures import loss_figure
-        from pipeline.formats.loss_log import LossLog
 
         save_checkpoint(self.folder / f"step_{step:07d}.pt", model, extra)
         save_checkpoint(self.last, model, extra)
@@ -61,7 +60,7 @@ class CheckpointFolder:
             old.unlink(missing_ok=True)
         write_loss_log(self.folder / LOSSES, rows, columns)
         if rows:
-            loss_figure(self.folder / PLOT, LossLog(["step", "loss", *terms], rows, 2))
+            loss_figure(self.folder / PLOT, LossLog(["step", "loss", *terms], rows, FORMAT_VERSION))
 
     def summarise(self, summary: dict) -> None:
         write_run_summary(self.folder / SUMMARY, summary)
