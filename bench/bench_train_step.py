@@ -42,7 +42,7 @@ def make_step(recipe: str):
     from pipeline.config import AugmentationConfig
     from pipeline.losses import SelfSupervisedLoss, get_recipe
     from pipeline.model import ModelConfig, PatchmatchNet
-    from pipeline.stages.train import _train_step
+    from pipeline.training.step import train_step as _train_step
 
     torch.manual_seed(0)
     model = PatchmatchNet(ModelConfig()).train()

@@ -62,6 +62,7 @@ def depth_quality(depth_h5: Path, gt_h5: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from pipeline.config import InferConfig, TrainConfig, load_config, parse_assignments, section
+    from pipeline.formats.loss_log import read_loss_log
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
@@ -136,8 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                          + (f" {args.recipe}" if args.recipe else ""))
                 runs.append((label + "".join(f" {item}" for item in args.train_set), out / "last.pt"))
                 finetune_wall = time.perf_counter() - started
-                with open(out / "losses.csv") as log:
-                    finetune_steps = int(log.read().strip().splitlines()[-1].split(",")[0])
+                finetune_steps = read_loss_log(out / "losses.csv").rows[-1]["step"]
             for name, weights in runs:
                 depth_h5 = work / f"{tag}_{name.replace(' ', '_')}.h5"
                 started = time.perf_counter()

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.formats.loss_log import write_loss_log
+
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "pipeline" / "checkpoints" / "selfmvs_synthetic.pt"
 
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.formats.scene_file import read_scene
     from pipeline.losses import pseudo_label_loss
     from pipeline.model import load_checkpoint, save_checkpoint
-    from pipeline.stages.train import ViewSampler
+    from pipeline.training.sampler import ViewSampler
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--labels", choices=("gt", "pseudo"), required=True)
@@ -92,30 +94,30 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     generator = torch.Generator().manual_seed(0)
     started = time.perf_counter()
-    with open(args.out / "losses.csv", "w") as log:
-        log.write("step,loss,seconds\n")
-        for step in range(1, args.steps + 1):
-            items = sampler.item_indices(step, 2, 0, 1, 0)
-            samples = [sampler.sample(i, generator) for i in items]
-            batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
-            height, width = batch["images"].shape[-2:]  # size=None: the view from its top-left corner
-            target = torch.stack([labels[sampler.items[i][0]][sampler.items[i][1]][:height, :width] for i in items])[:, None]
-            images, K, poses, ranges = batch["images"], batch["K"], batch["cam_from_world"], batch["depth_range"]
-            views = images.shape[1]
-            output = model([images[:, v] for v in range(views)], [K[:, v].float() for v in range(views)],
-                           [poses[:, v].float() for v in range(views)], ranges[:, 0, 0].float(), ranges[:, 0, 1].float())
-            target = torch.where(batch["mask"], target, torch.zeros_like(target))  # no label outside the valid pixels
-            loss = torch.stack([pseudo_label_loss(depth, target) for depths in output.stage_depths.values() for depth in depths]).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            log.write(f"{step},{loss.item():.5f},{time.perf_counter() - started:.1f}\n")
-            log.flush()
-            if step % 100 == 0:
-                save_checkpoint(args.out / f"step_{step}.pt", model.eval())
-                model.train()
-                print(f"step {step}: loss {loss.item():.4f}, {time.perf_counter() - started:.0f} s", flush=True)
+    rows = []
+    for step in range(1, args.steps + 1):
+        tic = time.perf_counter()
+        items = sampler.item_indices(step, 2, 0, 1, 0)
+        samples = [sampler.sample(i, generator) for i in items]
+        batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+        height, width = batch["images"].shape[-2:]  # size=None: the view from its top-left corner
+        target = torch.stack([labels[sampler.items[i][0]][sampler.items[i][1]][:height, :width] for i in items])[:, None]
+        images, K, poses, ranges = batch["images"], batch["K"], batch["cam_from_world"], batch["depth_range"]
+        views = images.shape[1]
+        output = model([images[:, v] for v in range(views)], [K[:, v].float() for v in range(views)],
+                       [poses[:, v].float() for v in range(views)], ranges[:, 0, 0].float(), ranges[:, 0, 1].float())
+        target = torch.where(batch["mask"], target, torch.zeros_like(target))  # no label outside the valid pixels
+        loss = torch.stack([pseudo_label_loss(depth, target) for depths in output.stage_depths.values() for depth in depths]).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        rows.append({"step": step, "loss": loss.item(), "seconds": time.perf_counter() - tic})
+        write_loss_log(args.out / "losses.csv", rows, ["step", "loss", "seconds"])
+        if step % 100 == 0:
+            save_checkpoint(args.out / f"step_{step}.pt", model.eval())
+            model.train()
+            print(f"step {step}: loss {loss.item():.4f}, {time.perf_counter() - started:.0f} s", flush=True)
     return 0
 
 

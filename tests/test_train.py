@@ -18,7 +18,8 @@ import yaml
 from pipeline.config import TrainConfig, load_config, section
 from pipeline.formats.scene_file import Scene, SceneView, write_scene
 from pipeline.model import load_checkpoint
-from pipeline.stages.train import ViewSampler, lr_multiplier, run_train
+from pipeline.stages.train import run_train
+from pipeline.training import ViewSampler, lr_multiplier
 
 REPO = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH = 48, 64
@@ -159,7 +160,7 @@ def test_finetune_freezes_batchnorm_and_respects_budget(scene_path, tmp_path):
     assert load_checkpoint(tuned)[1]["mode"] == "finetune"
     # Fine-tuning runs at its own constant rate from the first step (no training warm-up).
     assert float(read_rows(tmp_path / "tuned")[0]["lr"]) == pytest.approx(1e-3)
-    # The budget counts from the end of the first step (which loads the kernels): the run stops after step 2.
+    # The time limit counts from the end of the first step (which loads the kernels): the run stops after step 2.
     budget = tiny_config(finetune={"steps": 50, "max_seconds": 1e-6, "objective": "photometric"})
     stopped = run_train(budget, tmp_path / "budget", finetune=scene_path, init=init)
     assert load_checkpoint(stopped)[1]["step"] == 2
@@ -273,7 +274,7 @@ def _position_labels(scene_path: Path, path: Path, size=(HEIGHT, WIDTH)) -> Path
 
 def test_sampler_crops_labels_with_the_reference(scene_path, tmp_path):
     from pipeline.formats.scene_file import read_scene
-    from pipeline.stages.train import _read_labels
+    from pipeline.training.data import read_labels as _read_labels
 
     scene = read_scene(scene_path)
     labels = _read_labels(_position_labels(scene_path, tmp_path / "labels.h5"), scene, scene_path)
@@ -296,7 +297,7 @@ def test_sampler_mirror_flips_the_sample_into_a_consistent_scene(scene_path, tmp
     """mirror_probability 1: the sample drawn with the same generator as without mirroring, flipped
     left-right, with cameras that see the reflected world point at the flipped pixels of every view."""
     from pipeline.formats.scene_file import read_scene
-    from pipeline.stages.train import _read_labels
+    from pipeline.training.data import read_labels as _read_labels
 
     scene = read_scene(scene_path)
     labels = _read_labels(_position_labels(scene_path, tmp_path / "labels.h5"), scene, scene_path)
@@ -386,3 +387,101 @@ def test_pseudo_label_bad_input(scene_path, tmp_path):
         run_train(config, tmp_path / "a", [scene_path], labels=[small])
     with pytest.raises(ValueError, match="not a readable label file"):
         run_train(config, tmp_path / "a", [scene_path], labels=[scene_path])
+
+
+# ------------------------------------------------------------------------------------------------
+# fine-tuning budgets: steps fixed before the run, the time limit only a loud safety stop
+
+
+class SlowClock:
+    """A machine ``seconds_per_call`` slower at every look at the clock."""
+
+    def __init__(self, seconds_per_call: float):
+        self.now, self.seconds_per_call = 0.0, seconds_per_call
+
+    def __call__(self) -> float:
+        self.now += self.seconds_per_call
+        return self.now
+
+
+def test_finetune_steps_scale_with_the_image_not_the_clock():
+    from pipeline.config import FinetuneConfig
+    from pipeline.training import finetune_steps
+
+    config = FinetuneConfig()
+    assert config.steps is None and config.max_seconds >= 600  # the limit is a safety stop, not the budget
+    assert finetune_steps(config, 320 * 240 / 1e6) == 215  # the demo scene
+    assert finetune_steps(config, 640 * 480 / 1e6) == 54  # a step does 4x the work: 4x fewer steps
+    assert finetune_steps(config, 1e-4) == config.max_steps and finetune_steps(config, 100.0) == config.min_steps
+    assert finetune_steps(dataclasses.replace(config, steps=7), 100.0) == 7
+
+
+def test_finetune_makes_the_same_steps_on_a_busy_machine(scene_path, tmp_path, monkeypatch):
+    """Scaled step budget (3 steps on the 64x48 scene) with the default time limit: a machine slow
+    enough that the former 120 s budget would have stopped after 2 steps gives the same weights."""
+    from pipeline.training import loop
+
+    init = run_train(tiny_config(steps=1), tmp_path / "init", [scene_path])
+    config = tiny_config(finetune={"megapixel_steps": 3 * HEIGHT * WIDTH / 1e6, "min_steps": 1, "objective": "photometric",
+                                   "full_resolution": True})
+    assert config.finetune.steps is None
+    idle = run_train(config, tmp_path / "idle", finetune=scene_path, init=init)
+    monkeypatch.setattr(loop, "clock", SlowClock(200.0))
+    busy = run_train(config, tmp_path / "busy", finetune=scene_path, init=init)
+    for path in (idle, busy):
+        _, extra = load_checkpoint(path)
+        assert extra["step"] == extra["total_steps"] == 3 and extra["stopped_early"] is None
+    expected, got = weights(idle), weights(busy)
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)
+    assert [r["loss"] for r in read_rows(tmp_path / "idle")] == [r["loss"] for r in read_rows(tmp_path / "busy")]
+
+
+def test_time_limit_stops_loudly_and_is_recorded(scene_path, tmp_path, monkeypatch, caplog):
+    from pipeline.formats.loss_log import read_run_summary
+    from pipeline.training import loop
+
+    init = run_train(tiny_config(steps=1), tmp_path / "init", [scene_path])
+    monkeypatch.setattr(loop, "clock", SlowClock(100.0))  # 100 s per step: over 150 s after step 3
+    config = tiny_config(finetune={"steps": 5, "max_seconds": 150, "objective": "photometric"})
+    with caplog.at_level("WARNING"):
+        stopped = run_train(config, tmp_path / "ft", finetune=scene_path, init=init)
+    expected = {"reason": "max_seconds", "max_seconds": 150.0, "steps_done": 3, "steps_planned": 5}
+    _, extra = load_checkpoint(stopped)
+    assert extra["step"] == 3 and extra["stopped_early"] == expected
+    assert "STOPPED EARLY by the time limit of 150 s after step 3 of 5" in caplog.text
+    summary = read_run_summary(tmp_path / "ft" / "summary.json")
+    assert summary["stopped_early"] == expected and summary["steps_done"] == 3 and summary["mode"] == "finetune"
+    assert len(read_rows(tmp_path / "ft")) == 3
+    # training from scratch has no time limit unless set
+    assert tiny_config().max_seconds is None
+    caplog.clear()
+    run_train(tiny_config(steps=3, checkpoint_every=5), tmp_path / "scratch", [scene_path])
+    assert "STOPPED EARLY" not in caplog.text
+    assert read_run_summary(tmp_path / "scratch" / "summary.json")["stopped_early"] is None
+    run_train(tiny_config(steps=5, max_seconds=150), tmp_path / "limited", [scene_path])
+    assert load_checkpoint(tmp_path / "limited" / "last.pt")[1]["stopped_early"]["steps_done"] == 3
+
+
+def test_refactor_keeps_the_weights(scene_path, tmp_path):
+    """3 training steps and 2 fine-tuning steps give bit for bit the weights of the code before
+    pipeline.training existed (commit 750a40a, sha256 of every tensor, CPU, 1 thread)."""
+    import hashlib
+
+    def digest(path):
+        state = weights(path)
+        h = hashlib.sha256()
+        for key in sorted(state):
+            h.update(key.encode())
+            h.update(state[key].detach().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    centres = [(0.0, 0.0, 0.0), (0.2, 0.0, 0.0), (-0.2, 0.05, 0.0), (0.0, 0.2, 0.05)]
+    views = {i + 1: _view(i + 1, c, len(centres)) for i, c in enumerate(centres)}
+    scene = tmp_path / "scene.h5"  # the module's scene without its mask
+    write_scene(scene, Scene(views, np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros((0, 3), np.uint8)))
+    trained = run_train(tiny_config(steps=3, checkpoint_every=2), tmp_path / "train", [scene])
+    tuned = run_train(tiny_config(finetune={"steps": 2, "objective": "photometric", "full_resolution": True}),
+                      tmp_path / "ft", finetune=scene, init=trained)
+    assert digest(trained) == "33ec51951c63ac93f77b96e2fe178bd5f4c931e43bd20ca66d4d8969248da513"
+    assert digest(tuned) == "54347f3818adcf94a59383287425de75be34e263ddd3cbfd50b076773f0fa6ce"

@@ -127,34 +127,38 @@ def _numeric_columns(header: list[str], rows: list[list[str]]) -> dict[str, np.n
 
 
 def training_figure(path: str | os.PathLike, csv_path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Training curves from a CSV log: every numeric column against ``step``/``iteration``/``epoch``.
+    """Training curves of a ``losses.csv`` (:mod:`pipeline.formats.loss_log`, any format version).
 
     Raises:
-        ValueError: naming the file when it has no numeric column to plot.
+        ValueError: naming the file when it is not a loss log (no numeric ``step`` column).
+    """
+    from pipeline.formats.loss_log import read_loss_log
+
+    return loss_figure(path, read_loss_log(csv_path), dpi=dpi)
+
+
+def loss_figure(path: str | os.PathLike, log, dpi: int = 100) -> Path:
+    """The loss and each term against the step, one log-scale axis (the one plot of a loss log:
+    ``losses.png`` of ``selfmvs train`` and the report's training figure).
+
+    Args:
+        log: a :class:`pipeline.formats.loss_log.LossLog`.
     """
     plt = _pyplot()
-    header, rows = _read_table(csv_path, ",")
-    columns = _numeric_columns(header, rows)
-    x_name = next((n for n in ("step", "iteration", "global_step", "epoch") if n in columns), None)
-    x = columns.pop(x_name) if x_name else np.arange(len(rows), dtype=float)
-    if not columns:
-        raise ValueError(f"{csv_path}: no numeric column to plot (header {header})")
-    names = list(columns)[:9]
-    cols = min(3, len(names))
-    rows_count = (len(names) + cols - 1) // cols
-    fig, axes = plt.subplots(rows_count, cols, figsize=(4 * cols, 2.8 * rows_count), squeeze=False)
-    for axis, name in zip(axes.ravel(), names):
-        y = columns[name]
-        ok = np.isfinite(y)
-        axis.plot(x[ok], y[ok], lw=1.2)
-        axis.set_title(name, fontsize=9)
-        axis.set_xlabel(x_name or "row", fontsize=8)
-        axis.tick_params(labelsize=7)
-        axis.grid(alpha=0.3)
-    for axis in axes.ravel()[len(names):]:
-        axis.axis("off")
-    fig.tight_layout()
-    return _save(fig, path, dpi)
+    steps = [row["step"] for row in log.rows]
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    for name in log.loss_columns:
+        values = [row.get(name, float("nan")) for row in log.rows]
+        if any(v > 0 for v in values):  # a log axis shows positive values only
+            axis.plot(steps, values, label=name, linewidth=1.6 if name == "loss" else 1.0)
+    axis.set_yscale("log")
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss (terms unweighted)")
+    axis.grid(True, which="both", alpha=0.3)
+    if axis.lines:
+        axis.legend(loc="upper right", fontsize="small")
+    figure.tight_layout()
+    return _save(figure, path, dpi)
 
 
 def read_benchmarks(paths: Sequence[str | os.PathLike]) -> list[dict]:
