@@ -268,11 +268,19 @@ class FinetuneConfig:
     """``train.finetune``: per-scene self-supervised fine-tuning."""
 
     enabled: bool = option(True, "workflow: fine-tune the checkpoint on each scene before infer")
-    steps: int | None = option(None, 'optimizer steps; null = scaled to the scene by megapixel_steps')
-    megapixel_steps: float = option(16.5, "with steps null: steps = megapixel_steps / (megapixels of a step's reference images: batch size x width x height, or the stored size with full_resolution or objective labels), clamped to [min_steps, max_steps]; a fixed amount of work, so the weights never depend on the machine's speed. 16.5 gives 215 steps on the 320x240 demo scene, what the former 120 s budget made there with objective labels on a quiet 2-core CPU (214 and 221 steps, docs/benchmarks.md); 54 on 640x480")
-    min_steps: int = option(10, 'fewest steps of a scaled budget')
-    max_steps: int = option(300, 'most steps of a scaled budget')
-    max_seconds: float | None = option(1800.0, "safety stop, seconds, counted from the end of the first step, which also loads (on a machine's first run: compiles) the kernels (null = none); when it cuts fine-tuning short it logs a WARNING and records stopped_early in the checkpoint and summary.json")
+    steps: int | None = option(None, "optimizer steps; null = scaled to the scene by megapixel_steps")
+    megapixel_steps: float = option(16.5,
+        "with steps null: steps = megapixel_steps / (megapixels of a step's reference images: batch size x "
+        "width x height, or the stored size with full_resolution or objective labels), clamped to [min_steps,"
+        " max_steps]; a fixed amount of work, so the weights never depend on the machine's speed. 16.5 gives "
+        "215 steps on the 320x240 demo scene, what the former 120 s budget made there with objective labels "
+        "on a quiet 2-core CPU (214 and 221 steps, docs/benchmarks.md); 54 on 640x480")
+    min_steps: int = option(10, "fewest steps of a scaled budget")
+    max_steps: int = option(300, "most steps of a scaled budget")
+    max_seconds: float | None = option(1800.0,
+        "safety stop, seconds, counted from the end of the first step, which also loads (on a machine's first"
+        " run: compiles) the kernels (null = none); when it cuts fine-tuning short it logs a WARNING and "
+        "records stopped_early in the checkpoint and summary.json")
     learning_rate: float = option(0.0001, "constant AdamW learning rate of fine-tuning")
     freeze_batchnorm: bool = option(True, "keep BatchNorm running statistics fixed")
     full_resolution: bool = option(False,
@@ -368,7 +376,9 @@ class TrainConfig:
 
     seed: int = option(0, "seed of weights init, sampling, crops and augmentation")
     steps: int = option(2000, "optimizer steps of training")
-    max_seconds: float | None = option(None, 'safety stop of training, seconds, counted from the end of the first step (null = none); when it cuts the run short it logs a WARNING and records stopped_early in the checkpoint and summary.json')
+    max_seconds: float | None = option(None,
+        "safety stop of training, seconds, counted from the end of the first step (null = none); when it cuts"
+        " the run short it logs a WARNING and records stopped_early in the checkpoint and summary.json")
     batch_size: int = option(2, "samples per step (per process)")
     num_sources: int = option(4,
         "source views per sample (best-ranked first); more than loss.top_k, so that the photometric loss can "
