@@ -39,7 +39,7 @@ def test_slurm_profile_dry_run_resolves_resources(tmp_path):
     (photos / "images").symlink_to(scene / "images", target_is_directory=True)
     (tmp_path / "my.yaml").write_text(yaml.safe_dump({"scenes": {"statue": str(scene), "garden": str(photos)}}))
     result = snakemake(
-        "--profile", str(REPO / "profiles" / "slurm"), "-n", "--configfile", str(tmp_path / "my.yaml"),
+        "--workflow-profile", str(REPO / "profiles" / "slurm"), "-n", "--configfile", str(tmp_path / "my.yaml"),
         "--directory", str(tmp_path / "run"),
     )
     out = result.stdout + result.stderr
@@ -53,6 +53,11 @@ def test_slurm_profile_dry_run_resolves_resources(tmp_path):
     for rule in ("infer", "finetune_source_infer"):
         block = out[out.index(f"rule {rule}:"):][:1500]
         assert "gpu=1" in block and "slurm_partition=gpu" in block, block
+    # Memory, CPUs and run time come from the SLURM profile (the rules carry only `threads:` defaults).
+    block = out[out.index("rule infer:"):][:1500]
+    assert "mem_mb=8000" in block and "runtime=120" in block, block
+    block = out[out.index("rule sfm:"):][:1500]
+    assert "mem_mb=16000" in block and "cpus_per_task=8" in block, block
 
 
 def test_bad_config_fails_before_any_job(tmp_path):
