@@ -67,6 +67,50 @@ def test_bad_config_fails_before_any_job(tmp_path):
     assert "num_views" in result.stdout + result.stderr
 
 
+BAD_SCENE_NAMES = ["..", ".", ".hidden", "_training", "a/b", "a b", "x$(id)", ""]
+
+
+@pytest.mark.parametrize("name", BAD_SCENE_NAMES)
+def test_bad_scene_name_is_refused_by_selfmvs_config(tmp_path, name):
+    """A scene name is a folder under results/: `..` would plan writes to results/../scene.h5."""
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"scenes": {name: str(tmp_path)}}))
+    result = subprocess.run([str(Path(sys.executable).parent / "selfmvs"), "config", "--config", str(tmp_path / "bad.yaml")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr and str(tmp_path / "bad.yaml") in lines[0], result.stderr
+    assert f"at scenes: key {name!r} is not an allowed name" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("name", ["..", "_training"])
+def test_bad_scene_name_fails_the_dry_run_before_any_job(tmp_path, name):
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"scenes": {name: str(tmp_path)}}))
+    result = snakemake("-n", "--configfile", str(tmp_path / "bad.yaml"), "--directory", str(tmp_path / "run"))
+    out = result.stdout + result.stderr
+    assert result.returncode != 0 and repr(name) in out and "does not match" in out, out[-3000:]
+    assert "scene.h5" not in out  # no job was planned
+
+
+@pytest.mark.parametrize("name", ["statue", "Statue_2", "dtu.scan9", "a-b"])
+def test_good_scene_names_validate(tmp_path, name):
+    from pipeline.config import validate_config
+
+    assert name in validate_config({"scenes": {name: str(tmp_path)}})["scenes"]
+
+
+def test_scene_wildcard_matches_exactly_the_schema_names():
+    """rules/common.smk's constraint and the schema's propertyNames say the same thing."""
+    import re
+
+    from pipeline.config import load_schema
+
+    schema_pattern = load_schema()["properties"]["scenes"]["propertyNames"]["pattern"]
+    common = (REPO / "rules" / "common.smk").read_text()
+    wildcard = re.search(r'scene=r"([^"]+)"', common).group(1)
+    for name in [*BAD_SCENE_NAMES, "statue", "Statue_2", "dtu.scan9", "a-b", "a..b", "-x", "9"]:
+        assert bool(re.fullmatch(wildcard, name)) == bool(re.search(schema_pattern, name)), name
+
+
 @pytest.mark.slow
 def test_real_workflow_runs_every_rule(tmp_path):
     """render -> prepare -> finetune -> infer -> fuse -> evaluate -> report on a tiny demo scene."""
@@ -137,3 +181,29 @@ def test_self_training_rules_run(tmp_path):
     rows = (tmp_path / "results" / "_self_training" / "checkpoint" / "losses.csv").read_text().splitlines()
     assert rows[0].split(",")[3] == "pseudo_label" and len(rows) == 3
     assert not (tmp_path / "results" / "_self_training" / "fused" / "1000.ply").exists()  # temp(): removed
+
+
+@pytest.mark.slow
+def test_scene_folder_with_shell_characters_runs_quoted(tmp_path):
+    """Every path reaches its command as one word: a folder with a space, a quote and `$(...)`
+    is read as named (no "unrecognized arguments"), and the `$(...)` in it never runs."""
+    from pipeline.synth import render_scene
+
+    folder = tmp_path / "my scenes" / "it's $(touch PWNED)"
+    render_scene(folder, seed=7, num_views=3, width=64, height=48)
+    config = {
+        "scenes": {"odd.scene-1": str(folder)},
+        "train": {"finetune": {"enabled": False}},
+        "fuse": {"min_consistent_views": 1},
+    }
+    (tmp_path / "odd.yaml").write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    result = snakemake("--cores", "2", "--configfile", str(tmp_path / "odd.yaml"), "--directory", str(run))
+    out = result.stdout + result.stderr
+    assert not list(tmp_path.rglob("PWNED")) and not (REPO / "PWNED").exists(), "a path was run as a command"
+    assert result.returncode == 0, out[-5000:]
+    results = run / "results" / "odd.scene-1"
+    for name in ("scene.h5", "depth.h5", "fused.ply", "eval.json", "report/index.html"):
+        assert (results / name).is_file() and (results / name).stat().st_size > 0, name
+    metrics = json.loads((results / "eval.json").read_text())["metrics"]
+    assert any(key.startswith("fscore@") for key in metrics)
