@@ -184,12 +184,14 @@ def test_self_training_rules_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_scene_folder_with_shell_characters_runs_quoted(tmp_path):
+@pytest.mark.parametrize("folder_name", ["it's $(touch PWNED)", "x $(touch PWNED)"])
+def test_scene_folder_with_shell_characters_runs_quoted(tmp_path, folder_name):
     """Every path reaches its command as one word: a folder with a space, a quote and `$(...)`
-    is read as named (no "unrecognized arguments"), and the `$(...)` in it never runs."""
+    is read as named (no "unrecognized arguments"), and the `$(...)` in it never runs (the second
+    name, without the quote that breaks an unquoted command first, would run it)."""
     from pipeline.synth import render_scene
 
-    folder = tmp_path / "my scenes" / "it's $(touch PWNED)"
+    folder = tmp_path / "my scenes" / folder_name
     render_scene(folder, seed=7, num_views=3, width=64, height=48)
     config = {
         "scenes": {"odd.scene-1": str(folder)},
