@@ -60,6 +60,30 @@ def test_slurm_profile_dry_run_resolves_resources(tmp_path):
     assert "mem_mb=16000" in block and "cpus_per_task=8" in block, block
 
 
+def test_training_scenes_are_prepared_with_the_runs_prepare_section(tmp_path):
+    """training_prepare, like prepare, reads the run's config snapshot (its `prepare:` section)."""
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump({"training_data": {"seeds": [1000]},
+                                                         "prepare": {"max_image_size": 320}}))
+    result = snakemake("train_base", "-n", "-p", "--configfile", str(tmp_path / "train.yaml"),
+                       "--directory", str(tmp_path))
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    block = out[out.index("rule training_prepare:"):][:1500]
+    command = next(line for line in block.splitlines() if " prepare " in line)
+    assert "--config results/_training/config.yaml" in command, command
+    assert "rule training_config:" in out  # the snapshot is made for the training run
+
+
+def test_each_cli_verb_is_written_once_in_the_rules():
+    """The repeated stages are `use rule ... with:` of one rule, not copies of its shell command."""
+    import re
+
+    text = "".join(path.read_text() for path in sorted((REPO / "rules").glob("*.smk")))
+    for verb in ("infer", "fuse", "prepare", "pseudo-labels", "config", "render-scene"):
+        found = re.findall(rf"\{{params\.selfmvs:q\}} {verb} ", text)
+        assert len(found) == (2 if verb in ("fuse", "render-scene") else 1), (verb, len(found))
+
+
 def test_bad_config_fails_before_any_job(tmp_path):
     (tmp_path / "bad.yaml").write_text("demo: {num_views: 1}\n")
     result = snakemake("-n", "--configfile", str(tmp_path / "bad.yaml"), "--directory", str(tmp_path))
