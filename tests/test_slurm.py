@@ -139,8 +139,9 @@ def slurm_cluster(tmp_path_factory):
 
 def _cpu_cluster_profile(folder: Path) -> Path:
     """profiles/slurm as shipped, fitted to the test node: no GPUs (the GPU stages run the network on
-    the CPU, infer.device: cpu), at most NODE_CPUS CPUs a job, no account, squeue for job states
-    (the node keeps finished jobs for MinJobAge; there is no accounting database for sacct)."""
+    the CPU, infer.device: cpu), at most NODE_CPUS CPUs a job, squeue for job states (the node keeps
+    finished jobs for MinJobAge; there is no accounting database for sacct, so the plugin finds no
+    account to guess and submits without one, as the profile's empty slurm_account asks)."""
     profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
     for resources in [profile["default-resources"], *profile["set-resources"].values()]:
         if "gpu" in resources:
@@ -148,7 +149,7 @@ def _cpu_cluster_profile(folder: Path) -> Path:
         if "cpus_per_task" in resources:
             resources["cpus_per_task"] = min(resources["cpus_per_task"], NODE_CPUS)
     profile["set-threads"] = {rule: min(n, NODE_CPUS) for rule, n in profile["set-threads"].items()}
-    profile.update({"slurm-no-account": True, "slurm-status-command": "squeue", "slurm-keep-successful-logs": True,
+    profile.update({"slurm-status-command": "squeue", "slurm-keep-successful-logs": True,
                     "slurm-init-seconds-before-status-checks": 5, "latency-wait": 10})
     folder.mkdir()
     (folder / "config.yaml").write_text(yaml.safe_dump(profile))
