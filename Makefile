@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 STAMP   := .venv/.installed
 CORES   ?= 2
 
-.PHONY: demo test bench lint clean system-deps-browser
+.PHONY: demo test bench lint clean system-deps-browser slurm-packages
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -16,7 +16,7 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP)
 	.venv/bin/snakemake --cores $(CORES)
 
-test: $(STAMP) system-deps-browser
+test: $(STAMP) system-deps-browser slurm-packages
 	$(PY) -m pytest -q
 
 # Headless Chromium renders the report's 3-D cloud in tests/test_report.py, which skips without it.
@@ -27,6 +27,16 @@ system-deps-browser:
 	  { echo "installing chromium (apt-get) for the report's browser test"; \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 || \
 	    echo "apt-get could not install chromium: the report's browser test will skip"; }
+
+# The daemons of the one-node SLURM cluster that tests/test_slurm.py starts (Debian's slurm-wlm and
+# munge). Installed only when missing and when run as root; otherwise that test skips itself.
+slurm-packages:
+	@if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends slurm-wlm munge \
+		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends slurm-wlm munge; } \
+		|| echo "slurm-packages: apt-get could not install slurm-wlm/munge; tests/test_slurm.py will skip"; \
+	else echo "slurm-packages: slurm-wlm/munge missing and not root with apt-get; tests/test_slurm.py will skip"; fi
 
 bench: $(STAMP)
 	# result files are named by what, machine and date (bench/README.md)

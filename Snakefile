@@ -15,10 +15,11 @@ include: "rules/common.smk"
 include: "rules/config.smk"
 include: "rules/demo_scene.smk"
 include: "rules/sfm.smk"
+# infer and fuse before train: the training rules reuse them (`use rule ... with:`).
 include: "rules/prepare.smk"
-include: "rules/train.smk"
 include: "rules/infer.smk"
 include: "rules/fuse.smk"
+include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
 

@@ -64,6 +64,15 @@ def _fill_defaults(validator_class):
 _Validator = _fill_defaults(jsonschema.Draft202012Validator)
 
 
+def _error_message(error: jsonschema.ValidationError) -> str:
+    """The schema's message, said as a bad key where a key's name broke a ``propertyNames`` rule
+    (a scene name is a folder under results/)."""
+    if "propertyNames" in error.absolute_schema_path and error.validator == "pattern":
+        return (f"key {error.instance!r} is not an allowed name: use letters, digits, '_', '.', '-', "
+                f"starting with a letter or digit (pattern {error.validator_value})")
+    return error.message
+
+
 def validate_config(config: Mapping[str, Any], source: str = "<config>") -> dict:
     """Validate ``config`` against the schema, fill defaults, and return a new dict.
 
@@ -76,7 +85,7 @@ def validate_config(config: Mapping[str, Any], source: str = "<config>") -> dict
         lines = []
         for error in errors[:10]:
             where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-            lines.append(f"  at {where}: {error.message}")
+            lines.append(f"  at {where}: {_error_message(error)}")
         raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines))
     return config
 

@@ -63,8 +63,9 @@ def finetune_labels(wildcards):
 
 
 def finetune_labels_option(wildcards):
+    """`--labels FILE` as separate words, so that the rule's shell quotes each (`{params.labels:q}`)."""
     files = finetune_labels(wildcards)
-    return f"--labels {files[0]}" if files else ""
+    return ["--labels", files[0]] if files else []
 
 
 def base_checkpoint():
@@ -80,7 +81,7 @@ def training_curves(wildcards):
 
 def training_curves_option(wildcards):
     files = training_curves(wildcards)
-    return f"--training-csv {files[0]}" if files else ""
+    return ["--training-csv", files[0]] if files else []
 
 
 def training_scenes():
@@ -115,6 +116,8 @@ def all_outputs():
     return outputs
 
 
+# The scene names config.schema.yaml allows (scenes: propertyNames): no `/`, no leading `.` or `_`,
+# so `..` cannot reach outside results/ and the `_training` folders are no scene's.
 wildcard_constraints:
-    scene=r"[A-Za-z0-9_.\-]+",
+    scene=r"[A-Za-z0-9][A-Za-z0-9_.\-]*",
     seed=r"\d+",

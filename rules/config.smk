@@ -13,4 +13,23 @@ rule scene_config:
         "../envs/selfmvs.yaml"
     localrule: True
     shell:
-        "{params.selfmvs} config {output} --json {params.config:q} > {log} 2>&1"
+        "{params.selfmvs:q} config {output:q} --json {params.config:q} > {log:q} 2>&1"
+
+
+# The same snapshot for the training runs (their folders start with `_`, which no scene name does).
+use rule scene_config as training_config with:
+    output:
+        "results/_training/config.yaml",
+    log:
+        "logs/_training/config.log",
+    benchmark:
+        "benchmarks/_training/config.tsv"
+
+
+use rule scene_config as self_training_config with:
+    output:
+        "results/_self_training/config.yaml",
+    log:
+        "logs/_self_training/config.log",
+    benchmark:
+        "benchmarks/_self_training/config.tsv"

@@ -7,7 +7,7 @@ rule demo_scene:
         views=config["demo"]["num_views"],
         width=config["demo"]["width"],
         height=config["demo"]["height"],
-        distortion="--distortion" if config["demo"]["distortion"] else "",
+        distortion=["--distortion"] if config["demo"]["distortion"] else [],
     log:
         "logs/{scene}/demo_scene.log",
     benchmark:
@@ -16,5 +16,5 @@ rule demo_scene:
         "../envs/selfmvs.yaml"
     threads: 1
     shell:
-        "{params.selfmvs} render-scene {output} --seed {params.seed} --num-views {params.views}"
-        " --width {params.width} --height {params.height} {params.distortion} > {log} 2>&1"
+        "{params.selfmvs:q} render-scene {output:q} --seed {params.seed:q} --num-views {params.views:q}"
+        " --width {params.width:q} --height {params.height:q} {params.distortion:q} > {log:q} 2>&1"

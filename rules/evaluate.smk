@@ -16,8 +16,6 @@ rule evaluate:
     conda:
         "../envs/selfmvs.yaml"
     threads: 1
-    resources:
-        mem_mb=4000,
     shell:
-        "{params.selfmvs} evaluate {input.scene_dir} {input.scene} {input.depth} {input.fused} {output}"
-        " --config {input.config} > {log} 2>&1"
+        "{params.selfmvs:q} evaluate {input.scene_dir:q} {input.scene:q} {input.depth:q} {input.fused:q} {output:q}"
+        " --config {input.config:q} > {log:q} 2>&1"

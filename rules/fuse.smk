@@ -14,7 +14,6 @@ rule fuse:
     conda:
         "../envs/selfmvs.yaml"
     threads: 1
-    resources:
-        mem_mb=4000,
     shell:
-        "{params.selfmvs} fuse {input.scene} {input.depth} {output} --config {input.config} > {log} 2>&1"
+        "{params.selfmvs:q} fuse {input.scene:q} {input.depth:q} {output:q} --config {input.config:q} > {log:q} 2>&1"
+

@@ -14,8 +14,5 @@ rule infer:
     conda:
         "../envs/selfmvs.yaml"
     threads: 2
-    resources:
-        mem_mb=4000,
-        gpu=1 if config["infer"]["device"] == "cuda" else 0,
     shell:
-        "{params.selfmvs} infer {input.scene} {input.checkpoint} {output} --config {input.config} > {log} 2>&1"
+        "{params.selfmvs:q} infer {input.scene:q} {input.checkpoint:q} {output:q} --config {input.config:q} > {log:q} 2>&1"

@@ -13,7 +13,5 @@ rule prepare:
     conda:
         "../envs/selfmvs.yaml"
     threads: 1
-    resources:
-        mem_mb=4000,
     shell:
-        "{params.selfmvs} prepare {input.scene} {output} --config {input.config} > {log} 2>&1"
+        "{params.selfmvs:q} prepare {input.scene:q} {output:q} --config {input.config:q} > {log:q} 2>&1"

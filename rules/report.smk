@@ -26,6 +26,6 @@ rule report:
         "../envs/selfmvs.yaml"
     threads: 1
     shell:
-        "{params.selfmvs} report {input.scene} {input.depth} {input.fused} {input.eval} $(dirname {output.page})"
-        " --scene-dir {input.scene_dir} {params.training} --benchmarks {input.benchmarks}"
-        " --title {wildcards.scene} --config {input.config} > {log} 2>&1"
+        "{params.selfmvs:q} report {input.scene:q} {input.depth:q} {input.fused:q} {input.eval:q}"
+        ' "$(dirname {output.page:q})" --scene-dir {input.scene_dir:q} {params.training:q}'
+        " --benchmarks {input.benchmarks:q} --title {wildcards.scene:q} --config {input.config:q} > {log:q} 2>&1"

@@ -12,7 +12,5 @@ rule sfm:
     conda:
         "../envs/selfmvs.yaml"
     threads: 4
-    resources:
-        mem_mb=8000,
     shell:
-        "{params.selfmvs} sfm $(dirname {input}) {output} --threads {threads} > {log} 2>&1"
+        '{params.selfmvs:q} sfm "$(dirname {input:q})" {output:q} --threads {threads} > {log:q} 2>&1'

@@ -1,28 +1,19 @@
 # Labels of the scene itself for fine-tuning (train.finetune.objective: labels): the base
 # checkpoint's depth where fusion keeps it, plus depth carried between views (no ground truth).
-rule finetune_source_infer:
+use rule infer as finetune_source_infer with:
     input:
         scene="results/{scene}/scene.h5",
         checkpoint=base_checkpoint(),
         config="results/{scene}/config.yaml",
     output:
         temp("results/{scene}/finetune_labels/depth.h5"),
-    params:
-        selfmvs=SELFMVS,
     log:
         "logs/{scene}/finetune_source_infer.log",
     benchmark:
         "benchmarks/{scene}/finetune_source_infer.tsv"
-    conda:
-        "../envs/selfmvs.yaml"
-    threads: 2
-    resources:
-        mem_mb=4000,
-        gpu=1 if config["infer"]["device"] == "cuda" else 0,
-    shell:
-        "{params.selfmvs} infer {input.scene} {input.checkpoint} {output} --config {input.config} > {log} 2>&1"
 
 
+# Fusion that also keeps its per-view masks, the input of `selfmvs pseudo-labels`.
 rule finetune_source_fuse:
     input:
         scene="results/{scene}/scene.h5",
@@ -40,11 +31,9 @@ rule finetune_source_fuse:
     conda:
         "../envs/selfmvs.yaml"
     threads: 2
-    resources:
-        mem_mb=4000,
     shell:
-        "{params.selfmvs} fuse {input.scene} {input.depth} {output.cloud} --masks {output.masks}"
-        " --config {input.config} > {log} 2>&1"
+        "{params.selfmvs:q} fuse {input.scene:q} {input.depth:q} {output.cloud:q} --masks {output.masks:q}"
+        " --config {input.config:q} > {log:q} 2>&1"
 
 
 rule finetune_labels:
@@ -55,7 +44,7 @@ rule finetune_labels:
         "results/{scene}/finetune_labels/labels.h5",
     params:
         selfmvs=SELFMVS,
-        transfer="--transfer" if config["train"]["finetune"]["label_transfer"] else "",
+        transfer=["--transfer"] if config["train"]["finetune"]["label_transfer"] else [],
     log:
         "logs/{scene}/finetune_labels.log",
     benchmark:
@@ -64,7 +53,7 @@ rule finetune_labels:
         "../envs/selfmvs.yaml"
     threads: 2
     shell:
-        "{params.selfmvs} pseudo-labels {input.depth} {input.masks} {output} {params.transfer} > {log} 2>&1"
+        "{params.selfmvs:q} pseudo-labels {input.depth:q} {input.masks:q} {output:q} {params.transfer:q} > {log:q} 2>&1"
 
 
 rule finetune:
@@ -86,12 +75,9 @@ rule finetune:
     conda:
         "../envs/selfmvs.yaml"
     threads: 2
-    resources:
-        mem_mb=8000,
-        gpu=1 if config["train"]["device"] == "cuda" else 0,
     shell:
-        "{params.selfmvs} train --config {input.config} --finetune {input.scene} --init {input.checkpoint}"
-        " {params.labels} --out $(dirname {output.checkpoint}) > {log} 2>&1"
+        "{params.selfmvs:q} train --config {input.config:q} --finetune {input.scene:q} --init {input.checkpoint:q}"
+        ' {params.labels:q} --out "$(dirname {output.checkpoint:q})" > {log:q} 2>&1'
 
 
 # The base checkpoint: self-supervised training on varied synthetic scenes
@@ -112,26 +98,21 @@ rule training_scene:
         "../envs/selfmvs.yaml"
     threads: 1
     shell:
-        "{params.selfmvs} render-scene {output} --seed {wildcards.seed} --varied --num-views {params.views}"
-        " --width {params.width} --height {params.height} > {log} 2>&1"
+        "{params.selfmvs:q} render-scene {output:q} --seed {wildcards.seed:q} --varied --num-views {params.views:q}"
+        " --width {params.width:q} --height {params.height:q} > {log:q} 2>&1"
 
 
-rule training_prepare:
+# Training scenes are prepared with the run's `prepare:` section, like the scenes of `scenes:`.
+use rule prepare as training_prepare with:
     input:
-        "results/_training/scenes/{seed}",
+        scene="results/_training/scenes/{seed}",
+        config="results/_training/config.yaml",
     output:
         "results/_training/h5/{seed}.h5",
-    params:
-        selfmvs=SELFMVS,
     log:
         "logs/_training/prepare_{seed}.log",
     benchmark:
         "benchmarks/_training/prepare_{seed}.tsv"
-    conda:
-        "../envs/selfmvs.yaml"
-    threads: 1
-    shell:
-        "{params.selfmvs} prepare {input} {output} > {log} 2>&1"
 
 
 rule train_base:
@@ -153,37 +134,27 @@ rule train_base:
     conda:
         "../envs/selfmvs.yaml"
     threads: 2
-    resources:
-        mem_mb=8000,
-        gpu=1 if config["train"]["device"] == "cuda" else 0,
     shell:
-        "{params.selfmvs} train --config {input.config} --scenes {input.scenes}"
-        " --out {params.folder} --resume > {log} 2>&1 && cp {params.folder}/last.pt {output}"
+        "{params.selfmvs:q} train --config {input.config:q} --scenes {input.scenes:q}"
+        " --out {params.folder:q} --resume > {log:q} 2>&1 && cp {params.folder:q}/last.pt {output:q}"
 
 
 # Self-training (`snakemake train_self --configfile config/train_self.yaml`): the `self_training.init`
 # weights label each training scene with the depth their own fusion keeps, then train on the labels.
-rule self_training_infer:
+use rule infer as self_training_infer with:
     input:
         scene="results/_training/h5/{seed}.h5",
         checkpoint=self_training_init(),
         config="results/_self_training/config.yaml",
     output:
         "results/_self_training/depth/{seed}.h5",
-    params:
-        selfmvs=SELFMVS,
     log:
         "logs/_self_training/infer_{seed}.log",
     benchmark:
         "benchmarks/_self_training/infer_{seed}.tsv"
-    conda:
-        "../envs/selfmvs.yaml"
-    threads: 2
-    shell:
-        "{params.selfmvs} infer {input.scene} {input.checkpoint} {output} --config {input.config} > {log} 2>&1"
 
 
-rule self_training_fuse:
+use rule finetune_source_fuse as self_training_fuse with:
     input:
         scene="results/_training/h5/{seed}.h5",
         depth="results/_self_training/depth/{seed}.h5",
@@ -191,21 +162,14 @@ rule self_training_fuse:
     output:
         cloud=temp("results/_self_training/fused/{seed}.ply"),
         masks="results/_self_training/fused/{seed}_masks.h5",
-    params:
-        selfmvs=SELFMVS,
     log:
         "logs/_self_training/fuse_{seed}.log",
     benchmark:
         "benchmarks/_self_training/fuse_{seed}.tsv"
-    conda:
-        "../envs/selfmvs.yaml"
-    threads: 2
-    shell:
-        "{params.selfmvs} fuse {input.scene} {input.depth} {output.cloud} --masks {output.masks}"
-        " --config {input.config} > {log} 2>&1"
 
 
-rule self_training_labels:
+# Labels without carrying depth between views (no --transfer), as train_self was measured with.
+use rule finetune_labels as self_training_labels with:
     input:
         depth="results/_self_training/depth/{seed}.h5",
         masks="results/_self_training/fused/{seed}_masks.h5",
@@ -213,15 +177,12 @@ rule self_training_labels:
         "results/_self_training/labels/{seed}.h5",
     params:
         selfmvs=SELFMVS,
+        transfer=[],
     log:
         "logs/_self_training/labels_{seed}.log",
     benchmark:
         "benchmarks/_self_training/labels_{seed}.tsv"
-    conda:
-        "../envs/selfmvs.yaml"
     threads: 1
-    shell:
-        "{params.selfmvs} pseudo-labels {input.depth} {input.masks} {output} > {log} 2>&1"
 
 
 rule train_self:
@@ -243,9 +204,6 @@ rule train_self:
     conda:
         "../envs/selfmvs.yaml"
     threads: 2
-    resources:
-        mem_mb=8000,
-        gpu=1 if config["train"]["device"] == "cuda" else 0,
     shell:
-        "{params.selfmvs} train --config {input.config} --scenes {input.scenes} --labels {input.labels}"
-        " --init {input.init} --out {params.folder} --resume > {log} 2>&1 && cp {params.folder}/last.pt {output}"
+        "{params.selfmvs:q} train --config {input.config:q} --scenes {input.scenes:q} --labels {input.labels:q}"
+        " --init {input.init:q} --out {params.folder:q} --resume > {log:q} 2>&1 && cp {params.folder:q}/last.pt {output:q}"

@@ -39,7 +39,7 @@ def test_slurm_profile_dry_run_resolves_resources(tmp_path):
     (photos / "images").symlink_to(scene / "images", target_is_directory=True)
     (tmp_path / "my.yaml").write_text(yaml.safe_dump({"scenes": {"statue": str(scene), "garden": str(photos)}}))
     result = snakemake(
-        "--profile", str(REPO / "profiles" / "slurm"), "-n", "--configfile", str(tmp_path / "my.yaml"),
+        "--workflow-profile", str(REPO / "profiles" / "slurm"), "-n", "--configfile", str(tmp_path / "my.yaml"),
         "--directory", str(tmp_path / "run"),
     )
     out = result.stdout + result.stderr
@@ -53,6 +53,35 @@ def test_slurm_profile_dry_run_resolves_resources(tmp_path):
     for rule in ("infer", "finetune_source_infer"):
         block = out[out.index(f"rule {rule}:"):][:1500]
         assert "gpu=1" in block and "slurm_partition=gpu" in block, block
+    # Memory, CPUs and run time come from the SLURM profile (the rules carry only `threads:` defaults).
+    block = out[out.index("rule infer:"):][:1500]
+    assert "mem_mb=8000" in block and "runtime=120" in block, block
+    block = out[out.index("rule sfm:"):][:1500]
+    assert "mem_mb=16000" in block and "cpus_per_task=8" in block, block
+
+
+def test_training_scenes_are_prepared_with_the_runs_prepare_section(tmp_path):
+    """training_prepare, like prepare, reads the run's config snapshot (its `prepare:` section)."""
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump({"training_data": {"seeds": [1000]},
+                                                         "prepare": {"max_image_size": 320}}))
+    result = snakemake("train_base", "-n", "-p", "--configfile", str(tmp_path / "train.yaml"),
+                       "--directory", str(tmp_path))
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    block = out[out.index("rule training_prepare:"):][:1500]
+    command = next(line for line in block.splitlines() if " prepare " in line)
+    assert "--config results/_training/config.yaml" in command, command
+    assert "rule training_config:" in out  # the snapshot is made for the training run
+
+
+def test_each_cli_verb_is_written_once_in_the_rules():
+    """The repeated stages are `use rule ... with:` of one rule, not copies of its shell command."""
+    import re
+
+    text = "".join(path.read_text() for path in sorted((REPO / "rules").glob("*.smk")))
+    for verb in ("infer", "fuse", "prepare", "pseudo-labels", "config", "render-scene"):
+        found = re.findall(rf"\{{params\.selfmvs:q\}} {verb} ", text)
+        assert len(found) == (2 if verb in ("fuse", "render-scene") else 1), (verb, len(found))
 
 
 def test_bad_config_fails_before_any_job(tmp_path):
@@ -60,6 +89,50 @@ def test_bad_config_fails_before_any_job(tmp_path):
     result = snakemake("-n", "--configfile", str(tmp_path / "bad.yaml"), "--directory", str(tmp_path))
     assert result.returncode != 0
     assert "num_views" in result.stdout + result.stderr
+
+
+BAD_SCENE_NAMES = ["..", ".", ".hidden", "_training", "a/b", "a b", "x$(id)", ""]
+
+
+@pytest.mark.parametrize("name", BAD_SCENE_NAMES)
+def test_bad_scene_name_is_refused_by_selfmvs_config(tmp_path, name):
+    """A scene name is a folder under results/: `..` would plan writes to results/../scene.h5."""
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"scenes": {name: str(tmp_path)}}))
+    result = subprocess.run([str(Path(sys.executable).parent / "selfmvs"), "config", "--config", str(tmp_path / "bad.yaml")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr and str(tmp_path / "bad.yaml") in lines[0], result.stderr
+    assert f"at scenes: key {name!r} is not an allowed name" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("name", ["..", "_training"])
+def test_bad_scene_name_fails_the_dry_run_before_any_job(tmp_path, name):
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"scenes": {name: str(tmp_path)}}))
+    result = snakemake("-n", "--configfile", str(tmp_path / "bad.yaml"), "--directory", str(tmp_path / "run"))
+    out = result.stdout + result.stderr
+    assert result.returncode != 0 and repr(name) in out and "does not match" in out, out[-3000:]
+    assert "scene.h5" not in out  # no job was planned
+
+
+@pytest.mark.parametrize("name", ["statue", "Statue_2", "dtu.scan9", "a-b"])
+def test_good_scene_names_validate(tmp_path, name):
+    from pipeline.config import validate_config
+
+    assert name in validate_config({"scenes": {name: str(tmp_path)}})["scenes"]
+
+
+def test_scene_wildcard_matches_exactly_the_schema_names():
+    """rules/common.smk's constraint and the schema's propertyNames say the same thing."""
+    import re
+
+    from pipeline.config import load_schema
+
+    schema_pattern = load_schema()["properties"]["scenes"]["propertyNames"]["pattern"]
+    common = (REPO / "rules" / "common.smk").read_text()
+    wildcard = re.search(r'scene=r"([^"]+)"', common).group(1)
+    for name in [*BAD_SCENE_NAMES, "statue", "Statue_2", "dtu.scan9", "a-b", "a..b", "-x", "9"]:
+        assert bool(re.fullmatch(wildcard, name)) == bool(re.search(schema_pattern, name)), name
 
 
 @pytest.mark.slow
@@ -132,3 +205,31 @@ def test_self_training_rules_run(tmp_path):
     rows = (tmp_path / "results" / "_self_training" / "checkpoint" / "losses.csv").read_text().splitlines()
     assert rows[0].split(",")[3] == "pseudo_label" and len(rows) == 3
     assert not (tmp_path / "results" / "_self_training" / "fused" / "1000.ply").exists()  # temp(): removed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("folder_name", ["it's $(touch PWNED)", "x $(touch PWNED)"])
+def test_scene_folder_with_shell_characters_runs_quoted(tmp_path, folder_name):
+    """Every path reaches its command as one word: a folder with a space, a quote and `$(...)`
+    is read as named (no "unrecognized arguments"), and the `$(...)` in it never runs (the second
+    name, without the quote that breaks an unquoted command first, would run it)."""
+    from pipeline.synth import render_scene
+
+    folder = tmp_path / "my scenes" / folder_name
+    render_scene(folder, seed=7, num_views=3, width=64, height=48)
+    config = {
+        "scenes": {"odd.scene-1": str(folder)},
+        "train": {"finetune": {"enabled": False}},
+        "fuse": {"min_consistent_views": 1},
+    }
+    (tmp_path / "odd.yaml").write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    result = snakemake("--cores", "2", "--configfile", str(tmp_path / "odd.yaml"), "--directory", str(run))
+    out = result.stdout + result.stderr
+    assert not list(tmp_path.rglob("PWNED")) and not (REPO / "PWNED").exists(), "a path was run as a command"
+    assert result.returncode == 0, out[-5000:]
+    results = run / "results" / "odd.scene-1"
+    for name in ("scene.h5", "depth.h5", "fused.ply", "eval.json", "report/index.html"):
+        assert (results / name).is_file() and (results / name).stat().st_size > 0, name
+    metrics = json.loads((results / "eval.json").read_text())["metrics"]
+    assert any(key.startswith("fscore@") for key in metrics)
