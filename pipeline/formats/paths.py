@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Mapping
 
@@ -38,3 +39,9 @@ def check_outputs_distinct(
                 raise ValueError(
                     f"outputs {role_a} {os.fspath(path_a)!r} and {role_b} {os.fspath(path_b)!r} are the same file"
                 )
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes as hex: the content identity of a checkpoint or scene file."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()

@@ -29,12 +29,6 @@ RESUME_SETTINGS = {
 }
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """The sha256 of a file's bytes, as hex (the content identity of a checkpoint or scene file)."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def plane_fill_setting(config: PlaneFillConfig) -> str:
     """The ``plane_fill`` file attribute: the in-fill's thresholds as JSON, or ``"off"``."""
     if not config.enabled:

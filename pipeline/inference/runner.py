@@ -19,7 +19,8 @@ from pipeline.inference.cache import ViewCache
 from pipeline.inference.estimate import estimate_view, fill_low_texture
 from pipeline.inference.memory import MAX_MMAP_THRESHOLD_KIB, set_mmap_threshold
 from pipeline.inference.mirror import combine_mirrored
-from pipeline.inference.resume import discard_foreign_partial, file_sha256, plane_fill_setting
+from pipeline.formats.paths import file_sha256
+from pipeline.inference.resume import discard_foreign_partial, plane_fill_setting
 from pipeline.model import CheckpointError, PatchmatchNet, load_checkpoint
 
 log = logging.getLogger("selfmvs.infer")

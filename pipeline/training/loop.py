@@ -24,7 +24,7 @@ from pipeline.formats.scene_file import cap_num_sources
 from pipeline.losses import augmentation_weight
 from pipeline.model.device import resolve_device
 from pipeline.training.checkpoints import CheckpointFolder
-from pipeline.training.data import build_model, file_sha256, read_labels
+from pipeline.training.data import build_model, init_sha256, read_labels
 from pipeline.training.distributed import Distributed
 from pipeline.training.objective import build_objective
 from pipeline.training.sampler import ViewSampler, mix_seed
@@ -96,7 +96,7 @@ def train(
             # A workflow rule always passes --resume; the first run simply starts from the beginning.
             log.info("train --resume: %s not found, starting from step 0", out.last)
             resume = False
-        init_sha256 = file_sha256(init) if init is not None else None
+        init_digest = init_sha256(init) if init is not None else None
         if resume:
             model, checkpoint_extra = _load_for_resume(out.last, mode, init, init_sha256, folder)
         else:
