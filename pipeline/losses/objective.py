@@ -14,6 +14,21 @@ Two entry points:
   the set, each the reference of its own forward. The per-reference terms are averaged over the
   views and ``cross_view`` is the consistency of every ordered pair
   (:func:`pipeline.losses.multi_view.multi_view_consistency_loss`).
+
+Built from ``train.loss`` (``config``) and ``train.vgg16_weights``; the modules of the
+co-segmentation and feature terms are made only when the recipe has them (each is None, its term
+off and a WARNING logged, without the weights file)::
+
+    recipe = get_recipe(config.loss.recipe, dataclasses.asdict(config.loss.weights))
+    objective = SelfSupervisedLoss(
+        recipe, top_k=config.loss.top_k, gradient_weight=config.loss.gradient_weight,
+        robust=config.loss.robust, huber_delta=config.loss.huber_delta,
+        smoothness_order=config.loss.smoothness_order, smoothness_inverse=config.loss.smoothness_inverse,
+        cross_view_max_error=config.loss.cross_view_max_error,
+        cross_view_max_reprojection_error=config.loss.cross_view_max_reprojection_error,
+        cosegmentation=make_cosegmentation(config.vgg16_weights, ...) if "cosegmentation" in recipe.weights else None,
+        feature_extractor=make_feature_extractor(config.vgg16_weights) if "feature" in recipe.weights else None,
+    ).to(device)
 """
 
 from __future__ import annotations
@@ -96,7 +111,7 @@ class SelfSupervisedLoss(nn.Module):
         smoothness_order: int = 2,
         smoothness_inverse: bool = False,
         cross_view_max_error: float = 0.05,
-        cross_view_max_reprojection_error: float = 1.0,
+        cross_view_max_reprojection_error: float = 2.0,
         cosegmentation: CoSegmentation | None = None,
         feature_extractor: FeatureExtractor | None = None,
     ):
