@@ -88,7 +88,7 @@ def pair_consistency(
     j_from_i: torch.Tensor,
     *,
     max_relative_error: float = 0.05,
-    max_reprojection_error: float = 1.0,
+    max_reprojection_error: float = 2.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Relative depth error of view i against view j (5) and where the pair is not occluded (6).
 
@@ -151,7 +151,7 @@ def multi_view_consistency_loss(
     cam_from_world: torch.Tensor,
     *,
     max_relative_error: float = 0.05,
-    max_reprojection_error: float = 1.0,
+    max_reprojection_error: float = 2.0,
     masks: Sequence[torch.Tensor | None] | None = None,
 ) -> tuple[torch.Tensor, list[list[torch.Tensor | None]]]:
     """Symmetric depth consistency (7) over every ordered pair of views of a set.
