@@ -320,6 +320,8 @@ class LossWeightsConfig:
         "JDACS co-segmentation consistency term (train.loss.cosegmentation)")
     cross_view: float | None = option(None, "MVS^2 cross-view depth consistency term (cross_view_max_error)")
     depth_normal: float | None = option(None, "M3VSNet depth-normal consistency term")
+    feature: float | None = option(None,
+        "M3VSNet feature-wise consistency term (frozen ImageNet VGG16 from train.vgg16_weights; off without it)")
     pseudo_label: float | None = option(None,
         "self-training on label files (`selfmvs pseudo-labels`, passed with `selfmvs train --labels`); in no "
         "recipe, off unless set")
@@ -373,6 +375,9 @@ class LossConfig:
         "smooth the mean-normalised inverse depth (linear on any plane, so second differences leave every plane "
         "free; those of the depth bend slanted planes)")
     cross_view_max_error: float = option(0.05, "relative error above which pairs count as occluded")
+    cross_view_max_reprojection_error: float = option(2.0,
+        "forward-backward reprojection error (pixels at the training resolution) above which cross-view pairs "
+        "count as occluded")
     augmentation: AugmentationConfig = option(AugmentationConfig(),
         "JDACS augmentation: ranges and the weight schedule weight * growth ** (step // growth_every).")
     cosegmentation: CoSegmentationConfig = option(CoSegmentationConfig(),
@@ -420,8 +425,8 @@ class TrainConfig:
     progress: bool = option(True, "show a tqdm progress bar")
     find_unused_parameters: bool = option(False, "DistributedDataParallel option")
     vgg16_weights: str | None = option(None,
-        "Local torchvision-format VGG16 ImageNet state dict for the co-segmentation term; null turns that term "
-        "off (logged).")
+        "Local torchvision-format VGG16 ImageNet state dict for the co-segmentation and feature terms; null turns "
+        "those terms off (logged).")
     model: dict = option(factory=dict, description=
         "ModelConfig overrides of a network trained from scratch (pipeline.model.ModelConfig fields)")
     finetune: FinetuneConfig = option(FinetuneConfig(),

@@ -20,6 +20,7 @@ from pipeline.config import AugmentationConfig
 from pipeline.losses import (
     RECIPES,
     CoSegmentation,
+    FeatureExtractor,
     SelfSupervisedLoss,
     VGG16Features,
     augment_images,
@@ -467,7 +468,8 @@ def test_recipes_and_overrides():
     assert set(RECIPES) == {"unsup_mvsnet", "mvs2", "m3vsnet", "jdacs", "jdacs_ms"}
     base = get_recipe("unsup_mvsnet")
     assert base.weights == {"photometric": 12.0, "ssim": 6.0, "smoothness": 0.18}
-    assert "cross_view" in get_recipe("mvs2").weights and "depth_normal" in get_recipe("m3vsnet").weights
+    assert "cross_view" in get_recipe("mvs2").weights
+    assert {"photometric", "ssim", "feature", "depth_normal"} <= set(get_recipe("m3vsnet").weights)
     assert {"augmentation", "cosegmentation"} <= set(get_recipe("jdacs").weights)
     assert not get_recipe("jdacs_ms").final_only and get_recipe("jdacs").final_only
     changed = get_recipe("unsup_mvsnet", {"ssim": 0, "smoothness": 1.0, "photometric": None})
@@ -476,6 +478,23 @@ def test_recipes_and_overrides():
         get_recipe("unknown")
     with pytest.raises(ValueError, match="term"):
         get_recipe("jdacs", {"colour": 1.0})
+
+
+@pytest.mark.parametrize(
+    "name, cites",
+    [
+        ("unsup_mvsnet", ("Khot", "2019")),
+        ("mvs2", ("Dai", "3DV 2019", "symmetric", "occlusion", "refinement: spn")),
+        ("m3vsnet", ("Huang", "2021", "feature", "normal-depth", "VGG16")),
+        ("jdacs", ("Xu", "AAAI 2021", "co-segmentation")),
+        ("jdacs_ms", ("Xu", "model: cvp")),
+    ],
+)
+def test_each_recipe_cites_its_paper_and_says_what_differs(name, cites):
+    doc = RECIPES[name].doc
+    assert all(word in doc for word in cites), (name, doc)
+    assert "Differs" in doc
+    assert get_recipe(name, {"photometric": 1.0}).doc == doc  # overrides keep the description
 
 
 def _stage_depths(true, scale):
@@ -489,7 +508,8 @@ def test_objective_all_recipes(recipe):
     scene = make_scene(SLANTED, dtype=torch.float32)
     torch.manual_seed(0)
     coseg = CoSegmentation("relu2_2", 4, 5)
-    loss = SelfSupervisedLoss(get_recipe(recipe), cosegmentation=coseg)
+    features = FeatureExtractor(("relu1_2", "relu2_2"))  # random weights; the first layers suffice here
+    loss = SelfSupervisedLoss(get_recipe(recipe), cosegmentation=coseg, feature_extractor=features)
     images, true = scene["images"], scene["depths"][:, 0]
     keep = torch.ones(1, 1, HEIGHT, WIDTH, dtype=torch.bool)
 

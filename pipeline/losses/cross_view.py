@@ -1,4 +1,7 @@
-"""Cross-view depth consistency (MVS^2, Dai et al. 2019, Sec. 3.3).
+"""One-way cross-view depth consistency of a reference with one source (after MVS^2, Dai et al. 2019).
+
+The objective uses the symmetric, occlusion-checked form of :mod:`pipeline.losses.multi_view`;
+this one-way form (no forward-backward check) stays for callers that compare one pair.
 
 The depth predicted for the reference and the depth predicted for a source (with that source as
 the reference of its own forward pass) must describe the same surface: a reference pixel,

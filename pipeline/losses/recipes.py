@@ -7,6 +7,10 @@ has the ``pseudo_label`` term (self-training needs label files): it is switched 
 
 "All stages" means every depth the network outputs (each PatchMatch iteration of stages 3, 2 and
 1 and the refined depth), each at its own resolution; "final" means the refined depth only.
+
+Every system is trained on our PatchmatchNet backbone (``model:``), not on the paper's own
+network; the recipes reproduce the papers' objectives. Each recipe's ``doc`` cites its paper and
+says what differs from it.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import dataclasses
 from typing import Mapping
 
 TERMS = (
-    "photometric", "ssim", "smoothness", "augmentation", "cosegmentation", "cross_view", "depth_normal", "pseudo_label",
+    "photometric", "ssim", "smoothness", "augmentation", "cosegmentation", "cross_view", "depth_normal", "feature",
+    "pseudo_label",
 )
 
 
@@ -27,11 +32,13 @@ class Recipe:
         name: the recipe's name.
         weights: term -> weight (terms absent are off).
         final_only: terms applied to the refined depth only (the others to every output).
+        doc: the paper it reproduces and what, if anything, differs from it.
     """
 
     name: str
     weights: Mapping[str, float]
     final_only: frozenset[str] = frozenset()
+    doc: str = ""
 
     def with_weights(self, overrides: Mapping[str, float | None]) -> "Recipe":
         """A copy with the given weights replaced (None keeps the recipe's; 0 turns a term off)."""
@@ -48,21 +55,44 @@ class Recipe:
 _BASE = {"photometric": 12.0, "ssim": 6.0, "smoothness": 0.18}
 
 RECIPES: dict[str, Recipe] = {
-    # Khot et al. 2019: robust photometric (best 3 of N per pixel) + SSIM + 2nd-order smoothness.
-    "unsup_mvsnet": Recipe("unsup_mvsnet", dict(_BASE)),
-    # Dai et al. 2019 (MVS^2): adds cross-view depth consistency (our weight: 1.0 on the relative error).
-    "mvs2": Recipe("mvs2", {**_BASE, "cross_view": 1.0}, frozenset({"cross_view"})),
-    # Huang et al. 2021 (M3VSNet): adds depth-normal consistency (our weight: 1.0).
-    "m3vsnet": Recipe("m3vsnet", {**_BASE, "depth_normal": 1.0}, frozenset({"depth_normal"})),
-    # Xu et al. 2021 (JDACS): + augmentation consistency (0.01, rising by schedule) + co-segmentation
-    # (our weight: 0.1); these two on the refined depth only.
-    "jdacs": Recipe(
-        "jdacs",
-        {**_BASE, "augmentation": 0.01, "cosegmentation": 0.1},
-        frozenset({"augmentation", "cosegmentation"}),
+    "unsup_mvsnet": Recipe(
+        "unsup_mvsnet", dict(_BASE),
+        doc="Khot et al., 'Learning Unsupervised Multi-View Stereopsis via Robust Photometric Consistency', "
+        "arXiv:1905.02706, 2019: robust photometric consistency (per pixel the best top_k of the sources) + SSIM "
+        "+ edge-aware smoothness, at every output. Differs: the paper trains MVSNet; here the backbone is ours.",
     ),
-    # JDACS-MS: the same terms, every one of them at every stage's output.
-    "jdacs_ms": Recipe("jdacs_ms", {**_BASE, "augmentation": 0.01, "cosegmentation": 0.1}),
+    "mvs2": Recipe(
+        "mvs2", {**_BASE, "cross_view": 1.0}, frozenset({"cross_view"}),
+        doc="Dai et al., 'MVS^2: Deep Unsupervised Multi-view Stereo with Multi-View Symmetry', 3DV 2019: the "
+        "pixel-wise terms + symmetric multi-view depth consistency (cross_view; weight 1.0 on the relative depth "
+        "error, ours) on the refined depths. Symmetric as in the paper through SelfSupervisedLoss.symmetric (a "
+        "depth for every view of the set, every ordered pair checked); SelfSupervisedLoss.forward checks the "
+        "reference against view 1 only, both ways. Differs: occlusions are a geometric forward-backward check "
+        "(pipeline.losses.multi_view) where the paper learns occlusion maps; the paper's spatial-propagation "
+        "refinement comes with `refinement: spn`, which the model does not have yet.",
+    ),
+    "m3vsnet": Recipe(
+        "m3vsnet", {**_BASE, "feature": 1.0, "depth_normal": 1.0}, frozenset({"feature", "depth_normal"}),
+        doc="Huang et al., 'M3VSNet: Unsupervised Multi-metric Multi-view Stereo Network', 2021 "
+        "(arXiv:2005.00363): pixel-wise (photometric + SSIM + smoothness, every output) + feature-wise "
+        "consistency (feature: frozen ImageNet VGG16 at relu2_2, relu3_3, relu4_3; weight 1.0, ours) + "
+        "normal-depth consistency (depth_normal; weight 1.0, ours), these two on the refined depth. The feature "
+        "term needs train.vgg16_weights and is off (with a WARNING) without it. Differs: feature errors are "
+        "divided by each layer's mean activation (the paper compares raw activations); the backbone is ours.",
+    ),
+    "jdacs": Recipe(
+        "jdacs", {**_BASE, "augmentation": 0.01, "cosegmentation": 0.1}, frozenset({"augmentation", "cosegmentation"}),
+        doc="Xu et al., 'Self-supervised Multi-view Stereo via Effective Co-Segmentation and Data-Augmentation', "
+        "AAAI 2021 (JDACS): the pixel-wise terms + data-augmentation consistency (0.01, rising by schedule) + "
+        "co-segmentation consistency (0.1, ours), these two on the refined depth. Co-segmentation needs "
+        "train.vgg16_weights and is off (with a WARNING) without it. Differs: the backbone is ours.",
+    ),
+    "jdacs_ms": Recipe(
+        "jdacs_ms", {**_BASE, "augmentation": 0.01, "cosegmentation": 0.1},
+        doc="JDACS-MS, the multi-stage system of the same paper (Xu et al., AAAI 2021): the jdacs terms at every "
+        "output. Differs: the paper builds it on CVP-MVSNet; it will use `model: cvp` once that backbone lands, "
+        "and until then runs on PatchmatchNet's stages.",
+    ),
 }
 
 

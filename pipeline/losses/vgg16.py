@@ -57,6 +57,28 @@ class VGG16Features(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.features((image - self.mean.to(image.dtype)) / self.std.to(image.dtype))
 
+    def forward_layers(self, image: torch.Tensor, layers: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """The outputs of several ReLUs (each at or before ``layer``) in one pass.
+
+        Shape:
+            - image: (B, 3, H, W) in [0, 1] -> layer -> (B, C, H / 2**p, W / 2**p)
+        """
+        wanted = {}
+        for name in layers:
+            if name not in RELU_INDEX or RELU_INDEX[name] > RELU_INDEX[self.layer]:
+                built = [n for n in RELU_INDEX if RELU_INDEX[n] <= RELU_INDEX[self.layer]]
+                raise ValueError(f"layers: expected some of {built} (built up to {self.layer}), got {name!r}")
+            wanted[RELU_INDEX[name]] = name
+        x = (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)
+        out = {}
+        for index, module in enumerate(self.features):
+            x = module(x)
+            if index in wanted:
+                out[wanted[index]] = x  # a ReLU is followed by a conv or a pool: neither writes into x
+            if len(out) == len(wanted):
+                break
+        return out
+
     def load_torchvision_weights(self, path: str | Path) -> None:
         """Load a torchvision-format VGG16 state dict from ``path`` (strict on the layers built).
 
