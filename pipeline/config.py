@@ -146,8 +146,14 @@ def parse_assignments(items: list[str] | tuple[str, ...]) -> dict:
     return result
 
 
-def option(default: Any = dataclasses.MISSING, description: str = "", *, factory=None) -> Any:
-    """A dataclass field declaring one option: its default (or ``factory``) and its description.
+#: Scene names (keys of ``scenes:`` and ``demo.name``) are folder names under results/: no ``.``/``..``,
+#: no separators, no leading ``_`` (the workflow's own ``_training*`` folders).
+SCENE_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+def option(default: Any = dataclasses.MISSING, description: str = "", *, factory=None, pattern: str | None = None) -> Any:
+    """A dataclass field declaring one option: its default (or ``factory``), its description and, for a
+    string, the regular expression its values must match.
 
     Raises:
         TypeError: when the description is empty (every option says what it means).
@@ -155,6 +161,8 @@ def option(default: Any = dataclasses.MISSING, description: str = "", *, factory
     if not description.strip():
         raise TypeError("an option needs a description")
     metadata = {"description": description}
+    if pattern is not None:
+        metadata["pattern"] = pattern
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -212,7 +220,8 @@ def section(config: Mapping[str, Any], name: str, cls: type[T]) -> T:
 class DemoConfig:
     """``demo``: the synthetic scene rendered when no scenes are given."""
 
-    name: str = option("demo", "scene name under results/")
+    name: str = option("demo", "scene name under results/ (letters, digits, _ . -, starting with a letter or digit)",
+                       pattern=SCENE_NAME_PATTERN)
     seed: int = option(0, "random seed of geometry and textures")
     num_views: int = option(10, "number of rendered views")
     width: int = option(320, "image width, pixels")

@@ -13,7 +13,7 @@ from pipeline import config as cfg
 # Keywords a property of config.schema.yaml may use; anything else is a typo (or a YAML flow mapping
 # split by an unquoted comma) that jsonschema would silently ignore.
 _KEYWORDS = {"type", "default", "description", "minimum", "maximum", "exclusiveMinimum", "multipleOf",
-             "enum", "items", "minItems", "maxItems", "properties", "additionalProperties"}
+             "enum", "items", "minItems", "maxItems", "properties", "additionalProperties", "pattern"}
 _SCALARS = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "object"}
 
 
@@ -83,6 +83,8 @@ def _compare(cls, node, path, problems) -> None:
         unknown = set(sub) - _KEYWORDS
         if unknown:
             problems.append(f"{where}: unknown schema keywords {sorted(unknown)}")
+        if sub.get("pattern") != field.metadata.get("pattern"):
+            problems.append(f"{where}: pattern differs: schema {sub.get('pattern')!r}, dataclass {field.metadata.get('pattern')!r}")
         description = field.metadata.get("description")
         if _words(sub.get("description", "")) != _words(description or ""):
             problems.append(f"{where}: description differs:\n  schema:    {sub.get('description')!r}\n"
@@ -239,3 +241,10 @@ def test_overrides_merge_into_the_file_and_are_validated_with_it(tmp_path):
     assert (config["demo"]["seed"], config["demo"]["width"], config["fuse"]["num_sources"]) == (7, 64, 3)
     with pytest.raises(cfg.ConfigError, match=r"(?s)run\.yaml with command-line options.*demo/width"):
         cfg.load_config(path, overrides={"demo": {"width": 8}})
+
+
+def test_scene_names_follow_one_pattern():
+    """The keys of ``scenes:`` and ``demo.name`` are both folders under results/: one rule for both."""
+    schema = cfg.load_schema()
+    assert schema["properties"]["scenes"]["propertyNames"]["pattern"] == cfg.SCENE_NAME_PATTERN
+    assert schema["properties"]["demo"]["properties"]["name"]["pattern"] == cfg.SCENE_NAME_PATTERN
