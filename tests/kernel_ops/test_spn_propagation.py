@@ -1,7 +1,17 @@
 """kernels.spn_propagation against its plain-torch reference, plus properties that hold without it.
+
+The CUDA kernels run here under numba's CUDA simulator on tiny cases: ``NUMBA_ENABLE_CUDASIM=1``
+must be set before ``numba.cuda`` is first imported (and turns every later CUDA use of the process
+into simulation), so that case runs this file as a script in a fresh interpreter
+(``python test_spn_propagation.py cudasim``), which prints its error figures as JSON.
 """
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -219,3 +229,127 @@ def test_bad_inputs_raise_clear_errors():
         spn_propagate(depth, affinity, steps=-1)
     with pytest.raises(TypeError, match="list"):
         spn_propagate([1.0], affinity, steps=1)
+
+
+def test_cuda_kernels_in_simulator():
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    proc = subprocess.run(
+        [sys.executable, __file__, "cudasim"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, f"simulated case failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    errors = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(errors) == 12
+    for key, (error, tol) in errors.items():
+        assert error <= tol, f"{key}: max error {error} > {tol}"
+
+
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+@pytest.mark.parametrize("kernel", ["spn_fwd_step_kernel", "spn_bwd_step_kernel"])
+def test_cuda_kernels_compile_without_atomics(kernel, dtype_name):
+    """Each kernel compiles for sm_80 without a GPU (NVVM only), and its PTX holds no atomic
+    instruction: the backward is a gather."""
+    code = (
+        "import sys\n"
+        "from numba import cuda\n"
+        "from kernels.spn_propagation import cuda as kc\n"
+        f"sig = kc.SIGNATURES[{dtype_name!r}][{int(kernel == 'spn_bwd_step_kernel')}]\n"
+        f"ptx, _ = cuda.compile_ptx(kc.{kernel}, sig, cc=(8, 0))\n"
+        "print('ATOMIC' if 'atom.' in ptx else 'CLEAN', len(ptx))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 and "NVVM" in proc.stderr:
+        pytest.skip("NVVM not installed")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[0] == "CLEAN"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape", [(2, 37, 29), (1, 16, 16), (1, 3, 300)], ids=lambda s: "x".join(map(str, s)))
+def test_cuda_matches_reference(dtype, tolerance, shape):
+    depth, affinity = _inputs(shape, "cuda", dtype, seed=8, non_contiguous=True)
+    out, grad_depth, grad_affinity = _forward_backward(spn_propagate, depth, affinity, 9, 2)
+    assert out.is_cuda
+    ref, ref_depth, ref_affinity = _forward_backward(
+        spn_propagate_reference, depth.double().cpu(), affinity.double().cpu(), 9, 2
+    )
+    atol, rtol = tolerance
+    torch.testing.assert_close(out.double().cpu(), ref, atol=atol, rtol=rtol)
+    torch.testing.assert_close(grad_depth.double().cpu(), ref_depth, atol=atol, rtol=rtol)
+    torch.testing.assert_close(grad_affinity.double().cpu(), ref_affinity, atol=atol, rtol=rtol)
+
+
+@pytest.mark.cuda
+def test_gradcheck_cuda():
+    depth, affinity = _inputs((2, 4, 5), "cuda", torch.float64, seed=5)
+    depth.requires_grad_()
+    affinity.requires_grad_()
+    assert torch.autograd.gradcheck(lambda d, a: spn_propagate(d, a, steps=3), (depth, affinity), eps=1e-6, atol=1e-8)
+
+
+@pytest.mark.cuda
+def test_cuda_deterministic():
+    depth, affinity = _inputs((2, 64, 80), "cuda", torch.float32, seed=9)
+    first = _forward_backward(spn_propagate, depth, affinity, 12, 5)
+    second = _forward_backward(spn_propagate, depth, affinity, 12, 5)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Script side: runs in the simulated interpreter.
+# ---------------------------------------------------------------------------------------------
+
+_SIM_TOL = {"float64": 1e-12, "float32": 2e-5}
+
+
+def _case_cudasim() -> dict:
+    import numpy as np
+    from numba import cuda
+
+    from kernels.spn_propagation import cuda as kc
+
+    if "simulator" not in type(cuda.jit(kc.spn_fwd_step_kernel)).__module__:
+        raise RuntimeError("not running under the CUDA simulator")
+    forward = cuda.jit(kc.spn_fwd_step_kernel)
+    backward = cuda.jit(kc.spn_bwd_step_kernel)
+    results = {}
+    # Crosses one block of 64 threads (3 * 5 * 6 = 90 pixels), odd sizes, a single column.
+    for shape, steps in (((3, 5, 6), 3), ((1, 7, 1), 2)):
+        for dtype in ("float64", "float32"):
+            depth, affinity = _inputs(shape, "cpu", torch.float64, seed=12)
+            d = depth[:, 0].numpy().astype(dtype)
+            a = affinity.numpy().astype(dtype)
+            threads = 64
+            blocks = (d.size + threads - 1) // threads
+            history = [d.copy()]
+            for _ in range(steps):
+                nxt = np.zeros_like(d)
+                forward[blocks, threads](history[-1], a, nxt)
+                history.append(nxt)
+            gen = torch.Generator().manual_seed(13)
+            upstream = torch.randn(depth.shape, generator=gen, dtype=torch.float64)
+            grad = upstream[:, 0].numpy().astype(dtype)
+            grad_affinity = np.zeros_like(a)
+            for step in range(steps - 1, -1, -1):
+                grad_prev = np.zeros_like(d)
+                backward[blocks, threads](history[step], a, grad, grad_prev, grad_affinity)
+                grad = grad_prev
+            ref, ref_depth, ref_affinity = _forward_backward(
+                spn_propagate_reference,
+                torch.tensor(d, dtype=torch.float64)[:, None],
+                torch.tensor(a, dtype=torch.float64),
+                steps,
+                13,
+            )
+            tol = _SIM_TOL[dtype]
+            name = f"{'x'.join(map(str, shape))}-{dtype}"
+            results[f"{name}-forward"] = (float(np.abs(history[-1] - ref[:, 0].detach().numpy()).max()), tol)
+            results[f"{name}-grad_depth"] = (float(np.abs(grad - ref_depth[:, 0].numpy()).max()), tol)
+            results[f"{name}-grad_affinity"] = (float(np.abs(grad_affinity - ref_affinity.numpy()).max()), tol)
+    return results
+
+
+if __name__ == "__main__":
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+        sys.exit("run with NUMBA_ENABLE_CUDASIM=1")
+    print(json.dumps({"cudasim": _case_cudasim}[sys.argv[1]]()))
