@@ -231,6 +231,21 @@ def test_bad_inputs_raise_clear_errors():
         spn_propagate([1.0], affinity, steps=1)
 
 
+def test_cpu_path_never_touches_cuda():
+    """The op and its backward on CPU tensors load neither numba.cuda nor cupy."""
+    code = (
+        "import sys, torch\n"
+        "from kernels.spn_propagation import spn_propagate\n"
+        "d = torch.rand(1, 1, 4, 5, requires_grad=True)\n"
+        "spn_propagate(d, torch.zeros(1, 8, 4, 5), steps=2).sum().backward()\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(('numba.cuda', 'cupy', 'numba_cuda')))\n"
+        "print(bad)\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"CUDA modules imported on a CPU path: {proc.stdout} {proc.stderr[-2000:]}"
+
+
 def test_cuda_kernels_in_simulator():
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     proc = subprocess.run(
