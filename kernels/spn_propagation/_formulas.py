@@ -1,4 +1,4 @@
-"""Scalar helpers shared by the CPU (numba njit) and CUDA (numba.cuda) kernels.
+"""Scalar functions shared by the CPU (numba njit) and CUDA (numba.cuda) kernels.
 
 Plain Python functions: each backend compiles them with its own decorator (inlined), so both
 backends index the neighbours in the same order as ``reference.NEIGHBOUR_OFFSETS``.
