@@ -630,3 +630,123 @@ def test_runs_under_autocast(model, amp_dtype):
     assert got.depth.dtype == torch.float32 and torch.isfinite(got.depth).all()
     relative = ((got.depth - expected.depth).abs() / expected.depth).median()
     assert relative < 0.05, relative
+
+
+# ------------------------------------------------------------------------------------ SPN refinement
+
+
+def _spn_inputs(batch=2, height=13, width=17, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.rand(batch, 3, height, width, generator=gen)
+    depth_min = torch.tensor([1.0, 2.0])[:batch]
+    depth_max = torch.tensor([5.0, 6.0])[:batch]
+    near, far = depth_min.view(-1, 1, 1, 1), depth_max.view(-1, 1, 1, 1)
+    depth = near + (far - near) * torch.rand(batch, 1, height, width, generator=gen)
+    return image, depth, depth_min, depth_max
+
+
+def _randomise_affinity_layer(spn, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        spn.affinity.weight.copy_(0.3 * torch.randn(spn.affinity.weight.shape, generator=gen))
+        spn.affinity.bias.copy_(0.3 * torch.randn(spn.affinity.bias.shape, generator=gen))
+
+
+def test_spn_shapes_range_and_normalisation():
+    from pipeline.model.spn import AFFINITY_BUDGET, SPNRefinement, normalise_affinity
+
+    torch.manual_seed(0)
+    spn = SPNRefinement(channels=8, steps=6).eval()
+    _randomise_affinity_layer(spn)
+    image, depth, depth_min, depth_max = _spn_inputs()
+    out = spn(image, depth, depth_min, depth_max)
+    assert out.shape == depth.shape and torch.isfinite(out).all()
+    assert not torch.equal(out, depth)
+    for b in range(2):
+        assert out[b].min() >= depth_min[b] and out[b].max() <= depth_max[b]
+    normalised = (depth - depth_min.view(-1, 1, 1, 1)) / (depth_max - depth_min).view(-1, 1, 1, 1)
+    affinity = spn.affinities(image, normalised)
+    assert affinity.shape == (2, 8, 13, 17)
+    assert affinity.abs().sum(dim=1).max() <= AFFINITY_BUDGET + 1e-6
+    # Large raw outputs are renormalised to the budget; small ones pass as scaled tanh.
+    big = normalise_affinity(torch.full((1, 8, 1, 1), 5.0))
+    torch.testing.assert_close(big.abs().sum(), torch.tensor(AFFINITY_BUDGET))
+    small = torch.full((1, 8, 1, 1), 0.01)
+    torch.testing.assert_close(normalise_affinity(small), AFFINITY_BUDGET * torch.tanh(small))
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\).*\(2, 1, 13, 17\)"):
+        spn(depth, depth, depth_min, depth_max)
+
+
+def test_spn_with_zero_guidance_output_leaves_depth_unchanged():
+    from pipeline.model.spn import SPNRefinement
+
+    torch.manual_seed(0)
+    spn = SPNRefinement(channels=8, steps=12)
+    image, depth, depth_min, depth_max = _spn_inputs()
+    assert torch.equal(spn.eval()(image, depth, depth_min, depth_max), depth)  # fresh: last layer zero
+    _randomise_affinity_layer(spn)
+    assert not torch.equal(spn(image, depth, depth_min, depth_max), depth)
+    with torch.no_grad():  # zero guidance output again, whatever the earlier layers hold
+        spn.affinity.weight.zero_()
+        spn.affinity.bias.zero_()
+    for mode in (spn.train(), spn.eval()):
+        assert torch.equal(mode(image, depth, depth_min, depth_max), depth)
+
+
+def test_spn_gradient_reaches_every_parameter():
+    from pipeline.model.spn import SPNRefinement
+
+    torch.manual_seed(0)
+    spn = SPNRefinement(channels=8, steps=8).train()
+    image, depth, depth_min, depth_max = _spn_inputs()
+    depth.requires_grad_()
+    target = depth.detach().flip(-1)
+
+    def loss():
+        return (spn(image, depth, depth_min, depth_max) - target).abs().mean()
+
+    # A fresh SPN is the identity (last layer zero): only that layer learns at the first step ...
+    loss().backward()
+    assert spn.affinity.weight.grad.abs().sum() > 0 and spn.affinity.bias.grad.abs().sum() > 0
+    assert depth.grad.abs().sum() > 0
+    torch.optim.SGD(spn.parameters(), lr=0.5).step()
+    # ... and after one optimiser step the gradient reaches every parameter.
+    spn.zero_grad()
+    loss().backward()
+    for name, parameter in spn.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_spn_refinement_in_the_network_and_checkpoints(model, tmp_path):
+    views = make_views([(24, 40), (24, 40)])
+    config = ModelConfig(refinement="spn", spn_steps=5, spn_channels=8)
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    spn_model = PatchmatchNet(config).eval()
+    # The residual refinement's weights are shared with the default mode: a default-mode state
+    # loads with only the SPN's own keys missing.
+    missing, unexpected = spn_model.load_state_dict(model.state_dict(), strict=False)
+    assert unexpected == [] and missing and all(key.startswith("spn.") for key in missing)
+    assert not any(key.startswith("spn.") for key in model.state_dict())
+    with torch.inference_mode():
+        base, fresh = model(*views), spn_model(*views)
+    torch.testing.assert_close(fresh.depth, base.depth, atol=0, rtol=0)  # a fresh SPN is the identity
+    _randomise_affinity_layer(spn_model.spn)
+    with torch.inference_mode():
+        propagated = spn_model(*views)
+    assert propagated.depth.shape == (1, 1, 24, 40) and not torch.equal(propagated.depth, base.depth)
+    assert propagated.stage_depths[0][0] is propagated.depth
+    # Round trip through a checkpoint, and the default mode's checkpoints still load strictly.
+    save_checkpoint(tmp_path / "spn.pt", spn_model, {"step": 1})
+    loaded, _ = load_checkpoint(tmp_path / "spn.pt")
+    assert loaded.config.refinement == "spn" and loaded.config.spn_steps == 5
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(*views).depth, propagated.depth, atol=0, rtol=0)
+    save_checkpoint(tmp_path / "base.pt", model, {"step": 1})
+    assert load_checkpoint(tmp_path / "base.pt")[0].config.refinement is True
+    # spn_steps needs no weights: it can change at load time.
+    assert load_checkpoint(tmp_path / "spn.pt", model_overrides={"spn_steps": 0})[0].spn.steps == 0
+    assert ModelConfig().refinement is True  # the default stays PatchmatchNet's refinement
+    for bad, match in (({"refinement": "cspn"}, "refinement.*'spn'"), ({"spn_steps": -1}, "spn_steps"),
+                       ({"spn_channels": 0}, "spn_channels"), ({"spn_steps": 2.5}, "spn_steps")):
+        with pytest.raises(ValueError, match=match):
+            ModelConfig(**bad)

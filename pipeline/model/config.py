@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 NUM_STAGES = 3  # stages 1, 2, 3 at 1/2, 1/4, 1/8 resolution
 UPSAMPLING_MODES = ("nearest", "bilinear")
+REFINEMENT_MODES = ("spn",)  # besides true (PatchmatchNet's refinement) and false (none)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,15 @@ class ModelConfig:
             weights stay in the model, so a checkpoint loads either way and the switch can be set
             at export or inference. Measured on the held-out synthetic scenes for the self-supervised
             base run: the refinement costs about 1 point within 1 % (bench/README.md).
+            ``"spn"``: the refinement network, then a spatial propagation network on its output
+            (:class:`pipeline.model.spn.SPNRefinement`, MVS^2's refinement): ``spn_steps`` steps of
+            8-neighbour propagation with affinities predicted from the reference image and the
+            depth. Its guidance weights (``spn.*``) exist only in this mode, so checkpoints of the
+            other two modes load unchanged; its last layer starts at zero, so a fresh SPN returns
+            the refinement network's depth.
+        spn_steps: propagation steps of the SPN refinement (``refinement: spn``); no weights depend
+            on it, so it can be set at export or inference (0: the SPN is skipped).
+        spn_channels: channels of the SPN's guidance CNN (``refinement: spn``).
         valid_view_normalisation: how the view-weighted mean of the correlations is normalised.
             ``False`` (PatchmatchNet): by the sum of the pixel's view weights, so a source in which
             a hypothesis projects outside the image (or behind the camera) still counts, with a
@@ -73,8 +83,10 @@ class ModelConfig:
     batchnorm_momentum: float = 0.1
     stage_upsampling: str = "bilinear"
     refinement_upsampling: str = "bilinear"
-    refinement: bool = True
+    refinement: bool | str = True
     valid_view_normalisation: bool = False
+    spn_steps: int = 12
+    spn_channels: int = 16
 
     def __post_init__(self) -> None:
         for name in (
@@ -114,7 +126,16 @@ class ModelConfig:
         for name in ("stage_upsampling", "refinement_upsampling"):
             if getattr(self, name) not in UPSAMPLING_MODES:
                 raise ValueError(f"ModelConfig.{name}: expected one of {UPSAMPLING_MODES}, got {getattr(self, name)!r}")
-        for name in ("refinement", "valid_view_normalisation"):
+        if not isinstance(self.refinement, bool) and self.refinement not in REFINEMENT_MODES:
+            raise ValueError(
+                f"ModelConfig.refinement: expected true, false or one of {REFINEMENT_MODES}, got {self.refinement!r}"
+            )
+        for name in ("spn_steps", "spn_channels"):
+            value = getattr(self, name)
+            low = 0 if name == "spn_steps" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"ModelConfig.{name}: expected an integer >= {low}, got {value!r}")
+        for name in ("valid_view_normalisation",):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelConfig.{name}: expected true or false, got {getattr(self, name)!r}")
         if self.num_initial_hypotheses < 2:

@@ -17,6 +17,7 @@ from .config import ModelConfig
 from .feature import FeaturePyramid
 from .patchmatch import PatchMatch
 from .refinement import Refinement, upsample
+from .spn import SPNRefinement
 
 STAGES = (3, 2, 1)  # coarse to fine; stage s is at 1 / 2**s of the input resolution
 
@@ -27,7 +28,8 @@ class PatchmatchOutput:
 
     Attributes:
         depth: (B, 1, H, W) refined depth at the reference image's resolution, in
-            [depth_min, depth_max] (with ``ModelConfig.refinement`` off: stage 1's upsampled).
+            [depth_min, depth_max] (with ``ModelConfig.refinement`` off: stage 1's upsampled; with
+            ``"spn"``: the refinement's, propagated by :class:`pipeline.model.spn.SPNRefinement`).
         confidence: (B, 1, H, W) in [0, 1]: probability mass of the 4 hypotheses nearest the
             regressed one at the last iteration of stage 1, upsampled.
         stage_depths: stage -> the depth (B, 1, h, w) of every PatchMatch iteration of that stage,
@@ -166,6 +168,8 @@ class PatchmatchNet(nn.Module):
                 valid_view_normalisation=cfg.valid_view_normalisation,
             )
         self.refinement = Refinement(cfg.refinement_channels, momentum, cfg.refinement_upsampling)
+        if cfg.refinement == "spn":  # only then: checkpoints of the other modes keep their keys
+            self.spn = SPNRefinement(cfg.spn_channels, cfg.spn_steps, momentum)
         self._batchnorm_frozen = False
 
     def freeze_batchnorm(self, frozen: bool = True) -> "PatchmatchNet":
@@ -288,6 +292,9 @@ class PatchmatchNet(nn.Module):
         confidence = _confidence(probability)
         confidence = F.interpolate(confidence, size=ref_image.shape[-2:], mode="bilinear", align_corners=False)
         refined = refined[..., :height, :width]
+        if self.config.refinement == "spn":
+            # On the cropped map: depth in the replicated padding must not flow into the image.
+            refined = self.spn(images[0], refined, depth_min, depth_max)
         stage_depths[0] = [refined]
         return PatchmatchOutput(
             depth=refined,
