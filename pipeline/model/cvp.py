@@ -76,8 +76,10 @@ def residual_depth_step(
     the views the point lies in front of (``z > 0``): adjacent hypotheses then sample every source
     no more than ``s`` pixels apart (s = 0.5, the paper's choice, samples densely enough that no
     feature is skipped), and ``2 * steps + 1`` planes cover ``+-steps * s`` pixels in the
-    widest-baseline source. Clamped into ``(0, max_step]``, which also covers pixels whose ray
-    passes through every source's centre (``N = 0``: no motion at all) or lies behind every source.
+    widest-baseline source. The step is always under ``z / |A_z|``, so ``d -+ step`` stays in front
+    of the source. A view counts where the point lies in front of it (``z > 0``) and its projection
+    moves at all (``N > 0``: the ray does not pass through the source's centre). Clamped into
+    ``(0, max_step]``, also the step of a pixel no view counts for.
 
     Args:
         depth: (B, 1, H, W) current depth estimate (z-depth in the reference camera).
@@ -107,7 +109,14 @@ def residual_depth_step(
         motion = torch.linalg.vector_norm(A[:, :2] * T[:, 2:] - A[:, 2:] * T[:, :2], dim=1, keepdim=True)
         denominator = motion + pixels * z * A[:, 2:].abs()
         view_step = pixels * z * z / denominator.clamp_min(torch.finfo(dtype).tiny)
-        step = torch.minimum(step, torch.where(z > 0, view_step, torch.full_like(view_step, float("inf"))))
+        # N = 0 (up to rounding): the ray passes through the source's centre and its projection
+        # does not move at all; the formula's z / |A_z| would be a step to the camera plane.
+        rounding = torch.finfo(dtype).eps * 8 * (
+            torch.linalg.vector_norm(A[:, :2] * T[:, 2:], dim=1, keepdim=True)
+            + torch.linalg.vector_norm(A[:, 2:] * T[:, :2], dim=1, keepdim=True)
+        )
+        informative = (z > 0) & (motion > rounding)
+        step = torch.minimum(step, torch.where(informative, view_step, torch.full_like(view_step, float("inf"))))
     smallest = torch.finfo(dtype).eps * max_step.view(batch, 1, 1)
     step = torch.minimum(step, max_step.view(batch, 1, 1).to(dtype)).clamp_min(smallest)
     return step.view(batch, 1, height, width)
