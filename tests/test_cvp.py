@@ -287,6 +287,8 @@ def test_build_model_follows_the_backbone():
     assert type(build_model(ModelConfig(**SMALL))) is CVPMVSNet
     with pytest.raises(ValueError, match="backbone 'cvp'"):
         CVPMVSNet(ModelConfig())
+    with pytest.raises(ValueError, match="build_model"):
+        PatchmatchNet(ModelConfig(backbone="cvp"))
 
 
 @pytest.mark.parametrize("sampling", ["inverse", "linear"])
@@ -318,3 +320,28 @@ def test_checkpoints_written_before_the_backbone_option_still_load(tmp_path):
     assert "backbone" not in payload["model_config"]
     model, _ = load_checkpoint(shipped)
     assert type(model) is PatchmatchNet and model.config.backbone == "patchmatchnet"
+
+
+def test_one_jdacs_ms_step_scores_every_level():
+    """The self-supervised objective takes the levels as they come (integer factors of the input)
+    and its gradient reaches the network; JDACS-MS scores every level (co-segmentation off: no VGG)."""
+    from pipeline.losses.objective import SelfSupervisedLoss
+    from pipeline.losses.recipes import get_recipe
+
+    torch.manual_seed(0)
+    model = CVPMVSNet(ModelConfig(**SMALL)).train()
+    images, intrinsics, poses, depth_min, depth_max = make_views([(24, 32)] * 3)
+    out = model(images, intrinsics, poses, depth_min, depth_max)
+    augmented = model([image.flip(1) for image in images], intrinsics, poses, depth_min, depth_max)
+    objective = SelfSupervisedLoss(get_recipe("jdacs_ms"), top_k=2)
+    total, terms = objective(
+        torch.stack(images, 1), torch.stack(intrinsics, 1), torch.stack(poses, 1), out.stage_depths,
+        augmented_stage_depths=augmented.stage_depths, augmentation_keep=torch.ones(1, 1, 24, 32, dtype=torch.bool),
+    )
+    assert sorted(terms) == ["augmentation", "photometric", "smoothness", "ssim"]
+    assert bool(torch.isfinite(total))
+    total.backward()
+    # The finer levels search around a detached depth: the coarsest level's net learns only if
+    # the coarsest depth itself is scored.
+    for net in (model.initial_regularisation, model.residual_regularisation):
+        assert all(p.grad is not None and bool(torch.any(p.grad != 0)) for p in net.parameters())
