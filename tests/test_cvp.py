@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from pipeline.model import (
     CVPMVSNet,
@@ -345,3 +346,65 @@ def test_one_jdacs_ms_step_scores_every_level():
     # the coarsest depth itself is scored.
     for net in (model.initial_regularisation, model.residual_regularisation):
         assert all(p.grad is not None and bool(torch.any(p.grad != 0)) for p in net.parameters())
+
+
+# --------------------------------------------------- the geometry, with hand-made features and costs
+
+PLANE_DEPTH, FOCAL = 2.0, 60.0
+
+
+def _plane_view(centre, height=48, width=64):
+    """The textured plane z = PLANE_DEPTH seen by a camera at ``centre`` looking along +z."""
+    K = torch.tensor([[FOCAL, 0, width / 2], [0, FOCAL, height / 2], [0, 0, 1]])
+    ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+    distance = PLANE_DEPTH - centre[2]
+    x = centre[0] + (xs - width / 2) / FOCAL * distance
+    y = centre[1] + (ys - height / 2) / FOCAL * distance
+    texture = 0.5 + 0.2 * torch.sin(31 * x + 5 * y) * torch.cos(3 * y) + 0.15 * torch.sin(23 * y - 11 * x) + 0.1 * torch.sin(9 * x + 13 * y)
+    pose = torch.eye(4)
+    pose[:3, 3] = -torch.tensor(centre)
+    return texture.expand(3, height, width)[None].clone(), K[None], pose[None]
+
+
+class _CentredIntensity(nn.Module):
+    """Features: the intensity minus its 7x7 mean, in every channel (no weights to learn)."""
+
+    def forward(self, image):
+        gray = image.mean(1, keepdim=True)
+        return (gray - F.avg_pool2d(F.pad(gray, (3, 3, 3, 3), mode="replicate"), 7, stride=1)).repeat(1, 4, 1, 1)
+
+
+class _SharpWindowedCost(nn.Module):
+    """Logits: the correlation averaged over 5x5 pixels, sharpened (a winner-takes-most softmax)."""
+
+    def forward(self, cost):
+        return 1e4 * F.avg_pool3d(F.pad(cost, (2, 2, 2, 2, 0, 0), mode="replicate"), (1, 5, 5), stride=1).mean(1)
+
+
+@pytest.mark.parametrize("sampling", ["inverse", "linear"])
+def test_recovers_a_plane_with_hand_made_features_and_costs(sampling):
+    """Every level's depth is right where the cost says so: source intrinsics left unscaled at the
+    coarser levels, or the reference-to-source transform inverted, fail this (both tried)."""
+    views = [_plane_view(c) for c in [(0.0, 0.0, 0.0), (0.5, 0.0, 0.0), (-0.4, 0.3, 0.0)]]
+    images, intrinsics, poses = (list(x) for x in zip(*views))
+    fractions = {}
+    for levels in (2, 3):
+        model = CVPMVSNet(
+            ModelConfig(backbone="cvp", cvp_levels=levels, cvp_feature_channels=4, cvp_num_groups=1, cvp_depth_sampling=sampling)
+        ).eval()
+        model.feature = _CentredIntensity()
+        model.initial_regularisation = _SharpWindowedCost()
+        model.residual_regularisation = _SharpWindowedCost()
+        with torch.inference_mode():
+            out = model(images, intrinsics, poses, torch.tensor([1.5]), torch.tensor([2.6]))
+        for level, (depth,) in out.stage_depths.items():
+            rows, cols = depth.shape[2] // 6, depth.shape[3] // 6  # the border that sources miss
+            error = (depth[0, 0, rows:-rows, cols:-cols] / PLANE_DEPTH - 1).abs()
+            fractions[levels, level] = float((error < 0.01).float().mean())
+            assert float(error.median()) < (0.05 if (levels, level) == (3, 2) else 0.01), (levels, level)
+    # Two levels: 48 planes at half resolution, the residual at full (measured 0.90 and 0.90; a
+    # pose inverted or the coarse intrinsics unscaled: under 0.1).
+    assert fractions[2, 1] > 0.8 and fractions[2, 0] > 0.8
+    # Three levels: the 12 x 16 coarsest image aliases the texture (0.27 within 1 %); each residual
+    # level improves on the one before (0.57, then 0.66).
+    assert fractions[3, 2] < fractions[3, 1] < fractions[3, 0]
