@@ -264,6 +264,21 @@ def test_runs_under_autocast(model):
     assert out.depth.dtype == torch.float32 and bool(torch.all(torch.isfinite(out.depth)))
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda v: (v[0][:1], *v[1:]), "list of >= 2 images"),
+        (lambda v: ([v[0][0][:, :2], *v[0][1:]], *v[1:]), r"images\[0\]: expected \(1, 3, H, W\)"),
+        (lambda v: (*v[:3], v[4], v[3]), "0 < depth_min < depth_max"),
+        (lambda v: (v[0], v[1][:2], *v[2:]), "as many intrinsics"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(model, change, message):
+    views = make_views([(24, 32), (24, 32), (24, 32)])
+    with pytest.raises(ValueError, match=f"CVPMVSNet: .*{message}"):
+        model(*change(views))
+
+
 # ------------------------------------------------------------------- config, switch, checkpoints
 
 

@@ -32,7 +32,9 @@ class ModelConfig:
             (:class:`pipeline.model.CVPMVSNet`, Yang et al. CVPR 2020; the ``cvp_`` options).
             Each backbone ignores the other's options.
         cvp_levels: image pyramid levels of CVP-MVSNet; the coarsest is at 1 / 2**(levels - 1) per
-            side. Its weights are shared by every level, so the count can change at inference.
+            side. Its weights are shared by every level, so the count can change at inference
+            (1 level leaves the residual net unused: distributed training then needs
+            ``find_unused_parameters``).
         cvp_initial_planes: depth planes of the full cost volume at the coarsest level.
         cvp_depth_sampling: those planes uniform in ``"inverse"`` depth (default) or ``"linear"``
             depth (the paper's).

@@ -275,7 +275,10 @@ class CVPMVSNet(nn.Module):
         features: list[dict[int, torch.Tensor]] | None = None,
     ) -> PatchmatchOutput:
         """Depth of the reference view (view 0); arguments and shapes as :meth:`PatchmatchNet.forward`."""
-        _check_inputs(images, intrinsics, cam_from_world, depth_min, depth_max)
+        try:
+            _check_inputs(images, intrinsics, cam_from_world, depth_min, depth_max)
+        except ValueError as error:  # the same checks as PatchmatchNet's; the message names this network
+            raise ValueError(str(error).replace("PatchmatchNet:", "CVPMVSNet:", 1)) from None
         if features is not None and len(features) != len(images):
             raise ValueError(f"CVPMVSNet: got features of {len(features)} views for {len(images)} images")
         cfg = self.config
