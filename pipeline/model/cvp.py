@@ -335,8 +335,10 @@ class CVPMVSNet(nn.Module):
                 ref_feature, [f[level] for f in src_features], ref_K, src_Ks, src_from_refs, hypotheses
             )
             logits = regularisation(cost.to(ref_feature.dtype))
-            probability = torch.softmax(logits.float(), dim=1)
-            regressed = (probability * sampled.float()).sum(dim=1, keepdim=True)
+            # Softmax and regression in at least float32 (half-float logits under autocast).
+            precision = torch.promote_types(logits.dtype, torch.float32)
+            probability = torch.softmax(logits.to(precision), dim=1)
+            regressed = (probability * sampled.to(precision)).sum(dim=1, keepdim=True)
             if depth is None and cfg.cvp_depth_sampling == "inverse":
                 regressed = 1.0 / regressed
             depth = regressed.to(dtype)
