@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -423,3 +424,27 @@ def test_recovers_a_plane_with_hand_made_features_and_costs(sampling):
     # Three levels: the 12 x 16 coarsest image aliases the texture (0.27 within 1 %); each residual
     # level improves on the one before (0.57, then 0.66).
     assert fractions[3, 2] < fractions[3, 1] < fractions[3, 0]
+
+
+def test_infer_writes_depth_with_a_cvp_checkpoint(tmp_path):
+    """The inference stage runs the backbone the checkpoint names (cached features, mirrored pass)."""
+    import json
+
+    from pipeline.config import InferConfig
+    from pipeline.formats.depth_file import read_depth_attrs, read_depth_file
+    from pipeline.stages.infer import run_infer
+    from test_infer import make_scene
+
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(tmp_path / "cvp.pt", CVPMVSNet(ModelConfig(**SMALL)))
+    scene = make_scene(tmp_path / "scene.h5")
+    out = run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / "depth.h5",
+                    InferConfig(num_sources=2, device="cpu", num_threads=1))
+    assert json.loads(read_depth_attrs(out)["model_config"])["backbone"] == "cvp"
+    views = read_depth_file(out)
+    assert sorted(views) == sorted(scene.views)
+    for image_id, view in views.items():
+        assert view.depth.shape == (scene.views[image_id].height, scene.views[image_id].width)
+        valid = scene.views[image_id].mask  # the masked rows are written as 0
+        assert bool(np.all(view.depth[~valid] == 0))
+        assert bool(np.all((view.depth[valid] >= 2.0 * (1 - 1e-6)) & (view.depth[valid] <= 6.0 * (1 + 1e-6))))
