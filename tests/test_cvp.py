@@ -222,6 +222,17 @@ def test_gradient_reaches_every_parameter():
     assert missing == []
 
 
+def test_freeze_batchnorm_keeps_running_statistics():
+    torch.manual_seed(0)
+    model = CVPMVSNet(ModelConfig(**SMALL)).freeze_batchnorm().train()
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    model(*make_views([(24, 32), (24, 32)]))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items() if "running" in k)
+    model.freeze_batchnorm(False).train()
+    model(*make_views([(24, 32), (24, 32)]))
+    assert not all(torch.equal(before[k], v) for k, v in model.state_dict().items() if "running" in k)
+
+
 def test_eval_mode_is_deterministic(model):
     views = make_views([(27, 35), (27, 35), (25, 33)])
     with torch.inference_mode():
