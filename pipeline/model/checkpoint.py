@@ -6,7 +6,8 @@ A checkpoint is a ``torch.save`` of plain types only (loadable with ``weights_on
      "model_config": ModelConfig.to_dict(), "state_dict": {...}, "extra": {...}}
 
 Loading is strict: a missing or unexpected key is an error naming the file and the keys, never a
-network left partly random.
+network left partly random. ``kind`` names the file format, whatever the network: the backbone is
+``model_config["backbone"]`` (absent in files written before CVP-MVSNet: PatchmatchNet).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from ..formats.atomic import atomic_path
 from .config import ModelConfig
+from .cvp import CVPMVSNet
 from .network import PatchmatchNet
 
 KIND = "selfmvs.patchmatchnet"
@@ -29,13 +31,19 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file and what is wrong."""
 
 
-def save_checkpoint(path: str | os.PathLike, model: PatchmatchNet, extra: Mapping[str, Any] | None = None) -> Path:
+def build_model(config: ModelConfig | None = None) -> PatchmatchNet | CVPMVSNet:
+    """The network ``config.backbone`` names, with random weights (PatchmatchNet's defaults when None)."""
+    config = config if config is not None else ModelConfig()
+    return CVPMVSNet(config) if config.backbone == "cvp" else PatchmatchNet(config)
+
+
+def save_checkpoint(path: str | os.PathLike, model: PatchmatchNet | CVPMVSNet, extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``model``'s weights and config (plus ``extra``: epoch, optimizer state, ...) atomically.
 
     ``extra`` must hold plain types and tensors (it is read back with ``weights_only=True``).
     """
-    if not isinstance(model, PatchmatchNet):
-        raise TypeError(f"save_checkpoint: expected a PatchmatchNet, got {type(model).__name__}")
+    if not isinstance(model, (PatchmatchNet, CVPMVSNet)):
+        raise TypeError(f"save_checkpoint: expected a PatchmatchNet or CVPMVSNet, got {type(model).__name__}")
     payload = {
         "kind": KIND,
         "format_version": FORMAT_VERSION,
@@ -76,7 +84,7 @@ def load_checkpoint(
     strict: bool = True,
     map_location: str | torch.device = "cpu",
     model_overrides: Mapping[str, Any] | None = None,
-) -> tuple[PatchmatchNet, dict]:
+) -> tuple[PatchmatchNet | CVPMVSNet, dict]:
     """Build the network from the stored config and load its weights.
 
     Args:
@@ -99,12 +107,12 @@ def load_checkpoint(
         config = ModelConfig.from_dict({**payload["model_config"], **dict(model_overrides or {})})
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: invalid model_config: {error}") from None
-    model = PatchmatchNet(config)
+    model = build_model(config)
     load_weights(model, payload["state_dict"], strict=strict, source=str(path))
     return model.to(map_location).eval(), dict(payload.get("extra") or {})
 
 
-def load_weights(model: PatchmatchNet, state_dict: Mapping[str, torch.Tensor], strict: bool = True, source: str = "<state_dict>") -> None:
+def load_weights(model: PatchmatchNet | CVPMVSNet, state_dict: Mapping[str, torch.Tensor], strict: bool = True, source: str = "<state_dict>") -> None:
     """Load ``state_dict`` into ``model``, with errors that name ``source`` and the keys."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))

@@ -14,6 +14,8 @@ from typing import Any, Mapping
 NUM_STAGES = 3  # stages 1, 2, 3 at 1/2, 1/4, 1/8 resolution
 UPSAMPLING_MODES = ("nearest", "bilinear")
 REFINEMENT_MODES = ("spn",)  # besides true (PatchmatchNet's refinement) and false (none)
+BACKBONES = ("patchmatchnet", "cvp")
+DEPTH_SAMPLINGS = ("inverse", "linear")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +28,24 @@ class ModelConfig:
     faster on held-out scenes (pipeline/checkpoints/README.md); ``infer.model`` changes them per run.
 
     Attributes:
+        backbone: the network: ``"patchmatchnet"`` (:class:`pipeline.model.PatchmatchNet`, the
+            default; the options below without the ``cvp_`` prefix) or ``"cvp"``
+            (:class:`pipeline.model.CVPMVSNet`, Yang et al. CVPR 2020; the ``cvp_`` options).
+            Each backbone ignores the other's options.
+        cvp_levels: image pyramid levels of CVP-MVSNet; the coarsest is at 1 / 2**(levels - 1) per
+            side. Its weights are shared by every level, so the count can change at inference
+            (1 level leaves the residual net unused: distributed training then needs
+            ``find_unused_parameters``).
+        cvp_initial_planes: depth planes of the full cost volume at the coarsest level.
+        cvp_depth_sampling: those planes uniform in ``"inverse"`` depth (default) or ``"linear"``
+            depth (the paper's).
+        cvp_residual_steps: residual hypotheses on each side of the upsampled depth at every
+            finer level (2 * steps + 1 planes).
+        cvp_residual_pixels: their spacing: the depth step that moves the projection in the source
+            views by at most this many pixels (CVP-MVSNet: 0.5).
+        cvp_feature_channels: channels of CVP-MVSNet's shared feature extractor.
+        cvp_num_groups: groups of its group-wise correlation; must divide cvp_feature_channels.
+        cvp_regularisation_channels: channels of the first layer of its 3-D regularisation nets.
         feature_channels: FPN output channels at (1/2, 1/4, 1/8) resolution.
         num_initial_hypotheses: hypotheses stratified in inverse depth at the first iteration of
             stage 3.
@@ -70,6 +90,15 @@ class ModelConfig:
             projects inside; no weights change, so it can be set at export or inference.
     """
 
+    backbone: str = "patchmatchnet"
+    cvp_levels: int = 3
+    cvp_initial_planes: int = 48
+    cvp_depth_sampling: str = "inverse"
+    cvp_residual_steps: int = 4
+    cvp_residual_pixels: float = 0.5
+    cvp_feature_channels: int = 16
+    cvp_num_groups: int = 4
+    cvp_regularisation_channels: int = 8
     feature_channels: tuple[int, int, int] = (16, 32, 64)
     num_initial_hypotheses: int = 48
     iterations: tuple[int, int, int] = (1, 2, 2)
@@ -89,6 +118,7 @@ class ModelConfig:
     spn_channels: int = 16
 
     def __post_init__(self) -> None:
+        self._check_cvp()
         for name in (
             "feature_channels",
             "iterations",
@@ -141,6 +171,28 @@ class ModelConfig:
         if self.num_initial_hypotheses < 2:
             raise ValueError(
                 f"ModelConfig.num_initial_hypotheses: expected >= 2, got {self.num_initial_hypotheses}"
+            )
+
+    def _check_cvp(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"ModelConfig.backbone: expected one of {BACKBONES}, got {self.backbone!r}")
+        if self.cvp_depth_sampling not in DEPTH_SAMPLINGS:
+            raise ValueError(
+                f"ModelConfig.cvp_depth_sampling: expected one of {DEPTH_SAMPLINGS}, got {self.cvp_depth_sampling!r}"
+            )
+        minimum = {"cvp_levels": 1, "cvp_initial_planes": 2, "cvp_residual_steps": 1, "cvp_feature_channels": 1,
+                   "cvp_num_groups": 1, "cvp_regularisation_channels": 1}
+        for name, lowest in minimum.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+                raise ValueError(f"ModelConfig.{name}: expected an integer >= {lowest}, got {value!r}")
+        if isinstance(self.cvp_residual_pixels, bool) or not isinstance(self.cvp_residual_pixels, (int, float)) \
+                or not self.cvp_residual_pixels > 0:
+            raise ValueError(f"ModelConfig.cvp_residual_pixels: expected a positive number, got {self.cvp_residual_pixels!r}")
+        if self.cvp_feature_channels % self.cvp_num_groups:
+            raise ValueError(
+                f"ModelConfig: cvp_feature_channels {self.cvp_feature_channels} must be divisible by "
+                f"cvp_num_groups {self.cvp_num_groups}"
             )
 
     def to_dict(self) -> dict[str, Any]:

@@ -147,6 +147,9 @@ class PatchmatchNet(nn.Module):
         super().__init__()
         self.config = config if config is not None else ModelConfig()
         cfg = self.config
+        if cfg.backbone != "patchmatchnet":
+            # A CVP-MVSNet config must not build a PatchmatchNet silently: build_model picks the class.
+            raise ValueError(f"PatchmatchNet: the config names backbone {cfg.backbone!r}; use pipeline.model.build_model")
         momentum = cfg.batchnorm_momentum
         self.feature = FeaturePyramid(cfg.feature_channels, momentum)
         self.patchmatch = nn.ModuleDict()
