@@ -8,6 +8,7 @@ depth is known and the photometric terms are minimal there. Depth is scanned by 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 
@@ -484,10 +485,10 @@ def test_recipes_and_overrides():
     "name, cites",
     [
         ("unsup_mvsnet", ("Khot", "2019")),
-        ("mvs2", ("Dai", "3DV 2019", "symmetric", "occlusion", "refinement: spn")),
+        ("mvs2", ("Dai", "3DV 2019", "symmetric", "occlusion", "refinement: spn", "pipeline.model.spn")),
         ("m3vsnet", ("Huang", "2021", "feature", "normal-depth", "VGG16")),
         ("jdacs", ("Xu", "AAAI 2021", "co-segmentation")),
-        ("jdacs_ms", ("Xu", "model: cvp")),
+        ("jdacs_ms", ("Xu", "CVP-MVSNet", "pipeline.model.cvp")),
     ],
 )
 def test_each_recipe_cites_its_paper_and_says_what_differs(name, cites):
@@ -607,3 +608,17 @@ def test_objective_pseudo_label_term():
         torch.testing.assert_close(total, sum(loss.recipe.weights[t] * v for t, v in terms.items()))
     # the averaged-down stages differ a little from the labels; scaling away from them costs more
     assert values[1.05] > values[1.0] + 20  # 5 % off at each of the 6 outputs: about 4 more each
+
+
+def test_jdacs_ms_trains_a_cvp_backbone_from_scratch_and_train_model_overrides_it():
+    """A recipe named after a paper runs that paper's network: JDACS-MS is built on CVP-MVSNet."""
+    from pipeline.config import LossConfig, TrainConfig
+    from pipeline.model.cvp import CVPMVSNet
+    from pipeline.model.network import PatchmatchNet
+    from pipeline.training.data import build_model
+
+    jdacs_ms = TrainConfig(loss=LossConfig(recipe="jdacs_ms"))
+    assert isinstance(build_model(jdacs_ms, None), CVPMVSNet)
+    assert isinstance(build_model(TrainConfig(loss=LossConfig(recipe="jdacs")), None), PatchmatchNet)
+    chosen = dataclasses.replace(jdacs_ms, model={"backbone": "patchmatchnet"})
+    assert isinstance(build_model(chosen, None), PatchmatchNet)

@@ -16,7 +16,7 @@ says what differs from it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from typing import Any, Mapping
 
 TERMS = (
     "photometric", "ssim", "smoothness", "augmentation", "cosegmentation", "cross_view", "depth_normal", "feature",
@@ -33,12 +33,15 @@ class Recipe:
         weights: term -> weight (terms absent are off).
         final_only: terms applied to the refined depth only (the others to every output).
         doc: the paper it reproduces and what, if anything, differs from it.
+        model: ``ModelConfig`` options of the paper's network, used for a network trained from scratch
+            unless ``train.model`` sets them (``jdacs_ms``: the CVP-MVSNet backbone).
     """
 
     name: str
     weights: Mapping[str, float]
     final_only: frozenset[str] = frozenset()
     doc: str = ""
+    model: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def with_weights(self, overrides: Mapping[str, float | None]) -> "Recipe":
         """A copy with the given weights replaced (None keeps the recipe's; 0 turns a term off)."""
@@ -69,7 +72,7 @@ RECIPES: dict[str, Recipe] = {
         "depth for every view of the set, every ordered pair checked); SelfSupervisedLoss.forward checks the "
         "reference against view 1 only, both ways. Differs: occlusions are a geometric forward-backward check "
         "(pipeline.losses.multi_view) where the paper learns occlusion maps; the paper's spatial-propagation "
-        "refinement comes with `refinement: spn`, which the model does not have yet.",
+        "refinement is `train.model: {refinement: spn}` (pipeline.model.spn).",
     ),
     "m3vsnet": Recipe(
         "m3vsnet", {**_BASE, "feature": 1.0, "depth_normal": 1.0}, frozenset({"feature", "depth_normal"}),
@@ -89,9 +92,11 @@ RECIPES: dict[str, Recipe] = {
     ),
     "jdacs_ms": Recipe(
         "jdacs_ms", {**_BASE, "augmentation": 0.01, "cosegmentation": 0.1},
-        doc="JDACS-MS, the multi-stage system of the same paper (Xu et al., AAAI 2021): the jdacs terms at every "
-        "output. Differs: the paper builds it on CVP-MVSNet; it will use `model: cvp` once that backbone lands, "
-        "and until then runs on PatchmatchNet's stages.",
+        doc="JDACS-MS, the multi-scale system of the same paper (Xu et al., AAAI 2021): the jdacs terms at every "
+        "level of a CVP-MVSNet (Yang et al., CVPR 2020; pipeline.model.cvp), the backbone a network trained from "
+        "scratch gets with this recipe. Differs: the cost is group-wise correlation (the paper: variance), and "
+        "fine-tuning keeps the backbone of its --init checkpoint.",
+        model={"backbone": "cvp"},
     ),
 }
 

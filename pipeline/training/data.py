@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 
 from pipeline.config import TrainConfig
 from pipeline.formats.paths import file_sha256
+
+log = logging.getLogger(__name__)
 
 
 def read_labels(path: Path, scene, scene_path: Path) -> dict[int, torch.Tensor]:
@@ -19,16 +22,25 @@ def read_labels(path: Path, scene, scene_path: Path) -> dict[int, torch.Tensor]:
 
 
 def build_model(config: TrainConfig, init: Path | None):
-    from pipeline.model import ModelConfig, PatchmatchNet, load_checkpoint
+    """The network a run starts from: ``init``'s, or a new one of the recipe's backbone with ``train.model``.
+
+    A recipe that names a backbone (``jdacs_ms``: CVP-MVSNet) gets it unless ``train.model`` says otherwise.
+    """
+    from pipeline.losses import get_recipe
+    from pipeline.model import ModelConfig, build_model as build_network, load_checkpoint
 
     if init is not None:
         model, _ = load_checkpoint(init, strict=True)
         return model
+    recipe = get_recipe(config.loss.recipe)
+    options = {**recipe.model, **dict(config.model)}
+    if recipe.model and options != dict(config.model):
+        log.info("recipe %s: model %s (train.model overrides it)", recipe.name, dict(recipe.model))
     try:
-        model_config = ModelConfig.from_dict(dict(config.model)) if config.model else ModelConfig()
+        model_config = ModelConfig.from_dict(options) if options else ModelConfig()
     except (TypeError, ValueError) as error:
         raise ValueError(f"train.model: {error}") from None
-    return PatchmatchNet(model_config)
+    return build_network(model_config)
 
 
 def init_sha256(path: Path) -> str:
