@@ -209,3 +209,20 @@ def test_an_unwritable_cache_folder_falls_back_to_the_temp_dir(fresh_native, mon
     monkeypatch.setattr(_native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
     assert _native.library() is not None
     assert str(tmp_path / "tmp") in _native.status()
+
+
+def test_every_native_source_ships_and_is_built():
+    """Each op's native.cpp is a translation unit of the library, and pyproject's package-data
+    globs cover every non-Python file of the package (else a wheel would build without them)."""
+    import fnmatch
+    import tomllib
+
+    package = Path(_native.__file__).resolve().parents[1]
+    assert set(_native.SOURCES) == {package / "_native" / "abi.cpp", *package.glob("*/native.cpp")}
+    assert len(_native.SOURCES) >= 5
+    pyproject = tomllib.loads((package.parent / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["*"]
+    data = [p for p in package.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]
+    assert data, "no data files found"
+    missing = [str(p.relative_to(package)) for p in data if not any(fnmatch.fnmatch(p.name, g) for g in globs)]
+    assert not missing, f"not covered by pyproject package-data {globs}: {missing}"
