@@ -49,6 +49,33 @@ def row_coefficients(offsets, b, k, i, H, W, corner_index, value_coef, dx_coef, 
             dy_coef[j, n] = sign_y * fx if inside else 0
 
 @numba.njit(inline="always")
+def row_value_coefficients(offsets, b, k, i, H, W, corner_index, value_coef):
+    """:func:`row_coefficients` without the derivatives (for scattering a gradient to the map)."""
+    for j in range(W):
+        sx = j + offsets[b, 2 * k, i, j]
+        sy = i + offsets[b, 2 * k + 1, i, j]
+        if not (sx > -1 and sx < W and sy > -1 and sy < H):  # also rejects NaN
+            for n in range(4):
+                corner_index[j, n] = 0
+                value_coef[j, n] = 0
+            continue
+        x0 = int(math.floor(sx))
+        y0 = int(math.floor(sy))
+        wx = sx - x0
+        wy = sy - y0
+        for n in range(4):
+            right = n & 1
+            down = n >> 1
+            xc = x0 + right
+            yc = y0 + down
+            inside = xc >= 0 and xc < W and yc >= 0 and yc < H
+            corner_index[j, n] = yc * W + xc if inside else 0
+            fx = wx if right else 1 - wx
+            fy = wy if down else 1 - wy
+            value_coef[j, n] = fx * fy if inside else 0
+
+
+@numba.njit(inline="always")
 def border_corners(offsets, b, k, i, j, H, W):
     """Pixel (i, j)'s neighbour k with its position clamped into the map (``grid_sample``'s border
     padding with ``align_corners=True``; NaN reads pixel 0): corners x0, y0, x1, y1 and the

@@ -136,3 +136,25 @@ def test_cuda_matches_cpu_kernel(dtype_name):
     upstream = torch.randn_like(out)
     for got, want in zip(torch.autograd.grad(out_c, c, upstream.cuda()), torch.autograd.grad(out, a, upstream)):
         torch.testing.assert_close(got.cpu(), want, atol=atol * 10, rtol=rtol)
+
+
+def test_cpu_gradients_do_not_depend_on_the_thread_count():
+    """Each cost-gradient plane is summed by one task in one order, whatever the thread count
+    (no per-thread partial gradients added up afterwards), so 1 and 2 threads agree bit for bit."""
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has a single thread here")
+    inputs = make_case(1, 5, 16, 11, 9, torch.device("cpu"), torch.float32, seed=5)
+    grads = []
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            leaves = [t.clone().requires_grad_() for t in inputs]
+            out = adaptive_aggregation(*leaves)
+            grads.append(torch.autograd.grad((out * out).sum(), leaves))
+    finally:
+        torch.set_num_threads(previous)
+    for one, two in zip(*grads):
+        assert torch.equal(one, two)
