@@ -1,7 +1,7 @@
 """Shared plumbing for the kernel ops: input checks, CPU threads, CUDA interop, compilation.
 
 Nothing here imports ``numba.cuda`` or ``cupy`` or queries a GPU at import time: every CUDA
-helper imports lazily inside its body, so ``import kernels`` works (and stays cheap) on a
+function imports lazily inside its body, so ``import kernels`` works (and stays cheap) on a
 machine without a GPU, and the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) can still be chosen
 by a process before its first CUDA call.
 
@@ -20,7 +20,7 @@ Contents:
   (all are numba.cuda Python functions; the package has no CUDA C source) with its signatures;
   ``compile_ptx_numba`` compiles one for a given compute capability without a GPU. The ssim and
   warp_image launches take their signatures from these entries (``registry_signature``); the
-  others' own signatures are checked equal to them (tests/kernel_ops/test_cudasim_d2.py).
+  others' own signatures are checked equal to them (tests/kernel_ops/test_cudasim_correlation_aggregation.py).
 
 Notes for numba.cuda kernels: declare device functions with
 ``cuda.jit(device=True, inline="always")`` (a plain device function is compiled lazily for the

@@ -1,4 +1,4 @@
-"""numba helpers for bilinear sampling at offset neighbours, shared by the CPU kernels of
+"""numba functions for bilinear sampling at offset neighbours, shared by the CPU kernels of
 ``adaptive_aggregation``, ``depth_weighted_aggregation`` and ``neighbour_correlation``.
 
 All are ``njit(inline="always")``: they are compiled into each caller. numba's on-disk cache keys

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-# numba keys its on-disk cache (``cache=True``) on the jitted function's own file: a helper it
+# numba keys its on-disk cache (``cache=True``) on the jitted function's own file: a function it
 # inlines from another file (kernels/ssim/_formulas.py, kernels/_bilinear_cpu.py) is not part of
 # the key, so with a warm cache an edit there leaves the old machine code running and the tests
 # pass on it. Each pytest run therefore compiles into an empty folder of its own, set here before

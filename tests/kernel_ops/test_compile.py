@@ -2,7 +2,7 @@
 
 The kernels to check come from ``kernels._backend.KERNEL_REGISTRY``: numba.cuda functions with
 their signatures (the package has no CUDA C source), compiled with ``cuda.compile_ptx`` (NVVM).
-Their results are checked in numba's CUDA simulator (test_cudasim.py, test_cudasim_d2.py).
+Their results are checked in numba's CUDA simulator (test_cudasim.py, test_cudasim_correlation_aggregation.py).
 
 Cost: a numba compile takes 1-5 s on a 2-core machine, so the default run compiles each numba
 kernel once (float32, sm_80); the other (dtype, arch) pairs run with ``KERNELS_COMPILE_ALL=1``
