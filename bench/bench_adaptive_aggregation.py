@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import kernels
-from kernels.adaptive_aggregation import adaptive_aggregation_reference, depth_weights_reference
+from kernels.adaptive_aggregation import adaptive_aggregation_reference
+from kernels.depth_weighted_aggregation import depth_weights_reference
 
 try:
     from _memory import measure, peak_rss_growth

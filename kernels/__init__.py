@@ -4,8 +4,8 @@ Each op has a plain-PyTorch reference (``<op>_reference``, same signature, its d
 its precision policy), a CPU implementation (numba ``njit(parallel=True)``) and a CUDA
 implementation, dispatched by device inside one ``torch.autograd.Function``. The CPU forwards that
 inference runs (``warp_correlation``, ``neighbour_correlation``, the depth-weighted aggregation)
-also exist in C++ (``kernels._native``: built with the system compiler on first use, equal to the
-numba kernels bit for bit) and are preferred where they build, so an inference process never loads
+also exist in C++ (``kernels/<op>/native.cpp``, built into one library by ``kernels._native`` with
+the system compiler on first use, equal to the numba kernels bit for bit) and are preferred where they build, so an inference process never loads
 numba. All ops are batched,
 take float32/float64 CPU or CUDA tensors, check their inputs (``TypeError``/``ValueError`` quoting
 what they got) and make non-contiguous inputs contiguous. This package imports torch (and numba
@@ -64,12 +64,10 @@ num_groups) -> (correlation, valid)``
     twin: without the library, the reference in chunks); otherwise the ``baddbmm`` reference.
 """
 
-from .adaptive_aggregation import (  # noqa: E402
-    adaptive_aggregation,
-    depth_weighted_aggregation,
-    neighbour_correlation,
-)
-from .pointwise_mlp import pointwise_mlp  # noqa: E402
-from .warp_correlation import warp_correlation  # noqa: E402
-from .ssim import ssim  # noqa: E402
-from .warp_image import warp_image  # noqa: E402
+from .adaptive_aggregation import adaptive_aggregation
+from .depth_weighted_aggregation import depth_weighted_aggregation
+from .neighbour_correlation import neighbour_correlation
+from .pointwise_mlp import pointwise_mlp
+from .ssim import ssim
+from .warp_correlation import warp_correlation
+from .warp_image import warp_image

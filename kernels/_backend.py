@@ -1,7 +1,7 @@
 """Shared plumbing for the kernel ops: input checks, CPU threads, CUDA interop, compilation.
 
 Nothing here imports ``numba.cuda`` or ``cupy`` or queries a GPU at import time: every CUDA
-helper imports lazily inside its body, so ``import kernels`` works (and stays cheap) on a
+function imports lazily inside its body, so ``import kernels`` works (and stays cheap) on a
 machine without a GPU, and the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) can still be chosen
 by a process before its first CUDA call.
 
@@ -17,9 +17,10 @@ Contents:
 * compilation: ``numba_cuda_kernel`` and ``cupy_raw_kernel`` are ``lru_cache``'d per
   (device, dtype or signature, specialisation);
 * compile checks for the test-suite: ``KERNEL_REGISTRY`` lists every CUDA kernel of the package
-  (numba.cuda Python functions with their signatures, or CUDA C sources with entry points);
-  ``compile_ptx_numba``, ``compile_nvrtc`` and ``compile_nvcc`` compile one for a given compute
-  capability without a GPU.
+  (all are numba.cuda Python functions; the package has no CUDA C source) with its signatures;
+  ``compile_ptx_numba`` compiles one for a given compute capability without a GPU. The ssim and
+  warp_image launches take their signatures from these entries (``registry_signature``); the
+  others' own signatures are checked equal to them (tests/kernel_ops/test_cudasim_correlation_aggregation.py).
 
 Notes for numba.cuda kernels: declare device functions with
 ``cuda.jit(device=True, inline="always")`` (a plain device function is compiled lazily for the
@@ -33,10 +34,7 @@ import contextlib
 import functools
 import importlib
 import os
-import shutil
-import subprocess
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
@@ -293,21 +291,15 @@ class KernelSpec:
 
     Attributes:
         name: readable id (used as the pytest id).
-        kind: ``"numba"`` (``module.attr`` is a Python kernel function, compiled for each entry of
-            ``signatures``) or ``"cuda_c"`` (``module.attr`` is a CUDA C source string;
-            ``entries`` lists its ``extern "C"`` kernels).
-        module: importable module holding it (imported only by the compile test).
-        attr: attribute name in ``module``.
-        signatures: numba signature strings (kind ``"numba"``).
-        entries: kernel names that must exist in the compiled code (kind ``"cuda_c"``).
+        module: importable module holding the numba.cuda Python kernel function.
+        attr: its attribute name in ``module``.
+        signatures: numba signature strings, float32 first, then float64 (see ``_sig``).
     """
 
     name: str
-    kind: str
     module: str
     attr: str
-    signatures: tuple[str, ...] = ()
-    entries: tuple[str, ...] = field(default=())
+    signatures: tuple[str, ...]
 
 
 # 4-d C-contiguous arrays of each native dtype, spelled as numba signatures.
@@ -320,26 +312,26 @@ def _sig(template: str) -> tuple[str, ...]:
     return tuple(template.format(f4=_F4[t], f3=_F3[t], f=t) for t in ("float32", "float64"))
 
 
-#: Every CUDA kernel of the package. Engineers append their kernels here (one line each).
+#: Every CUDA kernel of the package, one entry each (tests/kernel_ops/test_compile.py fails for a
+#: ``*_kernel`` function of a ``kernels.<op>.cuda`` module that is missing here).
 KERNEL_REGISTRY: list[KernelSpec] = [
-    KernelSpec("ssim_fwd", "numba", "kernels.ssim.cuda", "ssim_fwd_kernel",
+    KernelSpec("ssim_fwd", "kernels.ssim.cuda", "ssim_fwd_kernel",
                _sig("void({f3}, {f3}, {f3}, boolean)")),
-    KernelSpec("ssim_bwd", "numba", "kernels.ssim.cuda", "ssim_bwd_kernel",
+    KernelSpec("ssim_bwd", "kernels.ssim.cuda", "ssim_bwd_kernel",
                _sig("void({f3}, {f3}, {f3}, {f3}, {f3}, boolean)")),
-    KernelSpec("warp_image_fwd", "numba", "kernels.warp_image.cuda", "warp_image_fwd_kernel",
+    KernelSpec("warp_image_fwd", "kernels.warp_image.cuda", "warp_image_fwd_kernel",
                _sig("void({f4}, {f4}, {f3}, {f4}, uint8[:, :, :, ::1])")),
-    KernelSpec("warp_image_bwd", "numba", "kernels.warp_image.cuda", "warp_image_bwd_kernel",
+    KernelSpec("warp_image_bwd", "kernels.warp_image.cuda", "warp_image_bwd_kernel",
                _sig("void({f4}, {f4}, {f3}, {f4}, {f4}, {f4}, boolean)")),
-    # --- D2: warp_correlation / adaptive_aggregation entries below ---
-    KernelSpec("warp_correlation_fwd", "numba", "kernels.warp_correlation.cuda", "warp_correlation_fwd_kernel",
+    KernelSpec("warp_correlation_fwd", "kernels.warp_correlation.cuda", "warp_correlation_fwd_kernel",
                _sig("void({f4}, {f4}, {f}[:, ::1], {f}[::1], {f}[::1], {f4}, {f}[:, :, :, :, ::1], uint8[:, :, :, ::1])")),
-    KernelSpec("warp_correlation_bwd_ref", "numba", "kernels.warp_correlation.cuda", "warp_correlation_bwd_ref_kernel",
+    KernelSpec("warp_correlation_bwd_ref", "kernels.warp_correlation.cuda", "warp_correlation_bwd_ref_kernel",
                _sig("void({f}[:, :, :, :, ::1], {f4}, {f}[:, ::1], {f}[::1], {f}[::1], {f4}, {f4})")),
-    KernelSpec("warp_correlation_bwd_src", "numba", "kernels.warp_correlation.cuda", "warp_correlation_bwd_src_kernel",
+    KernelSpec("warp_correlation_bwd_src", "kernels.warp_correlation.cuda", "warp_correlation_bwd_src_kernel",
                _sig("void({f}[:, :, :, :, ::1], {f4}, {f}[:, ::1], {f}[::1], {f}[::1], {f4}, {f4})")),
-    KernelSpec("adaptive_aggregation_fwd", "numba", "kernels.adaptive_aggregation.cuda", "adaptive_aggregation_fwd_kernel",
+    KernelSpec("adaptive_aggregation_fwd", "kernels.adaptive_aggregation.cuda", "adaptive_aggregation_fwd_kernel",
                _sig("void({f4}, {f4}, {f}[:, :, :, :, ::1], {f}[::1], {f}[::1], {f4})")),
-    KernelSpec("adaptive_aggregation_bwd", "numba", "kernels.adaptive_aggregation.cuda", "adaptive_aggregation_bwd_kernel",
+    KernelSpec("adaptive_aggregation_bwd", "kernels.adaptive_aggregation.cuda", "adaptive_aggregation_bwd_kernel",
                _sig("void({f4}, {f4}, {f4}, {f4}, {f}[:, :, :, :, ::1], {f}[::1], {f}[::1], {f4}, {f4}, {f}[:, :, :, :, ::1])")),
 ]
 
@@ -374,72 +366,8 @@ def compile_ptx_numba(spec: KernelSpec, signature: str, cc: tuple[int, int]) -> 
     return ptx
 
 
-def _cuda_c_source(spec: KernelSpec) -> str:
-    return getattr(importlib.import_module(spec.module), spec.attr)
-
-
-def compile_nvrtc(source: str, arch: str, name: str = "kernel.cu", options: Sequence[str] = ()) -> bytes:
-    """Compile CUDA C ``source`` to a cubin for ``arch`` (e.g. ``"sm_80"``) with NVRTC.
-
-    Raises:
-        RuntimeError: compilation failed; the message holds NVRTC's log.
-    """
-    from cuda.bindings import nvrtc
-
-    err, prog = nvrtc.nvrtcCreateProgram(source.encode(), name.encode(), 0, [], [])
-    if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-        raise RuntimeError(f"nvrtcCreateProgram failed: {err}")
-    try:
-        opts = [f"--gpu-architecture={arch}".encode(), b"--std=c++17", *(o.encode() for o in options)]
-        (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
-        if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-            _, size = nvrtc.nvrtcGetProgramLogSize(prog)
-            log = b" " * size
-            nvrtc.nvrtcGetProgramLog(prog, log)
-            raise RuntimeError(f"NVRTC failed for {name} ({arch}):\n{log.decode(errors='replace')}")
-        _, size = nvrtc.nvrtcGetCUBINSize(prog)
-        cubin = b" " * size
-        nvrtc.nvrtcGetCUBIN(prog, cubin)
-        return cubin
-    finally:
-        nvrtc.nvrtcDestroyProgram(prog)
-
-
-def nvcc_path() -> str | None:
-    """Path of ``nvcc`` if installed (PATH, then /usr/local/bin, /usr/local/cuda/bin)."""
-    for candidate in (shutil.which("nvcc"), "/usr/local/bin/nvcc", "/usr/local/cuda/bin/nvcc"):
-        if candidate and os.path.exists(candidate):
-            return candidate
-    return None
-
-
-def compile_nvcc(source: str, arch: str, timeout: float = 120.0) -> bytes:
-    """Compile CUDA C ``source`` to a cubin for ``arch`` with ``nvcc -cubin`` (no GPU needed).
-
-    Raises:
-        FileNotFoundError: no nvcc.
-        RuntimeError: compilation failed; the message holds nvcc's output.
-    """
-    nvcc = nvcc_path()
-    if nvcc is None:
-        raise FileNotFoundError("nvcc not found")
-    with tempfile.TemporaryDirectory() as tmp:
-        src = os.path.join(tmp, "kernel.cu")
-        out = os.path.join(tmp, "kernel.cubin")
-        with open(src, "w") as f:
-            f.write(source)
-        proc = subprocess.run(
-            [nvcc, "-cubin", f"-arch={arch}", "-std=c++17", "-o", out, src],
-            capture_output=True, text=True, timeout=timeout,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"nvcc failed ({arch}):\n{proc.stdout}\n{proc.stderr}")
-        with open(out, "rb") as f:
-            return f.read()
-
-
 # --------------------------------------------------------------------------------------------
-# (D2) numba's thread pool next to torch's
+# numba's thread pool next to torch's
 # --------------------------------------------------------------------------------------------
 
 

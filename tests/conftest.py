@@ -8,9 +8,27 @@ equal to ``cuda``) are skipped at set-up when no GPU is present.
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
+
+# numba keys its on-disk cache (``cache=True``) on the jitted function's own file: a function it
+# inlines from another file (kernels/ssim/_formulas.py, kernels/_bilinear_cpu.py) is not part of
+# the key, so with a warm cache an edit there leaves the old machine code running and the tests
+# pass on it. Each pytest run therefore compiles into an empty folder of its own, set here before
+# any test module imports numba (subprocesses started by tests inherit it), removed at exit.
+NUMBA_CACHE_DIR = tempfile.mkdtemp(prefix="selfmvs-numba-cache-")
+NUMBA_CACHE_CREATED = time.time()
+os.environ["NUMBA_CACHE_DIR"] = NUMBA_CACHE_DIR
+atexit.register(shutil.rmtree, NUMBA_CACHE_DIR, ignore_errors=True)
+if "numba" in sys.modules:  # imported by a plugin before this file: make it read the variable again
+    sys.modules["numba"].core.config.reload_config()
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -77,3 +95,9 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def numba_cache_dir() -> tuple[Path, float]:
+    """This run's numba cache folder and the time it was created."""
+    return Path(NUMBA_CACHE_DIR), NUMBA_CACHE_CREATED

@@ -1,19 +1,21 @@
 """Native (C++, OpenMP) CPU forwards for inference: built once per machine, loaded with ctypes.
 
 Why: numba's JIT costs a process ~120 MB of resident memory before its first kernel runs (its
-typing and target contexts and LLVM; measured on the 2-core CPU on 2026-11-27), about a third of
-the 380 MB that the whole inference process may hold at 640x480 (docs/benchmarks.md). The three forwards that
-``selfmvs infer`` runs (``warp_correlation``, ``neighbour_correlation``, the depth-weighted
-aggregation) are therefore also written in C++ (``forward.cpp``, line for line the numba kernels)
-and, where a C++ compiler exists, used for every CPU forward; numba stays the CPU path of the
-backward passes (training) and of everything when no compiler is there. ``forward.cpp`` also holds
-the inference forward of ``kernels.pointwise_mlp`` (PatchmatchNet's 1x1x1 nets), which has no
-numba twin: without the library it runs its torch reference in chunks.
+typing and target contexts and LLVM; measured on the 2-core CPU on 2026-11-27, docs/benchmarks.md), about a third of what the whole
+inference process may hold by its memory target. The three forwards that ``selfmvs infer`` runs
+(``warp_correlation``, ``neighbour_correlation``, the depth-weighted aggregation) are therefore also
+written in C++, each in ``kernels/<op>/native.cpp`` next to its numba twin (line for line the numba
+kernel), and, where a C++ compiler exists, used for every CPU forward; numba stays the CPU path of
+the backward passes (training) and of everything when no compiler is there.
+``kernels/pointwise_mlp/native.cpp`` holds the inference forward of PatchmatchNet's 1x1x1 nets,
+which has no numba twin: without the library it runs its torch reference in chunks. Shared C++:
+``native.hpp`` (types, the border-clamped bilinear corners) and ``abi.cpp`` (the ABI number) here.
 
-Build: the first call of :func:`library` in a process compiles ``forward.cpp`` with the system's
-C++ compiler (``$CXX``, else ``c++`` / ``g++`` / ``clang++``; ``-O3 -march=native -fopenmp``; a few
-seconds) into a cache folder (``$SELFMVS_CACHE_DIR``, else ``$XDG_CACHE_HOME/selfmvs``, else
-``~/.cache/selfmvs``) under a name hashing the source, the flags, the compiler's version and the CPU,
+Build: the first call of :func:`library` in a process compiles :data:`SOURCES` (every
+``kernels/*/native.cpp`` and ``abi.cpp``) into one shared library with the system's C++ compiler
+(``$CXX``, else ``c++`` / ``g++`` / ``clang++``; ``-O3 -march=native -fopenmp``; a few seconds) in a
+cache folder (``$SELFMVS_CACHE_DIR``, else ``$XDG_CACHE_HOME/selfmvs``, else ``~/.cache/selfmvs``)
+under a name hashing the sources, the header, the flags, the compiler's version and the CPU,
 written to a temporary file and renamed (concurrent first runs are safe); later processes load it.
 Where the cache folder cannot be written the library is built in a private folder of the temp
 dir; a cached file that does not load is built again. Without a compiler, or when the build fails,
@@ -40,13 +42,17 @@ from pathlib import Path
 
 import torch  # noqa: F401  (loads torch's libgomp first, so the library binds to it)
 
-__all__ = ["library", "status", "cache_dir", "ABI"]
+__all__ = ["library", "status", "cache_dir", "ABI", "SOURCES"]
 
 log = logging.getLogger("selfmvs.kernels")
 
-#: must match ``selfmvs_native_abi()`` in forward.cpp
+#: must match ``selfmvs_native_abi()`` in abi.cpp
 ABI = 2
-SOURCE = Path(__file__).with_name("forward.cpp")
+_HERE = Path(__file__).resolve().parent
+#: the translation units of the library: this folder's abi.cpp and each op's native.cpp
+SOURCES = (_HERE / "abi.cpp", *sorted(_HERE.parent.glob("*/native.cpp")))
+#: included by every source; part of the library's cache key
+HEADERS = (_HERE / "native.hpp",)
 BASE_FLAGS = ("-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off", "-fPIC", "-shared")
 
 _status = "not loaded yet"
@@ -83,7 +89,7 @@ def _cpu_fingerprint() -> str:
 
 
 def _build(compiler: str, target: Path) -> list[str]:
-    """Compile forward.cpp into ``target`` (atomically); returns the flags used."""
+    """Compile :data:`SOURCES` into ``target`` (atomically); returns the flags used."""
     target.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for extra in (("-march=native",), ()):
@@ -91,7 +97,7 @@ def _build(compiler: str, target: Path) -> list[str]:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         try:
-            result = subprocess.run([compiler, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+            result = subprocess.run([compiler, *flags, *map(str, SOURCES), "-o", tmp], capture_output=True, text=True)
             if result.returncode == 0:
                 os.replace(tmp, target)
                 return flags
@@ -142,7 +148,7 @@ def library() -> ctypes.CDLL | None:
         log.warning("native CPU kernels: %s", _status)
         return None
     key = hashlib.sha256(
-        b"\0".join(s.encode() for s in (SOURCE.read_text(), " ".join(BASE_FLAGS), version, _cpu_fingerprint(), platform.machine()))
+        b"\0".join(s.encode() for s in (*(p.read_text() for p in (*SOURCES, *HEADERS)), " ".join(BASE_FLAGS), version, _cpu_fingerprint(), platform.machine()))
     ).hexdigest()[:16]
     name = f"forward-{key}.so"
     # the cache folder, else (read-only home, full disk) a private folder in the temp dir

@@ -2,8 +2,9 @@
 
 Why numba.cuda rather than a cupy RawKernel: the same Python kernels run in numba's CUDA
 simulator, so indexing, zero padding and atomics are tested without a GPU
-(``tests/kernel_ops/test_cudasim_d2.py``), and ``numba.cuda.compile_ptx`` compile-checks them for
-sm_80/sm_90 (``kernels._backend.KERNEL_REGISTRY``). Imported only when a CUDA tensor reaches the op.
+(``tests/kernel_ops/test_cudasim_correlation_aggregation.py``), and ``numba.cuda.compile_ptx``
+compile-checks them for sm_80/sm_90 (``kernels._backend.KERNEL_REGISTRY``). Imported only when a
+CUDA tensor reaches the op.
 
 * forward: one thread per ``(b, d, i, j)`` looping over the K neighbours (the sampled
   ``(B, K, D, H, W)`` costs are never stored);

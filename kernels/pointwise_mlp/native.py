@@ -1,5 +1,6 @@
 """Inference-only CPU forward of :func:`kernels.pointwise_mlp` through the native library
-(``kernels._native``, ``forward.cpp``: blocks of positions, the hidden layers in per-thread buffers)."""
+(``kernels._native``; ``native.cpp`` next to this file: blocks of positions, the hidden layers in
+per-thread buffers)."""
 
 from __future__ import annotations
 

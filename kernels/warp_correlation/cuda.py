@@ -2,9 +2,10 @@
 
 Why numba.cuda rather than a cupy RawKernel: the same Python kernels run in numba's CUDA
 simulator, so their indexing, bounds and atomics are tested on machines without a GPU
-(``tests/kernel_ops/test_cudasim_d2.py``), and ``numba.cuda.compile_ptx`` compile-checks them for
-sm_80/sm_90 (``kernels._backend.KERNEL_REGISTRY``). This module imports ``numba.cuda`` at import
-time; it is itself imported only when a CUDA tensor reaches the op (or by those tests).
+(``tests/kernel_ops/test_cudasim_correlation_aggregation.py``), and ``numba.cuda.compile_ptx``
+compile-checks them for sm_80/sm_90 (``kernels._backend.KERNEL_REGISTRY``). This module imports
+``numba.cuda`` at import time; it is itself imported only when a CUDA tensor reaches the op (or by
+those tests).
 
 Layout: features stay channels-first ``(B, C, H, W)``; neighbouring threads are neighbouring
 pixels, so the per-channel reads of ``ref`` are coalesced and those of ``src`` nearly so.

@@ -1,8 +1,8 @@
 """CPU forward of the fused warp + correlation through the native library (``kernels._native``).
 
-The same computation as ``cpu.py``'s numba forward (``forward.cpp`` mirrors it line by line); the
-backward is numba's (imported only when a gradient is asked for), so a process that only infers
-never loads numba.
+The same computation as ``cpu.py``'s numba forward (``native.cpp`` next to this file mirrors it
+line by line); the backward is numba's (imported only when a gradient is asked for), so a process
+that only infers never loads numba.
 """
 
 from __future__ import annotations

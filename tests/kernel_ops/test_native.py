@@ -1,8 +1,8 @@
 """kernels._native: the C++ inference forwards against numba's (bit for bit), the build, the fallback.
 
-The public ops' tests (test_warp_correlation.py, test_adaptive_aggregation.py) check the CPU path
-the process uses against the torch references; with a C++ compiler on the machine that is the
-native forward. Here each native forward is compared with numba's on the same inputs, so both CPU
+The public ops' tests (test_warp_correlation.py, test_neighbour_correlation.py,
+test_depth_weighted_aggregation.py) check the CPU path the process uses against the torch
+references; with a C++ compiler on the machine that is the native forward. Here each native forward is compared with numba's on the same inputs, so both CPU
 paths stay covered, and the build / fallback / no-numba behaviour is checked.
 """
 
@@ -79,7 +79,8 @@ def test_warp_correlation_forward_equals_numba(native_lib, shape, behind, dtype)
 
 @pytest.mark.parametrize("shape", [(1, 3, 5, 7, 9), (2, 4, 6, 11, 4), (3, 1, 1, 13, 9)], ids=lambda s: "x".join(map(str, s)))
 def test_aggregation_forwards_equal_numba(native_lib, shape, dtype):
-    from kernels.adaptive_aggregation import cpu, native
+    from kernels.depth_weighted_aggregation import cpu as depth_cpu, native as depth_native
+    from kernels.neighbour_correlation import cpu as neighbour_cpu, native as neighbour_native
 
     B, D, H, W, K = shape
     cost, offsets, _ = make_aggregation_case(B, D, H, W, K, torch.device("cpu"), dtype, spread=3.0, seed=sum(shape))
@@ -89,13 +90,13 @@ def test_aggregation_forwards_equal_numba(native_lib, shape, dtype):
     inverse = (0.2 + torch.rand(B, D, H, W, generator=gen, dtype=torch.float64)).to(dtype)
     feature_weight = torch.rand(B, K, H, W, generator=gen, dtype=torch.float64).to(dtype)
     scale = (5.0 + 40.0 * torch.rand(B, generator=gen, dtype=torch.float64)).to(dtype)
-    expected = cpu.depth_weighted_forward(cost, offsets, inverse, feature_weight, scale, 1e-8)
-    actual = native.depth_weighted_forward(cost, offsets, inverse, feature_weight, scale, 1e-8)
+    expected = depth_cpu.depth_weighted_forward(cost, offsets, inverse, feature_weight, scale, 1e-8)
+    actual = depth_native.depth_weighted_forward(cost, offsets, inverse, feature_weight, scale, 1e-8)
     assert torch.equal(actual, expected)
     for channels, groups in ((8, 4), (16, 4), (6, 1)):
         feature = torch.randn(B, channels, H, W, generator=gen, dtype=torch.float64).to(dtype)
-        expected = cpu.neighbour_correlation_forward(feature, offsets, groups)
-        actual = native.neighbour_correlation_forward(feature, offsets, groups)
+        expected = neighbour_cpu.neighbour_correlation_forward(feature, offsets, groups)
+        actual = neighbour_native.neighbour_correlation_forward(feature, offsets, groups)
         assert torch.equal(actual, expected)
 
 
@@ -131,7 +132,7 @@ def test_without_a_compiler_the_numba_kernels_run(fresh_native, monkeypatch, tmp
     assert _native.library() is None
     assert "no C++ compiler" in _native.status()
     import kernels
-    from kernels.adaptive_aggregation import neighbour_correlation_reference
+    from kernels.neighbour_correlation import neighbour_correlation_reference
 
     cost, offsets, weights = make_aggregation_case(1, 2, 4, 5, 3, torch.device("cpu"), torch.float64)
     feature = torch.randn(1, 4, 4, 5, dtype=torch.float64)
@@ -208,3 +209,20 @@ def test_an_unwritable_cache_folder_falls_back_to_the_temp_dir(fresh_native, mon
     monkeypatch.setattr(_native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
     assert _native.library() is not None
     assert str(tmp_path / "tmp") in _native.status()
+
+
+def test_every_native_source_ships_and_is_built():
+    """Each op's native.cpp is a translation unit of the library, and pyproject's package-data
+    globs cover every non-Python file of the package (else a wheel would build without them)."""
+    import fnmatch
+    import tomllib
+
+    package = Path(_native.__file__).resolve().parents[1]
+    assert set(_native.SOURCES) == {package / "_native" / "abi.cpp", *package.glob("*/native.cpp")}
+    assert len(_native.SOURCES) >= 5
+    pyproject = tomllib.loads((package.parent / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["*"]
+    data = [p for p in package.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]
+    assert data, "no data files found"
+    missing = [str(p.relative_to(package)) for p in data if not any(fnmatch.fnmatch(p.name, g) for g in globs)]
+    assert not missing, f"not covered by pyproject package-data {globs}: {missing}"
