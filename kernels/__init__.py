@@ -62,12 +62,18 @@ num_groups) -> (correlation, valid)``
     every position, ReLU between them (PatchmatchNet's 1x1x1 nets). CPU without autograd: a C++
     kernel of ``kernels._native`` that keeps the hidden layers in per-thread buffers (no numba
     twin: without the library, the reference in chunks); otherwise the ``baddbmm`` reference.
+
+``spn_propagate(depth, affinity, *, steps) -> Tensor``
+    depth (B, 1, H, W), affinity (B, 8, H, W) with sum_k |a_k| <= 1 -> (B, 1, H, W) after ``steps``
+    8-neighbour propagation steps d <- (1 - sum_k a_k) d + sum_k a_k d(p + n_k) (SPN / CSPN; zero
+    affinity across the border). Gradients to depth and affinity (gather-form backward, no atomics).
 """
 
 from .adaptive_aggregation import adaptive_aggregation
 from .depth_weighted_aggregation import depth_weighted_aggregation
 from .neighbour_correlation import neighbour_correlation
 from .pointwise_mlp import pointwise_mlp
+from .spn_propagation import spn_propagate
 from .ssim import ssim
 from .warp_correlation import warp_correlation
 from .warp_image import warp_image
