@@ -18,7 +18,7 @@ from pipeline.formats.depth_file import DepthView, DepthWriter, read_depth_attrs
 from pipeline.formats.scene_file import Scene, SceneView, write_scene
 from pipeline.model import ModelConfig, PatchmatchNet, save_checkpoint
 from pipeline.inference import plane_fill_setting
-from pipeline.inference.resume import file_sha256
+from pipeline.formats.paths import file_sha256
 from pipeline.stages.infer import run_infer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,14 +13,6 @@ class CameraMismatchError(ValueError):
     """A depth map whose size or camera is not that of its scene view; names both files and the view."""
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("fuse.device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
-
-
 @contextlib.contextmanager
 def torch_threads(num_threads: int):
     """Limit torch's CPU threads inside the block (``num_threads`` <= 0: leave them)."""

@@ -52,10 +52,11 @@ def run_fuse(
     masks_path = Path(masks_path) if masks_path is not None else default_masks_path(out_ply)
     check_outputs_distinct({"scene": scene_h5, "depth": depth_h5}, {"cloud": out_ply, "masks": masks_path})
     # torch is imported here, not at module level: ``selfmvs --help`` stays fast.
-    from pipeline.fusion.stage_inputs import CameraMismatchError, resolve_device, torch_threads
+    from pipeline.fusion.stage_inputs import CameraMismatchError, torch_threads
+    from pipeline.model.device import resolve_device
 
     params = config  # fusion reads its thresholds from the fuse section itself
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, setting="fuse.device")
     with torch_threads(config.num_threads):
         try:
             return _run_fuse(scene_h5, depth_h5, out_ply, config, masks_path, params, device, start)

@@ -22,22 +22,10 @@ import torch
 
 from pipeline.config import InferConfig, load_config, parse_assignments, section
 from pipeline.formats.paths import check_outputs_distinct
+from pipeline.model.device import resolve_device
 from pipeline.inference import run_inference, validate_config
 
 log = logging.getLogger("selfmvs.infer")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available (queried now, at run time), else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("infer: device 'cuda' asked for but CUDA is not available (use 'auto' or 'cpu')")
-        return torch.device("cuda")
-    raise ValueError(f"infer: device must be auto, cpu or cuda, got {name!r}")
 
 
 def run_infer(
@@ -59,7 +47,7 @@ def run_infer(
     validate_config(config)
     if not scene_path.is_file():
         raise FileNotFoundError(f"{scene_path}: scene file not found")
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, setting="infer.device")
     return run_inference(scene_path, checkpoint, out_path, config, device)
 
 
