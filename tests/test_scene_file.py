@@ -212,3 +212,20 @@ def test_cap_num_sources_logs_both_numbers_once(caplog):
     assert "a/scene.h5: infer.num_sources is 12" in record.getMessage()
     assert "at most 10 source views per view" in record.getMessage()
 
+
+
+def test_same_pose_accepts_float32_round_off_and_refuses_a_moved_camera():
+    """One pose check for fusion and evaluation: float32 storage passes, a millimetre at 1 m does not."""
+    import numpy as np
+
+    from pipeline.formats.scene_file import same_pose
+
+    pose = np.hstack([np.eye(3), [[0.3], [-2.0], [50.0]]])
+    assert same_pose(pose, pose.astype(np.float32).astype(np.float64))
+    assert same_pose(pose, np.vstack([pose, [0, 0, 0, 1]]))  # 3x4 against 4x4
+    moved = pose.copy()
+    moved[0, 3] += 1e-3 * 50.0
+    assert not same_pose(pose, moved)
+    turned = pose.copy()
+    turned[0, 1] = 1e-3
+    assert not same_pose(pose, turned)

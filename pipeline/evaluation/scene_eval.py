@@ -25,6 +25,7 @@ from pipeline.evaluation.metrics import (
     sparse_depth_errors,
     voxel_downsample,
 )
+from pipeline.formats.scene_file import same_pose
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +101,6 @@ def cloud_section(
                 row[name], "fraction", DEFINITIONS[name], tau=tau, tau_fraction_of_scale=tau / scales.scale
             )
     return fused, metrics
-
-
-def same_pose(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether two 3x4 cam_from_world matrices are the same camera (to float32 round-off)."""
-    a, b = np.asarray(a, dtype=np.float64)[:3], np.asarray(b, dtype=np.float64)[:3]
-    scale = max(1.0, float(np.abs(a[:, 3]).max()))
-    return bool(np.allclose(a[:, :3], b[:, :3], atol=1e-5) and np.allclose(a[:, 3], b[:, 3], atol=1e-5 * scale))
 
 
 @dataclasses.dataclass

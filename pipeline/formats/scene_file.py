@@ -463,3 +463,15 @@ def cap_num_sources(requested: int, stored: int, setting: str, where: Any) -> in
         "when it was prepared): using %d", where, setting, requested, stored, stored,
     )
     return stored
+
+
+def same_pose(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two 3x4 (or 4x4) cam_from_world matrices are one camera, to the float32 round-off of our files.
+
+    The one pose check of every stage that pairs files (fusion: depth.h5 against scene.h5; evaluation:
+    against ground truth): rotation entries within 1e-5, translation within 1e-5 of its largest entry (1 at least).
+    """
+    a, b = np.asarray(a, dtype=np.float64)[:3, :4], np.asarray(b, dtype=np.float64)[:3, :4]
+    scale = max(1.0, float(np.abs(a[:, 3]).max()))
+    return bool(np.allclose(a[:, :3], b[:, :3], rtol=0.0, atol=1e-5)
+                and np.allclose(a[:, 3], b[:, 3], rtol=0.0, atol=1e-5 * scale))

@@ -7,6 +7,8 @@ import contextlib
 import numpy as np
 import torch
 
+from pipeline.formats.scene_file import same_pose
+
 
 
 class CameraMismatchError(ValueError):
@@ -39,12 +41,7 @@ def check_camera(scene_h5, depth_h5, scene_view, depth_view) -> None:
                 f"{where}: depth map is {width}x{height} but the scene image is "
                 f"{scene_view.width}x{scene_view.height}, and K does not scale between them"
             )
-    pose = np.asarray(depth_view.cam_from_world)[:3, :4]
-    scale = 1.0 + np.abs(scene_view.cam_from_world[:, 3]).max()
-    if not (
-        np.allclose(pose[:, :3], scene_view.cam_from_world[:, :3], atol=1e-4)
-        and np.allclose(pose[:, 3], scene_view.cam_from_world[:, 3], atol=1e-4 * scale)
-    ):
+    if not same_pose(scene_view.cam_from_world, depth_view.cam_from_world):
         raise CameraMismatchError(f"{where}: cam_from_world of depth.h5 and scene.h5 differ")
 
 
