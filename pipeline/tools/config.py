@@ -7,6 +7,7 @@ later stage of that scene reads the snapshot, and the snapshot records how the r
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import yaml
@@ -16,28 +17,31 @@ from pipeline.formats.atomic import atomic_path
 from pipeline.formats.paths import check_outputs_distinct
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("out", nargs="?", help="write the validated config here (default: print it)")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--config", help="YAML config file to validate")
-    source.add_argument("--json", help="config as a JSON string (what the Snakefile passes)")
+def run_config(out: str | os.PathLike | None = None, *, config_path: str | os.PathLike | None = None,
+               json_text: str | None = None) -> dict:
+    """Validate the config of ``config_path`` (a YAML file), of ``json_text`` (what the Snakefile
+    passes) or the defaults; write it with every default filled to ``out`` (atomically), or print
+    it when ``out`` is None. Returns the validated config.
 
-
-def main(args) -> int:
-    if args.config is not None and args.out is not None:
-        check_outputs_distinct({"config": args.config}, {"out": args.out})
-    if args.json is not None:
+    Raises:
+        ConfigError: naming the source and the key at fault.
+    """
+    if config_path is not None and json_text is not None:
+        raise ValueError("config: give either a config file or a JSON string, not both")
+    if config_path is not None and out is not None:
+        check_outputs_distinct({"config": config_path}, {"out": out})
+    if json_text is not None:
         try:
-            raw = json.loads(args.json)
+            raw = json.loads(json_text)
         except json.JSONDecodeError as error:
             raise ConfigError(f"--json: not valid JSON: {error}") from None
         config = validate_config(raw, "--json")
     else:
-        config = load_config(args.config)
+        config = load_config(config_path)
     text = yaml.safe_dump(config, sort_keys=False)
-    if args.out is None:
+    if out is None:
         sys.stdout.write(text)
-        return 0
-    with atomic_path(args.out) as tmp:
+        return config
+    with atomic_path(out) as tmp:
         tmp.write_text(text, encoding="utf-8")
-    return 0
+    return config

@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-from pipeline.config import parse_assignments
+import os
+
 from pipeline.formats.paths import check_outputs_distinct
-from pipeline.model.checkpoint import export_weights
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("src", help="training checkpoint (e.g. results/_training/checkpoint/last.pt)")
-    parser.add_argument("dst", help="where to write the weights-only checkpoint")
-    parser.add_argument("--note", default="", help="free text stored with it (e.g. the training command)")
-    parser.add_argument(
-        "--model", action="append", default=[], metavar="KEY=VALUE",
-        help="change a model option of the shipped file (YAML value), e.g. refinement=false or "
-        "stage_upsampling=nearest; the weights must still fit; repeatable",
-    )
+def run_export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, note: str = "",
+                          model_overrides: dict | None = None) -> None:
+    """Write ``dst``: the weights and model settings of training checkpoint ``src``, with ``note``
+    stored beside them and ``model_overrides`` (ModelConfig fields) replacing the settings the
+    weights still fit (an error naming the keys otherwise)."""
+    from pipeline.model.checkpoint import export_weights  # torch: not at import time
 
-
-def main(args) -> int:
-    try:
-        overrides = parse_assignments(args.model)
-    except ValueError as error:
-        raise SystemExit(f"export-checkpoint --model: {error}") from None
-    check_outputs_distinct({"training checkpoint": args.src}, {"weights": args.dst})
-    export_weights(args.src, args.dst, args.note, overrides)
-    return 0
+    check_outputs_distinct({"training checkpoint": src}, {"weights": dst})
+    export_weights(src, dst, note, model_overrides or {})
