@@ -110,9 +110,9 @@ def _config_file(parser: argparse.ArgumentParser, section_name: str) -> None:
                         help=f"YAML config; its '{section_name}' section is used (defaults otherwise)")
 
 
-def _load_section(args: argparse.Namespace, name: str, cls: type, extra: dict | None = None) -> Any:
-    """Section ``name`` of ``--config`` with the config-option flags given (and ``extra``, nested
-    like the config) written over it, validated once, as dataclass ``cls``."""
+def _load_section(args: argparse.Namespace, name: str, extra: dict | None = None) -> Any:
+    """Section ``name`` of ``--config`` with the config-option flags given (and ``extra``, options of
+    that section) written over it, validated once, as the section's dataclass."""
     overrides: dict = {}
     for dest, value in vars(args).items():
         if dest.startswith(_CONFIG_DEST) and value is not None:
@@ -123,7 +123,7 @@ def _load_section(args: argparse.Namespace, name: str, cls: type, extra: dict | 
             node[leaf] = value
     for key, value in (extra or {}).items():
         overrides.setdefault(name, {})[key] = value
-    return section(load_config(args.config, overrides=overrides or None), name, cls)
+    return section(load_config(args.config, overrides=overrides or None), name, SECTIONS[name])
 
 
 def _assignments(args: argparse.Namespace, flag: str) -> dict:
@@ -148,7 +148,7 @@ def _render_scene(parser: argparse.ArgumentParser) -> Callable:
     _config_option(parser, "--distortion", "demo.distortion")
     parser.add_argument("--varied", action="store_true",
                         help="draw object counts, textures and camera rig from the seed too (training scenes)")
-    return lambda args: render.run_render(args.out_dir, _load_section(args, "demo", SECTIONS["demo"]),
+    return lambda args: render.run_render(args.out_dir, _load_section(args, "demo"),
                                           varied=args.varied)
 
 
@@ -168,8 +168,7 @@ def _prepare(parser: argparse.ArgumentParser) -> Callable:
     parser.add_argument("out", type=Path, help="scene.h5 to write")
     _config_file(parser, "prepare")
     _config_option(parser, "--max-image-size", "prepare.max_image_size")
-    return lambda args: prepare.run_prepare(args.scene_dir, args.out, _load_section(args, "prepare",
-                                                                                    SECTIONS["prepare"]))
+    return lambda args: prepare.run_prepare(args.scene_dir, args.out, _load_section(args, "prepare"))
 
 
 def _train(parser: argparse.ArgumentParser) -> Callable:
@@ -190,7 +189,7 @@ def _train(parser: argparse.ArgumentParser) -> Callable:
     def run(args: argparse.Namespace) -> None:
         if args.finetune is not None and args.scenes:
             raise ValueError("train: give either --scenes or --finetune, not both")
-        config = _load_section(args, "train", SECTIONS["train"])
+        config = _load_section(args, "train")
         path = train.run_train(config, args.out, args.scenes, finetune=args.finetune, init=args.init,
                                steps=args.steps, resume=args.resume, labels=args.labels)
         from pipeline.training.distributed import Distributed  # torch: after the work, not at import
@@ -228,7 +227,7 @@ def _infer(parser: argparse.ArgumentParser) -> Callable:
 
     def run(args: argparse.Namespace) -> None:
         extra = {"model": _assignments(args, "--model")} if args.model else None
-        infer.run_infer(args.scene, args.checkpoint, args.out, _load_section(args, "infer", SECTIONS["infer"], extra))
+        infer.run_infer(args.scene, args.checkpoint, args.out, _load_section(args, "infer", extra))
 
     return run
 
@@ -240,7 +239,7 @@ def _fuse(parser: argparse.ArgumentParser) -> Callable:
     parser.add_argument("--masks", help="per-view masks of kept pixels (default: <out>_masks.h5 beside the PLY)")
     _config_file(parser, "fuse")
     return lambda args: fuse.run_fuse(args.scene_h5, args.depth_h5, args.out_ply,
-                                      _load_section(args, "fuse", SECTIONS["fuse"]), masks_path=args.masks)
+                                      _load_section(args, "fuse"), masks_path=args.masks)
 
 
 def _pseudo_labels(parser: argparse.ArgumentParser) -> Callable:
@@ -269,7 +268,7 @@ def _evaluate(parser: argparse.ArgumentParser) -> Callable:
     parser.add_argument("--masks", help="fused_masks.h5 (default: beside the PLY)")
     _config_file(parser, "evaluate")
     return lambda args: evaluate.run_evaluate(args.scene_dir, args.scene_h5, args.depth_h5, args.fused_ply,
-                                              args.out_json, _load_section(args, "evaluate", SECTIONS["evaluate"]),
+                                              args.out_json, _load_section(args, "evaluate"),
                                               args.masks)
 
 
@@ -287,7 +286,7 @@ def _report(parser: argparse.ArgumentParser) -> Callable:
     return lambda args: report.run_report(
         args.scene_h5, args.depth_h5, args.out_dir, fused_ply=args.fused_ply, eval_json=args.eval_json,
         scene_dir=args.scene_dir, training_csv=args.training_csv, benchmarks=args.benchmarks,
-        config=_load_section(args, "report", SECTIONS["report"]), title=args.title,
+        config=_load_section(args, "report"), title=args.title,
     )
 
 
