@@ -23,7 +23,7 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pipeline.config import SECTIONS, describe, load_config, parse_assignments, section
+from pipeline.config import SECTIONS, ConfigError, describe, load_config, parse_assignments, section
 from pipeline.stages import evaluate, fuse, infer, labels, prepare, render, report, sfm, train
 from pipeline.tools import config as config_tool
 from pipeline.tools import export_checkpoint, inspect, mvsnet
@@ -103,6 +103,7 @@ def _config_option(parser: argparse.ArgumentParser, flag: str, path: str) -> Non
         description = describe(_option_field(keys[:-1])[0], keys[-2])
     help_text = f"{description} (config: {path}; default: {_show(default)})"
     parser.add_argument(flag, dest=_CONFIG_DEST + path, default=None, help=help_text.replace("%", "%%"), **kind)
+    parser.set_defaults(config_flags={**(parser.get_default("config_flags") or {}), path: flag})
 
 
 def _config_file(parser: argparse.ArgumentParser, section_name: str) -> None:
@@ -114,16 +115,28 @@ def _load_section(args: argparse.Namespace, name: str, extra: dict | None = None
     """Section ``name`` of ``--config`` with the config-option flags given (and ``extra``, options of
     that section) written over it, validated once, as the section's dataclass."""
     overrides: dict = {}
+    given = []
     for dest, value in vars(args).items():
         if dest.startswith(_CONFIG_DEST) and value is not None:
-            *parents, leaf = dest[len(_CONFIG_DEST):].split(".")
+            path = dest[len(_CONFIG_DEST):]
+            *parents, leaf = path.split(".")
             node = overrides
             for parent in parents:
                 node = node.setdefault(parent, {})
             node[leaf] = value
+            flag = args.config_flags[path]
+            flag = "--no-" + flag[2:] if value is False else flag  # as typed: a BooleanOptionalAction
+            given.append(f"{flag} sets {path} = {_show(value)}")
     for key, value in (extra or {}).items():
         overrides.setdefault(name, {})[key] = value
-    return section(load_config(args.config, overrides=overrides or None), name, SECTIONS[name])
+    try:
+        config = load_config(args.config, overrides=overrides or None)
+    except ConfigError as error:
+        if not given:
+            raise
+        # the message names the option by its config path; say which flag set it
+        raise ConfigError(f"{error}\n  ({'; '.join(given)})") from None
+    return section(config, name, SECTIONS[name])
 
 
 def _assignments(args: argparse.Namespace, flag: str) -> dict:

@@ -289,6 +289,7 @@ def test_an_infer_flag_out_of_range_is_refused_naming_the_option(tmp_path, capsy
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("selfmvs infer: error:")
     assert "command-line options" in err and "infer/num_sources" in err, err
+    assert "--num-sources sets infer.num_sources = 0" in err
     assert not out.exists()
 
 
