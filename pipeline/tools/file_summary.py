@@ -1,5 +1,5 @@
-"""A readable summary of any selfmvs HDF5 file, of a network checkpoint
-(``.pt``), or of a COLMAP model folder.
+"""A readable summary of any selfmvs HDF5 file, of a network checkpoint (``.pt``), or of a COLMAP
+model folder: what ``selfmvs inspect`` prints (:mod:`pipeline.tools.inspect`).
 
 For files with a ``/views`` group (scene.h5, depth.h5, gt/depth.h5, fused masks, ...) it prints the
 kind, the format version, the file attributes, what each view holds (units from the datasets'
