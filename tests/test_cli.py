@@ -28,7 +28,7 @@ def test_every_verb_has_its_help(capsys):
 
 def test_stages_and_tools_hold_no_command_line():
     """One argparse tree: the stage and tool modules are functions only."""
-    for path in sorted((REPO / "pipeline" / "stages").glob("*.py")) + sorted((REPO / "pipeline" / "tools").glob("*.py")):
+    for path in sorted([*(REPO / "pipeline" / "stages").glob("*.py"), *(REPO / "pipeline" / "tools").glob("*.py")]):
         text = path.read_text(encoding="utf-8")
         assert "argparse" not in text and "def add_arguments" not in text and "def main(" not in text, path.name
 

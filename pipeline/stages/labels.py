@@ -59,7 +59,9 @@ def run_pseudo_labels(
     from pipeline.formats.labels_file import write_labels_file
 
     if neighbours < 1 or support < 1:
-        raise ValueError(f"pseudo-labels: --neighbours and --support must be at least 1, got {neighbours} and {support}")
+        raise ValueError(
+            f"pseudo-labels: --neighbours and --support must be at least 1, got {neighbours} and {support}"
+        )
     depth_h5, masks_h5, out_h5 = Path(depth_h5), Path(masks_h5), Path(out_h5)
     check_outputs_distinct({"depth": depth_h5, "masks": masks_h5}, {"labels": out_h5})
     if not masks_h5.is_file():
