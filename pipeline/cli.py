@@ -26,7 +26,8 @@ from typing import Any, Callable, Literal
 from pipeline.config import SECTIONS, ConfigError, describe, load_config, parse_assignments, section
 from pipeline.stages import evaluate, fuse, infer, labels, prepare, render, report, sfm, train
 from pipeline.tools import config as config_tool
-from pipeline.tools import export_checkpoint, inspect, mvsnet
+from pipeline.tools import export_checkpoint, mvsnet
+from pipeline.tools import inspect as inspect_tool  # not the standard library's
 
 # verb -> one-line help. Order is the order of the workflow.
 VERBS: dict[str, str] = {
@@ -318,7 +319,7 @@ def _inspect(parser: argparse.ArgumentParser) -> Callable:
     parser.add_argument("--max-views", type=int, default=20,
                         help="list at most this many views one per line (default %(default)s; 0 lists none)")
     parser.add_argument("--all", action="store_true", help="list every view")
-    return lambda args: inspect.run_inspect(args.file, None if args.all else args.max_views)
+    return lambda args: inspect_tool.run_inspect(args.file, None if args.all else args.max_views)
 
 
 _CENTRE_HELP = ("principal-point convention of the MVSNet files: 'colmap' (centre of the top-left pixel at "
