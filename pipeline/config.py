@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import re
 import typing
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-import jsonschema
 import yaml
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
@@ -46,6 +46,8 @@ def _wants_number(schema: Mapping[str, Any]) -> bool:
 
 
 def _fill_defaults(validator_class):
+    import jsonschema
+
     validate_properties = validator_class.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):
@@ -61,7 +63,13 @@ def _fill_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-_Validator = _fill_defaults(jsonschema.Draft202012Validator)
+@functools.lru_cache(maxsize=1)
+def _validator_class():
+    # jsonschema is imported at the first validation, not with this module: `selfmvs --help` reads
+    # the option descriptions here and stays fast.
+    import jsonschema
+
+    return _fill_defaults(jsonschema.Draft202012Validator)
 
 
 def _error_message(error: jsonschema.ValidationError) -> str:
@@ -80,7 +88,7 @@ def validate_config(config: Mapping[str, Any], source: str = "<config>") -> dict
         ConfigError: naming ``source`` and the offending key path.
     """
     config = copy.deepcopy(dict(config))
-    errors = sorted(_Validator(load_schema()).iter_errors(config), key=lambda e: list(e.path))
+    errors = sorted(_validator_class()(load_schema()).iter_errors(config), key=lambda e: list(e.path))
     if errors:
         lines = []
         for error in errors[:10]:

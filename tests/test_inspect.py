@@ -9,7 +9,7 @@ import pytest
 from pipeline.cli import main as cli_main
 from pipeline.formats.depth_file import DepthView, write_depth_file
 from pipeline.formats.scene_file import Scene, SceneView, write_scene
-from pipeline.stages.inspect import InspectError, array_stats, describe, summarize
+from pipeline.tools.file_summary import InspectError, array_stats, describe, summarize
 
 
 @pytest.fixture

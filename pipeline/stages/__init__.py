@@ -1,2 +1,3 @@
-"""Stages: one module per workflow rule, each exposing a plain function ``run_<stage>(...)`` that a
-test can call, plus ``add_arguments(parser)`` / ``main(args)`` used by :mod:`pipeline.cli`."""
+"""Stages: one module per workflow rule, each a thin adapter ``run_<stage>(inputs, outputs, config)``
+that a test can call. The command line that calls them is :mod:`pipeline.cli`'s; a stage imports
+torch and the other heavy libraries inside its function, so that ``selfmvs --help`` stays fast."""

@@ -15,58 +15,10 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
-
-from pipeline.config import EvaluateConfig, load_config, section
-from pipeline.evaluation.scene_eval import DepthPools, cloud_section, reference_scales, settings_section
-from pipeline.formats.depth_file import list_depth_views, read_depth_view
-from pipeline.formats.eval_json import write_eval_json
-from pipeline.formats.fused_masks import FusedMasksError, default_masks_path, read_fused_masks
+from pipeline.config import EvaluateConfig
 from pipeline.formats.paths import check_outputs_distinct
-from pipeline.formats.ply import read_ply
-from pipeline.formats.scene_file import read_scene
 
 log = logging.getLogger(__name__)
-
-
-def _load_gt(scene_dir: Path) -> tuple[np.ndarray | None, Path | None, list[str]]:
-    """GT points and the GT depth file, each None when absent or not in the documented layout."""
-    gt_dir = scene_dir / "gt"
-    warnings: list[str] = []
-    if not gt_dir.is_dir():
-        return None, None, warnings
-    points = None
-    points_path = gt_dir / "points.ply"
-    if points_path.exists():
-        try:
-            points = read_ply(points_path).xyz.astype(np.float64)
-        except (ValueError, OSError) as error:
-            warnings.append(f"{points_path}: not usable as GT points ({error}); point-cloud GT metrics skipped")
-    else:
-        warnings.append(f"{gt_dir}: no points.ply (expected layout: docs/formats.md); point-cloud GT metrics skipped")
-    depth_path = gt_dir / "depth.h5"
-    gt_depth = None
-    if depth_path.exists():
-        try:
-            list_depth_views(depth_path)
-            gt_depth = depth_path
-        except (ValueError, OSError) as error:
-            warnings.append(f"{depth_path}: not usable as GT depth ({error}); depth GT metrics skipped")
-    else:
-        warnings.append(f"{gt_dir}: no depth.h5; depth GT metrics skipped")
-    for warning in warnings:
-        log.warning(warning)
-    return points, gt_depth, warnings
-
-
-def _read_masks(path: Path) -> dict[int, np.ndarray]:
-    if not path.is_file():
-        return {}
-    try:
-        return read_fused_masks(path)
-    except (OSError, FusedMasksError) as error:
-        log.warning("%s: fusion masks unreadable (%s); filtered depth metrics skipped", path, error)
-        return {}
 
 
 def run_evaluate(
@@ -87,6 +39,17 @@ def run_evaluate(
     Raises:
         NothingToEvaluateError: no depth map holds a single finite positive depth (nothing written).
     """
+    # numpy, scipy and h5py are imported here, not at module level: ``selfmvs --help`` stays fast.
+    import numpy as np
+
+    from pipeline.evaluation.ground_truth import load_ground_truth, read_masks
+    from pipeline.evaluation.scene_eval import DepthPools, cloud_section, reference_scales, settings_section
+    from pipeline.formats.depth_file import list_depth_views, read_depth_view
+    from pipeline.formats.eval_json import write_eval_json
+    from pipeline.formats.fused_masks import default_masks_path
+    from pipeline.formats.ply import read_ply
+    from pipeline.formats.scene_file import read_scene
+
     start = time.perf_counter()
     scene_dir, scene_h5, depth_h5 = Path(scene_dir), Path(scene_h5), Path(depth_h5)
     fused_ply, out_json = Path(fused_ply), Path(out_json)
@@ -94,12 +57,12 @@ def run_evaluate(
     check_outputs_distinct(
         {"scene": scene_h5, "depth": depth_h5, "cloud": fused_ply, "masks": masks_h5}, {"scores": out_json}
     )
-    masks = _read_masks(masks_h5)
+    masks = read_masks(masks_h5)
     rng = np.random.default_rng(config.seed)
 
     scene = read_scene(scene_h5, load_images=False)
     fused_all = read_ply(fused_ply).xyz.astype(np.float64)
-    gt_points, gt_depth_path, warnings = _load_gt(scene_dir)
+    gt_points, gt_depth_path, warnings = load_ground_truth(scene_dir)
     scales = reference_scales(config, gt_points, scene.points3D_xyz, fused_all)
     fused, metrics = cloud_section(fused_all, gt_points, scales, config, rng)
 
@@ -137,19 +100,3 @@ def run_evaluate(
     })
     log.info("evaluated %s in %.1f s -> %s", scene_dir.name, result["seconds"], out_json)
     return result
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("scene_dir", help="scene folder (its gt/ is used when present)")
-    parser.add_argument("scene_h5", help="scene.h5 (cameras, sparse points)")
-    parser.add_argument("depth_h5", help="depth.h5 to evaluate")
-    parser.add_argument("fused_ply", help="fused.ply to evaluate")
-    parser.add_argument("out_json", help="eval.json to write")
-    parser.add_argument("--masks", help="fused_masks.h5 (default: beside the PLY)")
-    parser.add_argument("--config", help="YAML config; its 'evaluate' section is used")
-
-
-def main(args) -> int:
-    config = section(load_config(args.config), "evaluate", EvaluateConfig)
-    run_evaluate(args.scene_dir, args.scene_h5, args.depth_h5, args.fused_ply, args.out_json, config, args.masks)
-    return 0

@@ -15,14 +15,8 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
-
-from pipeline.config import FuseConfig, load_config, section
-from pipeline.formats.fused_masks import FusedMaskView, default_masks_path, fused_masks_writer
-from pipeline.formats.depth_file import list_depth_views, read_depth_view
-from pipeline.formats.ply import PlyStreamWriter
+from pipeline.config import FuseConfig
 from pipeline.formats.paths import check_outputs_distinct
-from pipeline.formats.scene_file import cap_num_sources, list_scene_views, read_scene, read_view
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +41,15 @@ def run_fuse(
         FuseInputError: a view of the scene missing in the depth file (or the reverse), a depth map
             whose size or camera does not match the scene, NaN / empty depth maps (naming the view).
     """
+    # numpy, h5py and torch are imported here, not at module level: ``selfmvs --help`` stays fast.
+    from pipeline.formats.fused_masks import default_masks_path
+    from pipeline.fusion.stage_inputs import CameraMismatchError, torch_threads
+    from pipeline.model.device import resolve_device
+
     start = time.perf_counter()
     scene_h5, depth_h5, out_ply = Path(scene_h5), Path(depth_h5), Path(out_ply)
     masks_path = Path(masks_path) if masks_path is not None else default_masks_path(out_ply)
     check_outputs_distinct({"scene": scene_h5, "depth": depth_h5}, {"cloud": out_ply, "masks": masks_path})
-    # torch is imported here, not at module level: ``selfmvs --help`` stays fast.
-    from pipeline.fusion.stage_inputs import CameraMismatchError, torch_threads
-    from pipeline.model.device import resolve_device
-
     params = config  # fusion reads its thresholds from the fuse section itself
     device = resolve_device(config.device, setting="fuse.device")
     with torch_threads(config.num_threads):
@@ -65,6 +60,12 @@ def run_fuse(
 
 
 def _run_fuse(scene_h5, depth_h5, out_ply, config, masks_path, params, device, start) -> dict:
+    import numpy as np
+
+    from pipeline.formats.depth_file import list_depth_views, read_depth_view
+    from pipeline.formats.fused_masks import FusedMaskView, fused_masks_writer
+    from pipeline.formats.ply import PlyStreamWriter
+    from pipeline.formats.scene_file import cap_num_sources, list_scene_views, read_scene, read_view
     from pipeline.fusion import FusionInputError, FusionView, fuse_views
     from pipeline.fusion.stage_inputs import check_camera, colours_at
 
@@ -133,17 +134,3 @@ def _run_fuse(scene_h5, depth_h5, out_ply, config, masks_path, params, device, s
     seconds = time.perf_counter() - start
     log.info("fused %d views into %d points in %.1f s on %s -> %s", len(view_ids), total, seconds, device, out_ply)
     return {"num_points": total, "views": per_view, "seconds": seconds, "device": str(device)}
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("scene_h5", help="scene.h5 written by prepare")
-    parser.add_argument("depth_h5", help="depth.h5 written by infer (or a gt/depth.h5)")
-    parser.add_argument("out_ply", help="the fused point cloud to write")
-    parser.add_argument("--masks", help="per-view masks of kept pixels (default: <out>_masks.h5 beside the PLY)")
-    parser.add_argument("--config", help="YAML config; its 'fuse' section is used")
-
-
-def main(args) -> int:
-    config = section(load_config(args.config), "fuse", FuseConfig)
-    run_fuse(args.scene_h5, args.depth_h5, args.out_ply, config, masks_path=args.masks)
-    return 0

@@ -16,16 +16,14 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
-
-from pipeline.fusion.transfer import transfer_labels
-from pipeline.formats.depth_file import DepthView, list_depth_views, read_depth_attrs, read_depth_view
-from pipeline.formats.fused_masks import FusedMasksError, read_fused_masks
-from pipeline.formats.labels_file import KIND as LABELS_KIND
-from pipeline.formats.labels_file import write_labels_file
 from pipeline.formats.paths import check_outputs_distinct
 
 log = logging.getLogger(__name__)
+
+#: With ``transfer``: views that give depth to a view (those that see most of it).
+DEFAULT_NEIGHBOURS = 10
+#: With ``transfer``: views that must at least agree (within 1 %) on a carried depth.
+DEFAULT_SUPPORT = 2
 
 
 class LabelsInputError(ValueError):
@@ -37,8 +35,8 @@ def run_pseudo_labels(
     masks_h5: str | os.PathLike,
     out_h5: str | os.PathLike,
     transfer: bool = False,
-    neighbours: int = 10,
-    support: int = 2,
+    neighbours: int = DEFAULT_NEIGHBOURS,
+    support: int = DEFAULT_SUPPORT,
 ) -> dict:
     """Write ``out_h5``: each view's depth where its fusion mask is set, 0 elsewhere.
 
@@ -53,6 +51,17 @@ def run_pseudo_labels(
     Raises:
         LabelsInputError, ``DepthFormatError``, FileNotFoundError: each naming the file at fault.
     """
+    # numpy and h5py are imported here, not at module level: ``selfmvs --help`` stays fast.
+    import numpy as np
+
+    from pipeline.formats.depth_file import DepthView, list_depth_views, read_depth_attrs, read_depth_view
+    from pipeline.formats.fused_masks import FusedMasksError, read_fused_masks
+    from pipeline.formats.labels_file import write_labels_file
+
+    if neighbours < 1 or support < 1:
+        raise ValueError(
+            f"pseudo-labels: --neighbours and --support must be at least 1, got {neighbours} and {support}"
+        )
     depth_h5, masks_h5, out_h5 = Path(depth_h5), Path(masks_h5), Path(out_h5)
     check_outputs_distinct({"depth": depth_h5, "masks": masks_h5}, {"labels": out_h5})
     if not masks_h5.is_file():
@@ -77,6 +86,8 @@ def run_pseudo_labels(
         meta[image_id] = view
     labels = kept
     if transfer:
+        from pipeline.fusion.transfer import transfer_labels  # torch: not at import time
+
         labels = transfer_labels(kept, {i: (v.K, v.cam_from_world) for i, v in meta.items()}, neighbours, support)
     views = [DepthView(i, meta[i].name, labels[i], None, meta[i].K, meta[i].cam_from_world) for i in kept]
     pixels = max(sum(d.size for d in kept.values()), 1)
@@ -94,24 +105,3 @@ def run_pseudo_labels(
                     "these labels has little to learn from; check %s's consistency settings or the depth itself",
                     out_h5, 100 * fraction, depth_h5, masks_h5)
     return {"views": len(views), "labelled": fraction, "own": own}
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("depth_h5", help="depth.h5 written by selfmvs infer")
-    parser.add_argument("masks_h5", help="fused_masks.h5 written by selfmvs fuse from that depth.h5")
-    parser.add_argument("out_h5", help="the label file to write (depth.h5 layout, kind selfmvs.depth_labels)")
-    parser.add_argument("--transfer", action="store_true",
-                        help="also label the pixels a view's own fusion did not keep with depth other views kept, "
-                        "carried into it (as per-scene fine-tuning does)")
-    parser.add_argument("--neighbours", type=int, default=10,
-                        help="with --transfer: views that give depth to a view, those that see most of it (default 10)")
-    parser.add_argument("--support", type=int, default=2,
-                        help="with --transfer: views that must at least agree (within 1 %%) on a carried depth; of the "
-                        "candidates, the one most views agree on is taken (default 2)")
-
-
-def main(args) -> int:
-    if args.neighbours < 1 or args.support < 1:
-        raise ValueError("pseudo-labels: --neighbours and --support must be at least 1")
-    run_pseudo_labels(args.depth_h5, args.masks_h5, args.out_h5, args.transfer, args.neighbours, args.support)
-    return 0

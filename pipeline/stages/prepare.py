@@ -11,25 +11,19 @@ observations of the sparse points are mapped into the stored images (``points2D`
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from pipeline.colmap import read_model
-from pipeline.config import PrepareConfig, load_config, section
-from pipeline.formats.photo import PhotoError, read_photo
+from pipeline.config import PrepareConfig
 from pipeline.formats.paths import check_outputs_distinct
-from pipeline.formats.scene_file import SceneView, SceneWriter
-from pipeline.scene.camera_plan import CameraPlans
-from pipeline.scene.depth_range import DepthRangeOptions, suggest_num_depth, view_depth_range
-from pipeline.scene.parallax import MIN_TRIANGULATION_ANGLE_DEG, check_parallax, parallax_per_view
-from pipeline.scene.view_selection import select_views, tracks_from_model
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +33,8 @@ class PrepareError(ValueError):
 
 
 def _load_image(path: Path, width: int, height: int) -> np.ndarray:
+    from pipeline.formats.photo import PhotoError, read_photo
+
     try:
         image = read_photo(path)
     except (FileNotFoundError, PhotoError) as error:
@@ -62,6 +58,17 @@ def run_prepare(
             with no sparse point in front of it, one image only, or no parallax between the views
             (the message names the file or views).
     """
+    # numpy, h5py and PIL are imported here, not at module level: ``selfmvs --help`` stays fast.
+    import numpy as np
+
+    from pipeline.colmap import read_model
+    from pipeline.formats.scene_file import SceneView, SceneWriter
+    from pipeline.scene.camera_plan import CameraPlans
+    from pipeline.scene.depth_range import DepthRangeOptions, suggest_num_depth, view_depth_range
+    from pipeline.scene.parallax import MIN_TRIANGULATION_ANGLE_DEG, check_parallax, parallax_per_view
+    from pipeline.scene.summary import log_prepare_summary
+    from pipeline.scene.view_selection import select_views, tracks_from_model
+
     started = time.perf_counter()
     scene_dir, out_path = Path(scene_dir), Path(out_path)
     check_outputs_distinct({"scene folder": scene_dir}, {"scene": out_path})
@@ -129,37 +136,5 @@ def run_prepare(
             writer.write_view(view)
             written.append((view.width, view.height, depth_range, source_ids.size))  # not the image: memory
         writer.write_sparse(point_ids, xyz, rgb)
-    _log_summary(written, scene_dir, out_path, time.perf_counter() - started, point_ids.size, fallbacks)
+    log_prepare_summary(written, scene_dir, out_path, time.perf_counter() - started, point_ids.size, fallbacks)
     return out_path
-
-
-def _log_summary(views: list[tuple], scene_dir, out_path, seconds: float, num_points: int, fallbacks) -> None:
-    """``views``: (width, height, depth_range, number of sources) of each view written."""
-    sizes: dict[tuple[int, int], int] = {}
-    for width, height, _, _ in views:
-        sizes[(width, height)] = sizes.get((width, height), 0) + 1
-    near = [v[2][0] for v in views]
-    far = [v[2][1] for v in views]
-    num_sources = np.array([v[3] for v in views])
-    log.info(
-        "prepared %d views of %s -> %s in %.1f s: sizes %s; %.1f sources per view on average "
-        "(%d without any); depth ranges near %.4g..%.4g, far %.4g..%.4g; %d sparse points%s",
-        len(views), scene_dir, out_path, seconds, ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.items()),
-        float(np.mean(num_sources)), int(np.sum(num_sources == 0)), min(near), max(near), min(far), max(far),
-        num_points, f"; depth-range fallback for views {fallbacks}" if fallbacks else "",
-    )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("scene_dir", type=Path, help="scene folder with images/ and a COLMAP model (sparse/)")
-    parser.add_argument("out", type=Path, help="scene.h5 to write")
-    parser.add_argument("--config", type=Path, default=None, help="YAML config; its 'prepare' section is used")
-    parser.add_argument("--max-image-size", type=int, default=None, help="longest side, pixels (default 800)")
-
-
-def main(args: argparse.Namespace) -> int:
-    config = section(load_config(args.config), "prepare", PrepareConfig)
-    if args.max_image_size is not None:
-        config = dataclasses.replace(config, max_image_size=args.max_image_size)
-    run_prepare(args.scene_dir, args.out, config)
-    return 0

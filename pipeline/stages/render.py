@@ -1,16 +1,15 @@
 """``selfmvs render-scene``: render the synthetic demo scene (or any seed) into a scene folder.
 
-The ``demo`` section of the config gives the defaults; command-line flags override them.
+The ``demo`` section of the config says what to render (the command line overrides its options).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from pathlib import Path
 
-from pipeline.config import DemoConfig, load_config, section
+from pipeline.config import DemoConfig
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +22,9 @@ def run_render(out_dir: str | Path, config: DemoConfig, varied: bool = False) ->
     """
     from pipeline.synth import random_scene_options, render_scene
 
+    started = time.perf_counter()
     options = random_scene_options(config.seed) if varied else {}
-    return render_scene(
+    out = render_scene(
         out_dir,
         seed=config.seed,
         num_views=config.num_views,
@@ -33,46 +33,6 @@ def run_render(out_dir: str | Path, config: DemoConfig, varied: bool = False) ->
         distortion=config.distortion,
         **options,
     )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out_dir", type=Path, help="scene folder to write (replaced if it is an earlier render)")
-    parser.add_argument("--config", type=Path, default=None, help="YAML config; its 'demo' section gives defaults")
-    parser.add_argument("--seed", type=int, default=None, help="random seed of the scene (default: config demo.seed)")
-    parser.add_argument("--num-views", type=int, default=None, help="number of cameras (default: config)")
-    parser.add_argument("--width", type=int, default=None, help="image width in pixels (default: config)")
-    parser.add_argument("--height", type=int, default=None, help="image height in pixels (default: config)")
-    parser.add_argument(
-        "--distortion",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="render through an OPENCV lens and store an OPENCV camera (default: config)",
-    )
-    parser.add_argument(
-        "--varied", action="store_true",
-        help="draw object counts, textures and camera rig from the seed too (training scenes)",
-    )
-
-
-def config_from_args(args: argparse.Namespace) -> DemoConfig:
-    """The ``demo`` section of ``--config`` (or the defaults), overridden by the flags given."""
-    names = ("seed", "num_views", "width", "height", "distortion")
-    flags = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    return section(load_config(args.config, overrides={"demo": flags} if flags else None), "demo", DemoConfig)
-
-
-def main(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    started = time.perf_counter()
-    out = run_render(args.out_dir, config, varied=args.varied)
-    log.info(
-        "%s: seed %d, %d views %dx%d%s in %.1f s",
-        out,
-        config.seed,
-        config.num_views,
-        config.width,
-        config.height,
-        " (OPENCV lens)" if config.distortion else "",
-        time.perf_counter() - started,
-    )
-    return 0
+    log.info("%s: seed %d, %d views %dx%d%s in %.1f s", out, config.seed, config.num_views, config.width,
+             config.height, " (OPENCV lens)" if config.distortion else "", time.perf_counter() - started)
+    return out

@@ -18,10 +18,12 @@ from pipeline.formats.paths import check_outputs_distinct
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+#: SIFT runs on images downscaled to this longest side (COLMAP's default).
+DEFAULT_MAX_IMAGE_SIZE = 1600
 
 
 def run_sfm(scene_dir: str | os.PathLike, out_dir: str | os.PathLike, *, single_camera: bool = True,
-            max_image_size: int = 1600, num_threads: int = -1) -> Path:
+            max_image_size: int = DEFAULT_MAX_IMAGE_SIZE, num_threads: int = -1) -> Path:
     """Register ``scene_dir/images`` and write ``out_dir/{images,sparse}``.
 
     Args:
@@ -82,17 +84,3 @@ def run_sfm(scene_dir: str | os.PathLike, out_dir: str | os.PathLike, *, single_
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out_dir
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("scene_dir", help="folder with images/ (photos only, no sparse/)")
-    parser.add_argument("out_dir", help="output scene folder: images (link) + sparse/")
-    parser.add_argument("--multi-camera", action="store_true", help="one camera per photo")
-    parser.add_argument("--max-image-size", type=int, default=1600, help="SIFT image size")
-    parser.add_argument("--threads", type=int, default=-1, help="threads (-1: all)")
-
-
-def main(args) -> int:
-    run_sfm(args.scene_dir, args.out_dir, single_camera=not args.multi_camera,
-            max_image_size=args.max_image_size, num_threads=args.threads)
-    return 0

@@ -22,13 +22,11 @@ on CUDA); rank 0 writes.
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.config import TrainConfig, load_config, section
-from pipeline.training.distributed import Distributed
+from pipeline.config import TrainConfig
 
 
 def run_train(
@@ -93,31 +91,3 @@ def run_train(
         init=Path(init) if init is not None else None, steps=steps, resume=resume, stop_at=stop_at,
         label_paths=label_paths,
     )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, default=None, help="YAML config (section 'train'); defaults otherwise")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="checkpoint folder (last.pt, losses.csv, losses.png, summary.json)")
-    parser.add_argument("--scenes", type=Path, nargs="+", default=[], help="scene.h5 files to train on")
-    parser.add_argument("--finetune", type=Path, default=None, metavar="SCENE_H5", help="fine-tune on one scene")
-    parser.add_argument("--init", type=Path, default=None, metavar="CHECKPOINT", help="start from these weights")
-    parser.add_argument("--steps", type=int, default=None, help="total optimizer steps (overrides the config)")
-    parser.add_argument("--resume", action="store_true", help="continue from CHECKPOINT_DIR/last.pt")
-    parser.add_argument("--labels", type=Path, nargs="+", default=None, metavar="LABELS_H5",
-                        help="pseudo-label files (selfmvs pseudo-labels), one per scene in the order of --scenes "
-                        "(one with --finetune); used when train.loss.weights.pseudo_label > 0, and by fine-tuning's default "
-                        "objective (train.finetune.objective: labels), which needs it")
-
-
-def main(args: argparse.Namespace) -> int:
-    config = section(load_config(args.config), "train", TrainConfig)
-    if args.finetune is not None and args.scenes:
-        raise ValueError("train: give either --scenes or --finetune, not both")
-    path = run_train(
-        config, args.out, args.scenes, finetune=args.finetune, init=args.init, steps=args.steps, resume=args.resume,
-        labels=args.labels,
-    )
-    if Distributed.from_env().is_main:
-        print(path)
-    return 0

@@ -1,5 +1,5 @@
-"""``selfmvs inspect FILE``: a readable summary of any selfmvs HDF5 file, of a network checkpoint
-(``.pt``), or of a COLMAP model folder.
+"""A readable summary of any selfmvs HDF5 file, of a network checkpoint (``.pt``), or of a COLMAP
+model folder: what ``selfmvs inspect`` prints (:mod:`pipeline.tools.inspect`).
 
 For files with a ``/views`` group (scene.h5, depth.h5, gt/depth.h5, fused masks, ...) it prints the
 kind, the format version, the file attributes, what each view holds (units from the datasets'
@@ -14,7 +14,6 @@ formats them.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,28 +25,6 @@ MAX_ELEMENTS_READ = 64 * 1024 * 1024
 
 class InspectError(ValueError):
     """A file that cannot be inspected (missing, not HDF5); the message names the file."""
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("file", help="an HDF5 file written by selfmvs (scene.h5, depth.h5, ...) or any HDF5 file; "
-                        "a network checkpoint (.pt: settings, training facts, weights); "
-                        "or a folder with a COLMAP model (scene folder, sparse/, sparse/0/)")
-    parser.add_argument("--max-views", type=int, default=20,
-                        help="list at most this many views one per line (default 20; 0 lists none)")
-    parser.add_argument("--all", action="store_true", help="list every view")
-
-
-def main(args) -> int:
-    max_views = None if args.all else args.max_views
-    if max_views is not None and max_views < 0:
-        raise ValueError(f"--max-views must be >= 0, got {max_views}")
-    text = describe(args.file, max_views=max_views)
-    try:
-        print(text, flush=True)
-    except BrokenPipeError:
-        # `selfmvs inspect f.h5 | head`: the reader left early, which is not an error.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0
 
 
 # ------------------------------------------------------------------------------------------- facts
