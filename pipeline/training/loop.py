@@ -98,7 +98,7 @@ def train(
             resume = False
         init_digest = init_sha256(init) if init is not None else None
         if resume:
-            model, checkpoint_extra = _load_for_resume(out.last, mode, init, init_sha256, folder)
+            model, checkpoint_extra = _load_for_resume(out.last, mode, init, init_digest, folder)
         else:
             model = build_model(config, init)
         model = model.to(device)
