@@ -19,10 +19,16 @@ def read_labels(path: Path, scene, scene_path: Path) -> dict[int, torch.Tensor]:
 
 
 def build_model(config: TrainConfig, init: Path | None):
+    """The network a run starts from: ``init``'s weights with ``train.model`` replacing options of
+    its stored config, or a fresh one built from ``train.model``.
+
+    With ``init``, loading is strict, except that ``train.model: {refinement: spn}`` on weights
+    without an SPN starts the SPN fresh (:func:`pipeline.model.load_checkpoint`).
+    """
     from pipeline.model import ModelConfig, PatchmatchNet, load_checkpoint
 
     if init is not None:
-        model, _ = load_checkpoint(init, strict=True)
+        model, _ = load_checkpoint(init, strict=True, model_overrides=dict(config.model) or None)
         return model
     try:
         model_config = ModelConfig.from_dict(dict(config.model)) if config.model else ModelConfig()
