@@ -110,7 +110,9 @@ def symmetric_forward(net, model, images, K, cam_from_world, depth_range):
     s_ranges = stacked(depth_range)[:, 0].float()  # each chunk's reference range
     kwargs = {}
     if shares_features(model):
-        # One pass over the V images; BatchNorm (when training) sees them together.
+        # One pass over the V images; BatchNorm (when training) sees them together. Under DDP this
+        # runs outside its forward; the feature weights' gradients are still averaged (DDP hooks
+        # every parameter's gradient; torchrun with 2 CPU processes, 2026-12-07).
         per_view = {stage: f.view(batch, views, *f.shape[1:]) for stage, f in model.extract_features(images.flatten(0, 1)).items()}
         kwargs["features"] = [
             {stage: torch.cat([f[:, order[position]] for order in orders]) for stage, f in per_view.items()}
