@@ -445,7 +445,9 @@ class TrainConfig:
         "Local torchvision-format VGG16 ImageNet state dict for the co-segmentation and feature terms; null turns "
         "those terms off (logged).")
     model: dict = option(factory=dict, description=
-        "ModelConfig overrides of a network trained from scratch (pipeline.model.ModelConfig fields)")
+        "ModelConfig overrides (pipeline.model.ModelConfig fields): of a network trained from scratch, or of the "
+        "--init weights' stored config (refinement: spn on weights without an SPN adds a fresh one, which "
+        "leaves the depth unchanged until it trains)")
     finetune: FinetuneConfig = option(FinetuneConfig(),
         "Per-scene self-supervised fine-tuning (--finetune SCENE_H5 --init CHECKPOINT).")
     loss: LossConfig = option(LossConfig(), "The self-supervised objective.")

@@ -485,3 +485,177 @@ def test_refactor_keeps_the_weights(scene_path, tmp_path):
                       tmp_path / "ft", finetune=scene, init=trained)
     assert digest(trained) == "33ec51951c63ac93f77b96e2fe178bd5f4c931e43bd20ca66d4d8969248da513"
     assert digest(tuned) == "54347f3818adcf94a59383287425de75be34e263ddd3cbfd50b076773f0fa6ce"
+
+
+# ------------------------------------------------------------------------------------------------
+# the papers' systems: MVS^2's symmetric training, M3VSNet's feature term, the SPN from shipped weights
+
+
+def _vgg_file(path: Path, seed: int = 0) -> Path:
+    """A torchvision-format VGG16 state dict with seeded random weights (stands in for ImageNet's)."""
+    from pipeline.losses import VGG16Features
+
+    torch.manual_seed(seed)
+    vgg = VGG16Features("relu4_3")
+    torch.save({f"features.{k}": v for k, v in vgg.features.state_dict().items()}, path)
+    return path
+
+
+def test_sampler_view_masks_follow_every_view(scene_path):
+    """view_masks: the reference's mask first, each source's own (view 1's right half invalid), and
+    the same draws as without them."""
+    from pipeline.formats.scene_file import read_scene
+
+    scene = read_scene(scene_path, load_images=True)
+    plain = ViewSampler([scene], 2, (24, 32), (1.0, 1.0))
+    masked = ViewSampler([scene], 2, (24, 32), (1.0, 1.0), view_masks=True)
+    for item, (_, ref_id, sources) in enumerate(masked.items):
+        a = plain.sample(item, torch.Generator().manual_seed(5))
+        b = masked.sample(item, torch.Generator().manual_seed(5))
+        assert "view_masks" not in a and b["view_masks"].shape == (3, 1, 24, 32)
+        assert torch.equal(a["images"], b["images"]) and torch.equal(b["view_masks"][0], b["mask"])
+        for position, view_id in enumerate(sources, start=1):
+            invalid = ~b["view_masks"][position, 0]
+            assert (invalid[:, 16:].all() and not invalid[:, :15].any()) if view_id == 1 else not invalid.any()
+
+
+def test_symmetric_forward_is_one_forward_per_reference():
+    """The batched symmetric forward with shared features gives, for each view v, the depth of a
+    plain forward with v as the reference (eval mode: BatchNorm does not depend on the batch)."""
+    from pipeline.model import ModelConfig, PatchmatchNet
+    from pipeline.training.step import shares_features, symmetric_forward, symmetric_orders
+
+    torch.manual_seed(0)
+    model = PatchmatchNet(ModelConfig(num_initial_hypotheses=8, num_perturbation_hypotheses=[2, 2, 4],
+                                      iterations=[1, 1, 2])).eval()
+    assert shares_features(model) and symmetric_orders(3) == [[0, 1, 2], [1, 0, 2], [2, 0, 1]]
+    batch, views = 2, 3
+    images = torch.rand(batch, views, 3, 24, 32)
+    K = torch.tensor([[40.0, 0, 16], [0, 40.0, 12], [0, 0, 1]]).expand(batch, views, 3, 3).clone()
+    poses = torch.eye(4).expand(batch, views, 4, 4).clone()
+    poses[:, :, 0, 3] = torch.tensor([0.0, 0.2, -0.2])
+    ranges = torch.tensor([1.5, 2.6]).expand(batch, views, 2).clone()
+    ranges[1, 2] = torch.tensor([1.0, 3.0])
+    with torch.no_grad():
+        view_stage_depths = symmetric_forward(model, model, images, K, poses, ranges)
+        assert len(view_stage_depths) == views
+        for v, order in enumerate(symmetric_orders(views)):
+            alone = model([images[:, u] for u in order], [K[:, u] for u in order], [poses[:, u] for u in order],
+                          ranges[:, v, 0], ranges[:, v, 1])
+            assert sorted(view_stage_depths[v]) == sorted(alone.stage_depths)
+            for stage, depths in alone.stage_depths.items():
+                for ours, theirs in zip(view_stage_depths[v][stage], depths):
+                    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_mvs2_trains_every_view_as_reference(scene_path, tmp_path, monkeypatch, caplog):
+    """recipe mvs2 steps on SelfSupervisedLoss.symmetric (one depth set per view, masks of every view);
+    the other recipes keep the one-reference objective."""
+    from pipeline.losses import SelfSupervisedLoss
+
+    calls = []
+    symmetric, forward = SelfSupervisedLoss.symmetric, SelfSupervisedLoss.forward
+
+    def spy_symmetric(self, images, K, cam_from_world, view_stage_depths, **kwargs):
+        calls.append(("symmetric", images.shape[1], len(view_stage_depths), tuple(kwargs["masks"].shape)))
+        return symmetric(self, images, K, cam_from_world, view_stage_depths, **kwargs)
+
+    def spy_forward(self, *args, **kwargs):
+        calls.append(("forward",))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(SelfSupervisedLoss, "symmetric", spy_symmetric)
+    monkeypatch.setattr(SelfSupervisedLoss, "forward", spy_forward)
+    with caplog.at_level("INFO"):
+        run_train(tiny_config(steps=2, batch_size=2, loss={"recipe": "mvs2"}), tmp_path / "mvs2", [scene_path])
+    assert calls == [("symmetric", 3, 3, (2, 3, 1, 24, 32))] * 2
+    assert "symmetric: every view of a sample the reference in turn" in caplog.text
+    rows = read_rows(tmp_path / "mvs2")
+    assert all(float(row["cross_view"]) > 0 and math.isfinite(float(row["loss"])) for row in rows)
+    calls.clear()
+    run_train(tiny_config(steps=1, loss={"recipe": "unsup_mvsnet"}), tmp_path / "plain", [scene_path])
+    assert calls == [("forward",)]
+
+
+def test_mvs2_refuses_one_reference_terms(scene_path, tmp_path):
+    with pytest.raises(ValueError, match=r"mvs2 .*augmentation.*train.loss.weights.augmentation: 0"):
+        run_train(tiny_config(steps=1, loss={"recipe": "mvs2", "weights": {"augmentation": 0.01}}),
+                  tmp_path / "x", [scene_path])
+
+
+def test_m3vsnet_feature_term_from_the_vgg16_file(scene_path, tmp_path, caplog):
+    """With train.vgg16_weights the feature term is on (a column of losses.csv); without, off with a WARNING."""
+    weights_path = _vgg_file(tmp_path / "vgg16.pth")
+    with caplog.at_level("WARNING"):
+        run_train(tiny_config(steps=1, vgg16_weights=str(weights_path), loss={"recipe": "m3vsnet"}),
+                  tmp_path / "on", [scene_path])
+    assert "is OFF" not in caplog.text
+    row = read_rows(tmp_path / "on")[0]
+    assert all(math.isfinite(float(row[t])) for t in ("photometric", "ssim", "smoothness", "depth_normal", "feature"))
+    assert float(row["feature"]) > 0
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        run_train(tiny_config(steps=1, loss={"recipe": "m3vsnet"}), tmp_path / "off", [scene_path])
+    assert "feature-wise" in caplog.text and "vgg16_weights" in caplog.text
+    assert "feature" not in read_rows(tmp_path / "off")[0]
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        run_train(tiny_config(steps=1, vgg16_weights=str(tmp_path / "missing.pth"), loss={"recipe": "m3vsnet"}),
+                  tmp_path / "bad", [scene_path])
+
+
+SPN_MODEL = {"num_initial_hypotheses": 8, "num_perturbation_hypotheses": [2, 2, 4], "iterations": [1, 1, 2],
+             "refinement": "spn", "spn_steps": 3}
+
+
+def test_spn_starts_fresh_on_weights_without_one(scene_path, tmp_path, caplog):
+    """train.model {refinement: spn} + --init of weights without spn.*: a fresh SPN (logged) that
+    leaves the depth unchanged; the run trains it and its checkpoints hold it."""
+    from pipeline.model import load_checkpoint
+
+    base = run_train(tiny_config(steps=1), tmp_path / "base", [scene_path])
+    with caplog.at_level("INFO"):
+        spn_model, _ = load_checkpoint(base, model_overrides={"refinement": "spn", "spn_steps": 3})
+    assert "fresh SPN" in caplog.text
+    plain, _ = load_checkpoint(base)
+    images = [torch.rand(1, 3, 24, 32) for _ in range(3)]
+    K = [torch.tensor([[[40.0, 0, 16], [0, 40.0, 12], [0, 0, 1]]])] * 3
+    poses = [torch.eye(4)[None].clone() for _ in range(3)]
+    poses[1][0, 0, 3], poses[2][0, 0, 3] = 0.2, -0.2
+    depth_range = (torch.tensor([1.5]), torch.tensor([2.6]))
+    with torch.no_grad():
+        assert torch.equal(spn_model(images, K, poses, *depth_range).depth, plain(images, K, poses, *depth_range).depth)
+
+    tuned = run_train(tiny_config(steps=2, model=SPN_MODEL, loss={"recipe": "mvs2"}), tmp_path / "spn", [scene_path],
+                      init=base)
+    model, _ = load_checkpoint(tuned)  # strict: the SPN's weights are in the file
+    assert model.config.refinement == "spn"
+    assert any(not torch.equal(p, torch.zeros_like(p)) for k, p in model.state_dict().items() if k.startswith("spn.affinity"))
+    finetuned = run_train(tiny_config(model=SPN_MODEL, finetune={"steps": 1, "objective": "photometric"}),
+                          tmp_path / "ft", finetune=scene_path, init=base)
+    assert load_checkpoint(finetuned)[0].config.refinement == "spn"
+
+
+def test_spn_fresh_start_leaves_every_other_key_strict(scene_path, tmp_path):
+    from pipeline.model import CheckpointError, load_checkpoint
+
+    base = run_train(tiny_config(steps=1), tmp_path / "base", [scene_path])
+    payload = torch.load(base, weights_only=True)
+    state = payload["state_dict"]
+    dropped = sorted(k for k in state if not k.startswith("spn."))[0]
+    broken = {**payload, "state_dict": {k: v for k, v in state.items() if k != dropped}}
+    torch.save(broken, tmp_path / "missing_key.pt")
+    with pytest.raises(CheckpointError, match=f"missing keys.*{dropped}"):
+        load_checkpoint(tmp_path / "missing_key.pt", model_overrides={"refinement": "spn"})
+    torch.save({**payload, "state_dict": {**state, "extra.weight": torch.zeros(1)}}, tmp_path / "unexpected.pt")
+    with pytest.raises(CheckpointError, match="unexpected keys.*extra.weight"):
+        load_checkpoint(tmp_path / "unexpected.pt", model_overrides={"refinement": "spn"})
+    # An SPN checkpoint missing part of its SPN is not a fresh start.
+    spn_state = load_checkpoint(base, model_overrides={"refinement": "spn"})[0].state_dict()
+    partial = {k: v for k, v in spn_state.items() if k != "spn.affinity.weight"}
+    torch.save({**payload, "model_config": {**payload["model_config"], "refinement": "spn"}, "state_dict": partial},
+               tmp_path / "partial.pt")
+    with pytest.raises(CheckpointError, match="missing keys.*spn.affinity.weight"):
+        load_checkpoint(tmp_path / "partial.pt")
+    # train --init with the override reports the file
+    with pytest.raises(ValueError, match="missing_key.pt"):
+        run_train(tiny_config(steps=1, model=SPN_MODEL), tmp_path / "x", [scene_path], init=tmp_path / "missing_key.pt")

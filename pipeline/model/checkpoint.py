@@ -8,10 +8,14 @@ A checkpoint is a ``torch.save`` of plain types only (loadable with ``weights_on
 Loading is strict: a missing or unexpected key is an error naming the file and the keys, never a
 network left partly random. ``kind`` names the file format, whatever the network: the backbone is
 ``model_config["backbone"]`` (absent in files written before CVP-MVSNet: PatchmatchNet).
+One exception, logged: weights without an SPN (``spn.*``) loaded into
+a network with ``refinement: "spn"`` start the SPN fresh; its last layer is zero, so the network
+returns the depth it returned without it, and training goes on from there.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,7 +27,10 @@ from .config import ModelConfig
 from .cvp import CVPMVSNet
 from .network import PatchmatchNet
 
+log = logging.getLogger(__name__)
+
 KIND = "selfmvs.patchmatchnet"
+SPN_PREFIX = "spn."
 FORMAT_VERSION = 1
 
 
@@ -94,6 +101,9 @@ def load_checkpoint(
         map_location: device of the returned model.
         model_overrides: :class:`ModelConfig` options replacing the stored ones (e.g.
             ``{"refinement": False}``); the weights must still fit (strict loading checks it).
+            ``{"refinement": "spn"}`` on weights without ``spn.*`` keys builds the SPN fresh
+            (logged; the depth is unchanged until it trains); some ``spn.*`` keys but not all are
+            still an error.
 
     Returns:
         (model in eval mode, extra dict).
@@ -108,7 +118,14 @@ def load_checkpoint(
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: invalid model_config: {error}") from None
     model = build_model(config)
-    load_weights(model, payload["state_dict"], strict=strict, source=str(path))
+    state_dict = payload["state_dict"]
+    if config.refinement == "spn" and not any(key.startswith(SPN_PREFIX) for key in state_dict):
+        fresh = {key: value for key, value in model.state_dict().items() if key.startswith(SPN_PREFIX)}
+        state_dict = {**state_dict, **fresh}
+        log.info("%s: no SPN weights (spn.*) in the checkpoint; refinement 'spn' starts with a fresh SPN "
+                 "(%d tensors; its last layer is zero, so the depth is the refinement network's until it trains)",
+                 path, len(fresh))
+    load_weights(model, state_dict, strict=strict, source=str(path))
     return model.to(map_location).eval(), dict(payload.get("extra") or {})
 
 

@@ -1,7 +1,8 @@
 """Training of the network: samples, schedule and step budgets, one optimizer step, the loop, DDP.
 
 Public: :func:`train` (the loop), :class:`ViewSampler`, :func:`lr_multiplier`,
-:func:`finetune_steps`, :func:`train_step`, :class:`Distributed`, :func:`read_labels`.
+:func:`finetune_steps`, :func:`train_step` (and
+:func:`symmetric_train_step`, MVS^2's), :class:`Distributed`, :func:`read_labels`.
 Submodules import lazily where they need the network or the losses.
 """
 

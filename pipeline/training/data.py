@@ -22,15 +22,18 @@ def read_labels(path: Path, scene, scene_path: Path) -> dict[int, torch.Tensor]:
 
 
 def build_model(config: TrainConfig, init: Path | None):
-    """The network a run starts from: ``init``'s, or a new one of the recipe's backbone with ``train.model``.
+    """The network a run starts from: ``init``'s weights with ``train.model`` replacing options of
+    its stored config, or a fresh one of the recipe's backbone with ``train.model``.
 
     A recipe that names a backbone (``jdacs_ms``: CVP-MVSNet) gets it unless ``train.model`` says otherwise.
+    With ``init``, loading is strict, except that ``train.model: {refinement: spn}`` on weights
+    without an SPN starts the SPN fresh (:func:`pipeline.model.load_checkpoint`).
     """
     from pipeline.losses import get_recipe
     from pipeline.model import ModelConfig, build_model as build_network, load_checkpoint
 
     if init is not None:
-        model, _ = load_checkpoint(init, strict=True)
+        model, _ = load_checkpoint(init, strict=True, model_overrides=dict(config.model) or None)
         return model
     recipe = get_recipe(config.loss.recipe)
     options = {**recipe.model, **dict(config.model)}

@@ -6,6 +6,10 @@ would; the global torch RNG state is checkpointed as well. The number of steps i
 first one (``train.steps``, or for fine-tuning :func:`pipeline.training.schedule.finetune_steps`),
 never by the clock: a time limit (``train.max_seconds`` / ``train.finetune.max_seconds``) is only
 a safety stop, which warns and is recorded in the checkpoint (``stopped_early``) and ``summary.json``.
+
+Recipe ``mvs2`` trains MVS^2's symmetric objective: every view of a sample is the reference in
+turn (:func:`pipeline.training.step.symmetric_train_step`); the other recipes (and fine-tuning on
+labels) step on the objective of one reference (:func:`pipeline.training.step.train_step`).
 """
 
 from __future__ import annotations
@@ -26,10 +30,10 @@ from pipeline.model.device import resolve_device
 from pipeline.training.checkpoints import CheckpointFolder
 from pipeline.training.data import build_model, init_sha256, read_labels
 from pipeline.training.distributed import Distributed
-from pipeline.training.objective import build_objective
+from pipeline.training.objective import build_objective, trains_symmetric
 from pipeline.training.sampler import ViewSampler, mix_seed
 from pipeline.training.schedule import finetune_steps, lr_multiplier
-from pipeline.training.step import train_step
+from pipeline.training.step import symmetric_train_step, train_step
 
 log = logging.getLogger("selfmvs.train")
 
@@ -98,7 +102,7 @@ def train(
             resume = False
         init_digest = init_sha256(init) if init is not None else None
         if resume:
-            model, checkpoint_extra = _load_for_resume(out.last, mode, init, init_sha256, folder)
+            model, checkpoint_extra = _load_for_resume(out.last, mode, init, init_digest, folder)
         else:
             model = build_model(config, init)
         model = model.to(device)
@@ -138,9 +142,12 @@ def train(
             sampler.set_labels([read_labels(p, s, sp) for p, s, sp in zip(label_paths, scenes, scene_paths)])
         if "cross_view" in terms and config.num_sources < 1:
             raise ValueError("train: the cross-view term needs at least one source view")
+        symmetric = trains_symmetric(config, mode, recipe, terms)
+        sampler.view_masks = symmetric  # the symmetric objective masks every view, not the reference alone
         if dist.is_main:
-            log.info("%s: recipe %s, terms %s, %d steps, device %s, %d process(es)",
-                     mode, recipe.name, {t: recipe.weights[t] for t in terms}, total_steps, device, dist.world_size)
+            log.info("%s: recipe %s%s, terms %s, %d steps, device %s, %d process(es)",
+                     mode, recipe.name, " (symmetric: every view of a sample the reference in turn)" if symmetric else "",
+                     {t: recipe.weights[t] for t in terms}, total_steps, device, dist.world_size)
 
         # ---- bookkeeping
         columns = ["step", "lr", "loss", *terms, "augmentation_weight", "seconds"]
@@ -167,7 +174,7 @@ def train(
                 "seed": config.seed, "world_size": dist.world_size, "recipe": recipe.name,
                 "scenes": [str(p) for p in scene_paths],
                 "labels": [str(p) for p in label_paths] if label_paths is not None else [],
-                "init_sha256": checkpoint_extra.get("init_sha256", init_sha256),  # a resumed run keeps its own
+                "init_sha256": checkpoint_extra.get("init_sha256", init_digest),  # a resumed run keeps its own
                 "stopped_early": stopped_early,
             }
             out.save(step, model, extra, rows, columns, terms)
@@ -184,10 +191,15 @@ def train(
             aug_weight = augmentation_weight(
                 step, recipe.weights.get("augmentation", 0.0), aug.growth, aug.growth_every, aug.max_weight
             )
-            total, values = train_step(
-                net, objective, optimizer, scaler, batch, terms, aug_params, aug_weight, generator,
-                amp_dtype, config.grad_clip, device,
-            )
+            if symmetric:
+                total, values = symmetric_train_step(
+                    net, model, objective, optimizer, scaler, batch, generator, amp_dtype, config.grad_clip, device,
+                )
+            else:
+                total, values = train_step(
+                    net, objective, optimizer, scaler, batch, terms, aug_params, aug_weight, generator,
+                    amp_dtype, config.grad_clip, device,
+                )
             schedule.step()
             step += 1
             first_step = step == start_step + 1

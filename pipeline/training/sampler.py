@@ -46,13 +46,17 @@ class ViewSampler:
         mirror_probability: chance that a sample is the left-right mirror image of the scene's
             (every image, the mask and the label flipped; K and poses as :mod:`pipeline.scene.mirror`).
             0 draws nothing, so the random stream of a run without mirroring is unchanged.
+        view_masks: every sample also has ``view_masks``, the valid pixels of each of its views
+            (the reference's cropped like its image, the sources' resized whole), for objectives
+            that take every view as a reference (MVS^2's symmetric training). No random draw.
     """
 
     def __init__(self, scenes, num_sources: int, size: tuple[int, int] | None, crop_scale=(1.0, 1.0), names=None,
-                 labels=None, mirror_probability: float = 0.0):
+                 labels=None, mirror_probability: float = 0.0, view_masks: bool = False):
         if not 0.0 <= mirror_probability <= 1.0:
             raise ValueError(f"train.mirror_probability: expected a value in [0, 1], got {mirror_probability}")
         self.mirror_probability = float(mirror_probability)
+        self.view_masks = bool(view_masks)
         self.num_sources = num_sources
         self.labels = None
         self.set_labels(labels, len(scenes))
@@ -121,7 +125,8 @@ class ViewSampler:
 
     def sample(self, item: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """One sample: ``images`` (V, 3, H, W), ``K`` (V, 3, 3), ``cam_from_world`` (V, 4, 4),
-        ``depth_range`` (V, 2), ``mask`` (1, H, W) bool, with labels also ``label`` (1, H, W)."""
+        ``depth_range`` (V, 2), ``mask`` (1, H, W) bool, with labels also ``label`` (1, H, W), with
+        ``view_masks`` also ``view_masks`` (V, 1, H, W) bool (``view_masks[0]`` is ``mask``)."""
         scene_index, ref_id, sources = self.items[item]
         views = self.views[scene_index]
         ref = views[ref_id]
@@ -154,10 +159,14 @@ class ViewSampler:
         else:
             cropped = ref.mask[top : top + crop_h, left : left + crop_w].float()[None]
             mask = _resize(cropped, height, width) > 0.999
+        masks = [mask]
         for source_id in sources:
             source = views[source_id]
             src_h, src_w = source.image.shape[1:]
             images.append(_resize(source.image, height, width))
+            if self.view_masks:
+                masks.append(torch.ones(1, height, width, dtype=torch.bool) if source.mask is None
+                             else _resize(source.mask.float()[None], height, width) > 0.999)
             Ks.append(_scale_K(source.K, width / src_w, height / src_h))
             poses.append(source.cam_from_world)
             ranges.append(source.depth_range)
@@ -168,6 +177,8 @@ class ViewSampler:
             "depth_range": torch.stack(ranges),
             "mask": mask,
         }
+        if self.view_masks:
+            sample["view_masks"] = torch.stack(masks)
         if self.labels is not None:
             scene_labels = self.labels[scene_index]
             if scene_labels is None:
@@ -187,7 +198,7 @@ class ViewSampler:
 def _mirrored(sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The sample's left-right mirror image: a consistent scene whose depth is the original's, flipped."""
     width = sample["images"].shape[-1]
-    flipped = {key: sample[key].flip(-1) for key in ("images", "mask", "label") if key in sample}
+    flipped = {key: sample[key].flip(-1) for key in ("images", "mask", "label", "view_masks") if key in sample}
     flipped["K"] = torch.stack([torch.from_numpy(mirror_intrinsics(K.numpy(), width)) for K in sample["K"]]).to(sample["K"].dtype)
     flipped["cam_from_world"] = torch.stack(
         [torch.from_numpy(mirror_pose(T.numpy())) for T in sample["cam_from_world"]]
