@@ -15,15 +15,22 @@ from pipeline.config import DemoConfig, load_config, section, validate_config
 log = logging.getLogger(__name__)
 
 
-def run_render(out_dir: str | Path, config: DemoConfig, varied: bool = False) -> Path:
+def run_render(out_dir: str | Path, config: DemoConfig, varied: bool = False, family: str = "object") -> Path:
     """Render the scene described by ``config`` into ``out_dir`` (images/, sparse/, gt/).
 
     With ``varied`` the object counts, textures and camera rig are drawn from the seed too
     (``pipeline.synth.random_scene_options``): the training scenes of the shipped checkpoint.
+    ``family="indoor"`` renders a furnished room seen by a hand-held camera instead
+    (``pipeline.synth.indoor``; ``varied`` then draws ``random_indoor_options``).
     """
-    from pipeline.synth import random_scene_options, render_scene
+    from pipeline.synth import random_indoor_options, random_scene_options, render_scene
 
-    options = random_scene_options(config.seed) if varied else {}
+    if not varied:
+        options = {}
+    elif family == "indoor":
+        options = random_indoor_options(config.seed)
+    else:
+        options = random_scene_options(config.seed)
     return render_scene(
         out_dir,
         seed=config.seed,
@@ -31,6 +38,7 @@ def run_render(out_dir: str | Path, config: DemoConfig, varied: bool = False) ->
         width=config.width,
         height=config.height,
         distortion=config.distortion,
+        family=family,
         **options,
     )
 
@@ -52,6 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--varied", action="store_true",
         help="draw object counts, textures and camera rig from the seed too (training scenes)",
     )
+    parser.add_argument(
+        "--family", choices=("object", "indoor"), default="object",
+        help="object: objects on a ground plane seen from arcs of views (default); indoor: a furnished "
+        "room with windows and lamps seen by a hand-held camera (use --width 640 --height 480)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> DemoConfig:
@@ -69,10 +82,11 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
 def main(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     started = time.perf_counter()
-    out = run_render(args.out_dir, config, varied=args.varied)
+    out = run_render(args.out_dir, config, varied=args.varied, family=args.family)
     log.info(
-        "%s: seed %d, %d views %dx%d%s in %.1f s",
+        "%s: %s seed %d, %d views %dx%d%s in %.1f s",
         out,
+        args.family,
         config.seed,
         config.num_views,
         config.width,
