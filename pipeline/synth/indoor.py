@@ -357,6 +357,11 @@ def _furnish(rng: np.random.Generator, size: np.ndarray, options: IndoorOptions)
         origin, along, inward, _ = f.wall_frame(wall)
         centre = origin + along * (start + 0.05 + 0.5 * pane_w) + inward * 0.6 + np.array([0, 0, 0.5 * (z0 + z1)])
         f.lights.append(Light(centre, 0.25 * sky * pane_w * (z1 - z0)))
+    # Skirting boards along every wall: the crisp line where the walls meet the floor.
+    skirting_height = rng.uniform(0.06, 0.12)
+    for wall in range(4):
+        _, _, _, length = f.wall_frame(wall)
+        f.box_on_wall(wall, 0.0, length, 0.015, 0.0, skirting_height, white_trim)
     for _ in range(options.num_doors):
         wall = int(rng.integers(0, 4))
         door_w = rng.uniform(0.8, 0.95)
