@@ -37,11 +37,13 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere: the pipeline package of this checkout
+from pipeline.synth.indoor import HELDOUT_SEEDS  # noqa: E402
 THRESHOLDS = (0.005, 0.01, 0.02, 0.05)
 # Held-out seeds and scene size per family; the indoor seeds are reserved for this set alone.
 FAMILY_DEFAULTS = {
     "object": {"seeds": "2000,2001", "size": "400x300", "num_views": 12},
-    "indoor": {"seeds": "3000,3001,3002,3003", "size": "640x480", "num_views": 20},
+    "indoor": {"seeds": ",".join(str(s) for s in HELDOUT_SEEDS), "size": "640x480", "num_views": 20},
 }
 FSCORE_FRACTIONS = (0.0025, 0.005, 0.01)
 

@@ -271,3 +271,14 @@ def test_cli_renders_indoor(tmp_path):
     assert meta["family"] == "indoor" and meta["options"] == {
         **dataclasses.asdict(IndoorOptions(**random_indoor_options(7))),
         "distortion_params": list(IndoorOptions().distortion_params)}
+
+
+def test_held_out_rooms_are_not_training_data():
+    from pipeline.config import TrainingDataConfig, load_config, section
+    from pipeline.synth.indoor import HELDOUT_SEEDS
+
+    assert len(HELDOUT_SEEDS) >= 4
+    configs = [None, *sorted(Path(__file__).resolve().parents[1].joinpath("config").glob("*.yaml"))]
+    for path in configs:
+        seeds = section(load_config(path), "training_data", TrainingDataConfig).seeds
+        assert not set(seeds) & set(HELDOUT_SEEDS), f"{path or 'default config'} trains on held-out rooms"

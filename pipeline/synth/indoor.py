@@ -37,6 +37,9 @@ from pipeline.synth.textures import Material, NoiseTable, _hsv_to_rgb, noise_tab
 
 FAMILY = "indoor"
 FAMILY_VERSION = 1
+# Held-out rooms (bench/quality_heldout.py --family indoor): never trained on, never used to choose
+# a setting. Training data takes its seeds elsewhere.
+HELDOUT_SEEDS = (3000, 3001, 3002, 3003)
 
 # Random streams: np.random.default_rng([seed, stream]); apart from the object family's 1..8.
 _STREAM_ROOM, _STREAM_SURFACES, _STREAM_WALK, _STREAM_EXPOSURE = 21, 22, 23, 24
