@@ -10,8 +10,15 @@ after fine-tuning on the scene for that budget (the workflow's default is 120 s)
 made as the workflow makes them (train.finetune.objective labels, the default). Every pixel with
 ground truth counts (pooled over the views); a pixel without an estimate counts as wrong.
 
+Indoor rooms (``--family indoor``, ``pipeline.synth.indoor``) are a second held-out set: seeds
+3000-3003 by default (reserved: never trained on, never used to choose a setting), 20 views of a
+hand-held walk at 640x480, rendered ``--varied``. Their rows also carry ``selfmvs fuse`` +
+``selfmvs evaluate`` figures (precision / recall / F-score at 0.25 / 0.5 / 1 % of the GT points'
+diagonal; ``--evaluate`` does the same for object scenes). ``infer_s_per_view`` is the wall time of
+``selfmvs infer`` (the whole process) over the number of views.
+
     .venv/bin/python bench/quality_heldout.py pipeline/checkpoints/selfmvs_synthetic.pt \\
-        [--seeds 2000,2001] [--num-sources 6] [--model iterations=[1,3,1]] [--finetune 120 [--recipe R] [--train-set loss.top_k=2]] \\
+        [--family indoor] [--seeds 2000,2001] [--num-sources 6] [--model iterations=[1,3,1]] [--finetune 120 [--recipe R] [--train-set loss.top_k=2]] \\
         [--self-label --train-set loss.weights.pseudo_label=1] \\
         [--json bench/results/quality-....json]
 """
@@ -30,7 +37,15 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere: the pipeline package of this checkout
+from pipeline.synth.indoor import HELDOUT_SEEDS  # noqa: E402
 THRESHOLDS = (0.005, 0.01, 0.02, 0.05)
+# Held-out seeds and scene size per family; the indoor seeds are reserved for this set alone.
+FAMILY_DEFAULTS = {
+    "object": {"seeds": "2000,2001", "size": "400x300", "num_views": 12},
+    "indoor": {"seeds": ",".join(str(s) for s in HELDOUT_SEEDS), "size": "640x480", "num_views": 20},
+}
+FSCORE_FRACTIONS = (0.0025, 0.005, 0.01)
 
 
 def selfmvs(*args: str) -> None:
@@ -60,13 +75,33 @@ def depth_quality(depth_h5: Path, gt_h5: Path) -> dict:
     return row
 
 
+def cloud_quality(eval_json: Path) -> dict:
+    """Precision / recall / F-score of ``selfmvs evaluate`` at FSCORE_FRACTIONS of the GT diagonal."""
+    metrics = json.loads(eval_json.read_text())["metrics"]
+    row = {"num_fused_points": metrics["num_fused_points"]["value"]}
+    for key, entry in metrics.items():
+        name = key.split("@")[0]
+        if name in ("precision", "recall", "fscore"):
+            fraction = entry["tau_fraction_of_scale"]
+            if any(abs(fraction - f) < 1e-9 for f in FSCORE_FRACTIONS):
+                row[f"{name}_{100 * fraction:g}pct"] = entry["value"]
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipeline.config import InferConfig, TrainConfig, load_config, parse_assignments, section
     from pipeline.formats.loss_log import read_loss_log
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--seeds", default="2000,2001", help="held-out scene seeds (comma-separated)")
+    parser.add_argument("--family", choices=tuple(FAMILY_DEFAULTS), default="object",
+                        help="object: the object scenes of the training data (seeds 2000, 2001 by default); indoor: "
+                        "furnished rooms seen by a hand-held camera (seeds 3000-3003, 20 views 640x480)")
+    parser.add_argument("--seeds", help="held-out scene seeds (comma-separated; default: the family's)")
+    parser.add_argument("--num-views", type=int, help="views per scene (default: 12 object, 20 indoor)")
+    parser.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=None,
+                        help="also fuse and run selfmvs evaluate for point-cloud precision / recall / F-score "
+                        "(default: on for indoor, off for object)")
     parser.add_argument("--num-sources", type=int, default=InferConfig().num_sources,
                         help="source views per reference (default: the workflow's, infer.num_sources)")
     parser.add_argument("--finetune", type=float, default=0.0, help="fine-tuning budget in seconds (0: none)")
@@ -87,11 +122,16 @@ def main(argv: list[str] | None = None) -> int:
                         "itself as well (weigh them with --train-set loss.weights.pseudo_label=W); the default objective, "
                         "labels, always makes them as the workflow does (infer, fuse --masks, pseudo-labels [--transfer])")
     parser.add_argument("--no-base", action="store_true", help="only the fine-tuned run (with --finetune)")
-    parser.add_argument("--size", default="400x300", help="rendered image size WxH (default 400x300, as the training "
-                        "scenes; prepare keeps the longest side up to its default, 800)")
+    parser.add_argument("--size", help="rendered image size WxH (default 400x300 for object scenes, as the training "
+                        "scenes, 640x480 for indoor; prepare keeps the longest side up to its default, 800)")
     parser.add_argument("--work", type=Path, help="folder for scenes and outputs (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
+    defaults = FAMILY_DEFAULTS[args.family]
+    args.seeds = args.seeds or defaults["seeds"]
+    args.size = args.size or defaults["size"]
+    args.num_views = args.num_views or defaults["num_views"]
+    args.evaluate = args.family == "indoor" if args.evaluate is None else args.evaluate
     checkpoint = args.checkpoint.resolve()
     if not checkpoint.is_file():
         raise SystemExit(f"{checkpoint}: no such checkpoint")
@@ -103,11 +143,14 @@ def main(argv: list[str] | None = None) -> int:
         infer_flags = ["--flip-average" if args.flip_average else "--no-flip-average",
                 "--plane-fill" if args.plane_fill else "--no-plane-fill"]
         for seed in (int(s) for s in args.seeds.split(",")):
-            tag = f"s{seed}" if (width, height) == (400, 300) else f"s{seed}_{width}x{height}"
+            if args.family == "object":
+                tag = f"s{seed}" if (width, height) == (400, 300) else f"s{seed}_{width}x{height}"
+            else:
+                tag = f"{args.family}_s{seed}_{args.num_views}v_{width}x{height}"
             scene_dir, scene_h5 = work / tag, work / f"{tag}.h5"
             if not (scene_dir / "gt" / "depth.h5").is_file():
-                selfmvs("render-scene", str(scene_dir), "--seed", str(seed), "--varied", "--num-views", "12",
-                        "--width", str(width), "--height", str(height), "--no-distortion")
+                selfmvs("render-scene", str(scene_dir), "--seed", str(seed), "--varied", "--num-views", str(args.num_views),
+                        "--width", str(width), "--height", str(height), "--no-distortion", "--family", args.family)
             selfmvs("prepare", str(scene_dir), str(scene_h5))
             runs = [] if (args.no_base and args.finetune > 0) else [("base", checkpoint)]
             if args.finetune > 0:
@@ -143,15 +186,28 @@ def main(argv: list[str] | None = None) -> int:
                 started = time.perf_counter()
                 selfmvs("infer", str(scene_h5), str(weights), str(depth_h5), "--num-sources", str(args.num_sources),
                         *(arg for item in args.model for arg in ("--model", item)), *infer_flags)
-                row = {"seed": seed, "run": name, "infer_wall_s": time.perf_counter() - started,
+                infer_wall = time.perf_counter() - started
+                row = {"seed": seed, "run": name, "infer_wall_s": infer_wall,
+                       "infer_s_per_view": infer_wall / args.num_views,
                        **depth_quality(depth_h5, scene_dir / "gt" / "depth.h5")}
+                if args.evaluate:
+                    fused, eval_json = depth_h5.with_suffix(".ply"), depth_h5.with_suffix(".eval.json")
+                    started = time.perf_counter()
+                    selfmvs("fuse", str(scene_h5), str(depth_h5), str(fused))
+                    selfmvs("evaluate", str(scene_dir), str(scene_h5), str(depth_h5), str(fused), str(eval_json))
+                    row["fuse_evaluate_wall_s"] = time.perf_counter() - started
+                    row.update(cloud_quality(eval_json))
                 if name != "base":
                     row["finetune_wall_s"] = finetune_wall
                     row["finetune_steps"] = finetune_steps
                 results.append(row)
                 print(f"seed {seed} {name:>16}: median {100 * row['median_rel_error']:.3f} %, within 0.5/1/2/5 %: "
-                      + " / ".join(f"{100 * row[f'within_{t:g}']:.1f}" for t in THRESHOLDS), flush=True)
-    payload = {"checkpoint": str(args.checkpoint), "size": args.size, "num_sources": args.num_sources,
+                      + " / ".join(f"{100 * row[f'within_{t:g}']:.1f}" for t in THRESHOLDS)
+                      + (", F-score at 0.25/0.5/1 %: " + " / ".join(
+                          f"{100 * row[f'fscore_{100 * f:g}pct']:.1f}" for f in FSCORE_FRACTIONS) if args.evaluate else ""),
+                      flush=True)
+    payload = {"checkpoint": str(args.checkpoint), "family": args.family, "seeds": args.seeds, "size": args.size,
+               "num_views": args.num_views, "num_sources": args.num_sources,
                "model": args.model, "flip_average": args.flip_average, "plane_fill": args.plane_fill,
                "finetune_s": args.finetune, "self_label": args.self_label,
                "recipe": args.recipe, "train_set": args.train_set,

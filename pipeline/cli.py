@@ -162,8 +162,12 @@ def _render_scene(parser: argparse.ArgumentParser) -> Callable:
     _config_option(parser, "--distortion", "demo.distortion")
     parser.add_argument("--varied", action="store_true",
                         help="draw object counts, textures and camera rig from the seed too (training scenes)")
+    parser.add_argument("--family", choices=("object", "indoor"), default="object",
+                        help="object: objects on a ground plane seen from arcs of views (default); indoor: a "
+                        "furnished room with windows and lamps seen by a hand-held camera (use --width 640 "
+                        "--height 480)")
     return lambda args: render.run_render(args.out_dir, _load_section(args, "demo"),
-                                          varied=args.varied)
+                                          varied=args.varied, family=args.family)
 
 
 def _sfm(parser: argparse.ArgumentParser) -> Callable:

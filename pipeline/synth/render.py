@@ -13,6 +13,10 @@ textures, per-view exposure and sensor noise, and writes::
 Every random draw comes from a stream named by (seed, purpose), and the lens never takes part in
 one, so ``distortion=True`` renders the same scene, poses, textures, exposures and sparse points
 as its distortion-free twin, seen through an OPENCV lens.
+
+``render_scene(out_dir, seed=..., family="indoor")`` writes the same layout for a furnished room
+seen by a hand-held camera (:mod:`pipeline.synth.indoor`); ``gt/meta.json`` then says
+``"family": "indoor"``.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ log = logging.getLogger(__name__)
 
 GENERATOR = "selfmvs.synth"
 GENERATOR_VERSION = 1
+FAMILIES = ("object", "indoor")  # render_scene(family=...); meta.json without "family" is "object"
 _CHUNK = 1 << 15  # rays per vectorised batch: its arrays stay in cache (30 % faster than 1 << 17)
 
 # Random streams: np.random.default_rng([seed, stream]).
@@ -188,6 +193,14 @@ class SyntheticScene:
             )
             lit[idx[np.isfinite(t)]] = 0.0
         return shade(albedo, hits.normals, self.light_direction, lit, self.options.ambient), hits.t
+
+    def photo(self, radiance: np.ndarray, view: int) -> np.ndarray:
+        """The stored photo of one view's radiance (:func:`to_image`). Shape: (H, W, 3) uint8."""
+        return to_image(self, radiance, view)
+
+    def meta_extra(self) -> dict[str, Any]:
+        """Family-specific entries of ``gt/meta.json``."""
+        return {"light_direction": self.light_direction.tolist()}
 
 
 def _place_objects(rng: np.random.Generator, options: SceneOptions, material_ids) -> list:
@@ -366,6 +379,18 @@ def load_scene(scene_dir: str | os.PathLike) -> SyntheticScene:
         )
     options = dict(meta["options"])
     options["distortion_params"] = tuple(options["distortion_params"])
+    family = meta.get("family", "object")
+    if family == "indoor":
+        from pipeline.synth.indoor import FAMILY_VERSION, IndoorOptions, build_indoor_scene
+
+        if meta.get("family_version") != FAMILY_VERSION:
+            raise ValueError(
+                f"{path}: indoor scene of family version {meta.get('family_version')!r}; "
+                f"this generator builds version {FAMILY_VERSION}, which cannot rebuild it"
+            )
+        return build_indoor_scene(meta["seed"], meta["num_views"], meta["width"], meta["height"], IndoorOptions(**options))
+    if family != "object":
+        raise ValueError(f"{path}: unknown scene family {family!r} (known: {list(FAMILIES)})")
     return build_scene(meta["seed"], meta["num_views"], meta["width"], meta["height"], SceneOptions(**options))
 
 
@@ -587,6 +612,7 @@ def render_scene(
     width: int = 320,
     height: int = 240,
     distortion: bool = False,
+    family: str = "object",
     **options: Any,
 ) -> Path:
     """Render a synthetic scene folder (images/, sparse/, gt/); see the module docstring.
@@ -599,7 +625,10 @@ def render_scene(
         width, height: image size in pixels (>= 16).
         distortion: render through an OPENCV lens (``distortion_params``) and store an OPENCV
             camera; geometry, poses and ground truth are those of the distortion-free twin.
-        **options: fields of :class:`SceneOptions` (e.g. from :func:`random_scene_options`).
+        family: ``"object"`` (objects on a ground plane seen from arcs of views) or ``"indoor"``
+            (a furnished room seen by a hand-held camera: :mod:`pipeline.synth.indoor`).
+        **options: fields of :class:`SceneOptions` (e.g. from :func:`random_scene_options`), or of
+            :class:`pipeline.synth.indoor.IndoorOptions` for the indoor family.
 
     Returns:
         The output folder.
@@ -608,13 +637,21 @@ def render_scene(
         ValueError: an unknown option, a value out of range, or an ``out_dir`` that is not ours.
     """
     out_dir = Path(out_dir)
-    known = {f.name for f in dataclasses.fields(SceneOptions)}
+    if family not in FAMILIES:
+        raise ValueError(f"render_scene: unknown family {family!r}; known: {list(FAMILIES)}")
+    if family == "indoor":
+        from pipeline.synth.indoor import IndoorOptions, build_indoor_scene
+
+        options_class, builder = IndoorOptions, build_indoor_scene
+    else:
+        options_class, builder = SceneOptions, build_scene
+    known = {f.name for f in dataclasses.fields(options_class)}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise ValueError(f"render_scene: unknown option(s) {unknown}; known: {sorted(known)}")
+        raise ValueError(f"render_scene: unknown option(s) {unknown} of the {family} family; known: {sorted(known)}")
     if "distortion_params" in options:
         options["distortion_params"] = tuple(float(v) for v in options["distortion_params"])
-    scene_options = SceneOptions(**options)
+    scene_options = options_class(**options)
     if int(num_views) < 2:
         raise ValueError(f"render_scene: num_views must be >= 2, got {num_views}")
     if int(width) < 16 or int(height) < 16:
@@ -622,7 +659,7 @@ def render_scene(
     _check_target(out_dir)
     seed, num_views, width, height = int(seed), int(num_views), int(width), int(height)
     started = time.perf_counter()
-    scene = build_scene(seed, num_views, width, height, scene_options)
+    scene = builder(seed, num_views, width, height, scene_options)
     dist = np.array(scene_options.distortion_params, dtype=np.float64) if distortion else None
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -651,7 +688,7 @@ def _write_scene(tmp: Path, scene: SyntheticScene, dist, num_views, width, heigh
     depth_views = []
     depth_min, depth_max = np.inf, 0.0
     for view in range(num_views):
-        image = to_image(scene, render_radiance(scene, view, dist), view)
+        image = scene.photo(render_radiance(scene, view, dist), view)
         PILImage.fromarray(image).save(tmp / "images" / image_name(view), optimize=False, compress_level=1)
         depth = render_depth(scene, view)
         valid = depth[depth > 0]
@@ -699,7 +736,7 @@ def _write_scene(tmp: Path, scene: SyntheticScene, dist, num_views, width, heigh
         "K": scene.K.tolist(),
         "image_names": [image_name(v) for v in range(num_views)],
         "exposure_gains": scene.gains.tolist(),
-        "light_direction": scene.light_direction.tolist(),
+        **scene.meta_extra(),
         "depth_range": [depth_min, depth_max],
         "num_sparse_points": len(points3D),
         "num_gt_points": int(len(points)),
