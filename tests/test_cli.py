@@ -185,7 +185,7 @@ def test_rule_command_lines_reach_their_stage(tmp_path, monkeypatch):
     assert cli.main(["render-scene", "results/demo/scene", "--seed", "5", "--num-views", "12", "--width", "64",
                      "--height", "48", "--distortion"]) == 0
     (out, config), kwargs = calls.pop()
-    assert out == Path("results/demo/scene") and kwargs == {"varied": False}
+    assert out == Path("results/demo/scene") and kwargs == {"varied": False, "family": "object"}
     assert config == DemoConfig(seed=5, num_views=12, width=64, height=48, distortion=True)
     assert cli.main(["render-scene", "s", "--seed", "9", "--varied", "--num-views", "8", "--width", "64",
                      "--height", "48"]) == 0
