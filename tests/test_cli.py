@@ -190,7 +190,7 @@ def test_rule_command_lines_reach_their_stage(tmp_path, monkeypatch):
     assert cli.main(["render-scene", "s", "--seed", "9", "--varied", "--num-views", "8", "--width", "64",
                      "--height", "48"]) == 0
     (_, config), kwargs = calls.pop()
-    assert kwargs == {"varied": True} and config == DemoConfig(seed=9, num_views=8, width=64, height=48)
+    assert kwargs == {"varied": True, "family": "object"} and config == DemoConfig(seed=9, num_views=8, width=64, height=48)
 
     calls = _record(monkeypatch, sfm, "run_sfm")
     assert cli.main(["sfm", "photos", "results/p/colmap", "--threads", "4"]) == 0
