@@ -5,9 +5,9 @@ The training scenes are seeds 1000-1013 (``config/train_base.yaml``); the held-o
 seeds 2000 and 2001, rendered like them (``--varied``, 12 views 400x300: other geometry, textures,
 lighting and camera rig). For each scene: render, prepare, infer with the checkpoint, and compare
 ``depth.h5`` with ``gt/depth.h5`` through both cameras (``pipeline.evaluation.depth_errors``: the
-prepared views are a centred crop of the rendered ones). With ``--finetune SECONDS`` the same again
-after fine-tuning on the scene for that budget (the workflow's default is 120 s), on labels of the scene
-made as the workflow makes them (train.finetune.objective labels, the default). Every pixel with
+prepared views are a centred crop of the rendered ones). With ``--finetune auto`` the same again
+after fine-tuning on the scene for the workflow's step budget (``train.finetune.megapixel_steps``), or
+``--finetune STEPS`` for that many steps, on labels of the scene made as the workflow makes them (train.finetune.objective labels, the default). Every pixel with
 ground truth counts (pooled over the views); a pixel without an estimate counts as wrong.
 
 Indoor rooms (``--family indoor``, ``pipeline.synth.indoor``) are a second held-out set: seeds
@@ -18,7 +18,7 @@ diagonal; ``--evaluate`` does the same for object scenes). ``infer_s_per_view`` 
 ``selfmvs infer`` (the whole process) over the number of views.
 
     .venv/bin/python bench/quality_heldout.py pipeline/checkpoints/selfmvs_synthetic.pt \\
-        [--family indoor] [--seeds 2000,2001] [--num-sources 6] [--model iterations=[1,3,1]] [--finetune 120 [--recipe R] [--train-set loss.top_k=2]] \\
+        [--family indoor] [--seeds 2000,2001] [--num-sources 6] [--model iterations=[1,3,1]] [--finetune auto|STEPS [--recipe R] [--train-set loss.top_k=2]] \\
         [--self-label --train-set loss.weights.pseudo_label=1] \\
         [--json bench/results/quality-....json]
 """
@@ -88,6 +88,15 @@ def cloud_quality(eval_json: Path) -> dict:
     return row
 
 
+def _finetune_steps(text: str) -> str | int:
+    if text == "auto":
+        return text
+    steps = int(text)
+    if steps < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or a positive number of steps, got {text!r}")
+    return steps
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipeline.config import InferConfig, TrainConfig, load_config, parse_assignments, section
     from pipeline.formats.loss_log import read_loss_log
@@ -104,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: on for indoor, off for object)")
     parser.add_argument("--num-sources", type=int, default=InferConfig().num_sources,
                         help="source views per reference (default: the workflow's, infer.num_sources)")
-    parser.add_argument("--finetune", type=float, default=0.0, help="fine-tuning budget in seconds (0: none)")
+    parser.add_argument("--finetune", type=_finetune_steps, default=None, metavar="auto|STEPS",
+                        help="also score after per-scene fine-tuning: auto = the workflow's step budget "
+                        "(train.finetune.megapixel_steps), or a number of steps (default: no fine-tuning)")
     parser.add_argument("--recipe", help="loss recipe of the fine-tuning (default: the config's)")
     parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
                         help="fine-tuning option under train (dotted key, YAML value), e.g. loss.top_k=2; repeatable")
@@ -152,10 +163,10 @@ def main(argv: list[str] | None = None) -> int:
                 selfmvs("render-scene", str(scene_dir), "--seed", str(seed), "--varied", "--num-views", str(args.num_views),
                         "--width", str(width), "--height", str(height), "--no-distortion", "--family", args.family)
             selfmvs("prepare", str(scene_dir), str(scene_h5))
-            runs = [] if (args.no_base and args.finetune > 0) else [("base", checkpoint)]
-            if args.finetune > 0:
+            runs = [] if (args.no_base and args.finetune is not None) else [("base", checkpoint)]
+            if args.finetune is not None:
                 config = work / f"finetune_{tag}.yaml"
-                train = {"finetune": {"max_seconds": args.finetune}}
+                train = {"finetune": {"steps": None if args.finetune == "auto" else args.finetune}}
                 if args.recipe:
                     train["loss"] = {"recipe": args.recipe}
                 for key, value in parse_assignments(args.train_set).items():
@@ -176,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                     label_args = ["--labels", f"{source}_labels.h5"]
                 selfmvs("train", "--config", str(config), "--out", str(out), "--finetune", str(scene_h5),
                         "--init", str(checkpoint), *label_args)
-                label = (f"finetuned {args.finetune:g} s {finetune_config.objective}" + (" self-labelled" if args.self_label else "")
+                label = (f"finetuned {args.finetune} steps {finetune_config.objective}" + (" self-labelled" if args.self_label else "")
                          + (f" {args.recipe}" if args.recipe else ""))
                 runs.append((label + "".join(f" {item}" for item in args.train_set), out / "last.pt"))
                 finetune_wall = time.perf_counter() - started
@@ -209,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"checkpoint": str(args.checkpoint), "family": args.family, "seeds": args.seeds, "size": args.size,
                "num_views": args.num_views, "num_sources": args.num_sources,
                "model": args.model, "flip_average": args.flip_average, "plane_fill": args.plane_fill,
-               "finetune_s": args.finetune, "self_label": args.self_label,
+               "finetune_steps_setting": args.finetune, "self_label": args.self_label,
                "recipe": args.recipe, "train_set": args.train_set,
                "threads": os.environ.get("OMP_NUM_THREADS"), "load_avg_1min": os.getloadavg()[0], "results": results}
     if args.json:
