@@ -13,6 +13,7 @@ import torch
 from numba import cuda
 
 from .._backend import (
+    alert_not_deterministic,
     as_numba_array,
     device_index,
     launch_config_1d,
@@ -116,7 +117,13 @@ def warp_image_forward(src: torch.Tensor, depth: torch.Tensor, proj: torch.Tenso
 
 
 def warp_image_backward(src, depth, proj, grad_out, need_src: bool, need_depth: bool):
-    """Launch the backward; returns (grad_src or None, grad_depth or None)."""
+    """Launch the backward; returns (grad_src or None, grad_depth or None).
+
+    The image gradient scatters with atomics: with ``torch.use_deterministic_algorithms(True)``
+    asking for it raises ``RuntimeError`` (the depth gradient alone is written per pixel).
+    """
+    if need_src:
+        alert_not_deterministic("warp_image_backward_cuda (gradient to src_image)")
     grad_src = torch.zeros_like(src) if need_src else torch.zeros((1, 1, 1, 1), dtype=src.dtype, device=src.device)
     grad_depth = torch.empty_like(depth)
     kernel = numba_cuda_kernel(__name__, "warp_image_bwd_kernel", registry_signature("warp_image_bwd", src.dtype),
