@@ -276,7 +276,7 @@ def test_cuda_training_step_and_inference_view_kernels_never_synchronise(what):
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         scaler = torch.amp.GradScaler("cuda", enabled=False)
-        objective = SelfSupervisedLoss(get_recipe("unsup_mvsnet"))
+        objective = SelfSupervisedLoss(get_recipe("unsup_mvsnet")).to(device)
 
         def run():
             generator = torch.Generator(device="cpu").manual_seed(0)
