@@ -67,6 +67,18 @@ num_groups) -> (correlation, valid)``
     depth (B, 1, H, W), affinity (B, 8, H, W) with sum_k |a_k| <= 1 -> (B, 1, H, W) after ``steps``
     8-neighbour propagation steps d <- (1 - sum_k a_k) d + sum_k a_k d(p + n_k) (SPN / CSPN; zero
     affinity across the border). Gradients to depth and affinity (gather-form backward, no atomics).
+
+Host side on a GPU: no op waits for the device. Projections are composed with closed-form inverses
+(``kernels.geometry``: ``invert_intrinsics`` for upper-triangular K, ``invert_rigid`` for
+``[R | t]``; ``torch.linalg.inv`` checks its result on the host), kernel constants are scalar
+arguments (no per-call host-to-device copy), and nothing calls ``.item()``/``bool(tensor)``.
+Launches go to the tensors' device and torch's current stream there.
+
+``torch.use_deterministic_algorithms(True)`` is honoured: ``adaptive_aggregation``'s CUDA backward
+then accumulates its cost gradient with ``index_put_`` (its offset and weight gradients never use
+atomics); the CUDA backwards of ``warp_correlation`` (gradient to the source features) and
+``warp_image`` (gradient to the source image) scatter with atomics and raise ``RuntimeError``
+(a warning with ``warn_only=True``). The CPU kernels use no atomics.
 """
 
 from .adaptive_aggregation import adaptive_aggregation
