@@ -74,11 +74,12 @@ Host side on a GPU: no op waits for the device. Projections are composed with cl
 arguments (no per-call host-to-device copy), and nothing calls ``.item()``/``bool(tensor)``.
 Launches go to the tensors' device and torch's current stream there.
 
-``torch.use_deterministic_algorithms(True)`` is honoured: ``adaptive_aggregation``'s CUDA backward
-then accumulates its cost gradient with ``index_put_`` (its offset and weight gradients never use
-atomics); the CUDA backwards of ``warp_correlation`` (gradient to the source features) and
-``warp_image`` (gradient to the source image) scatter with atomics and raise ``RuntimeError``
-(a warning with ``warn_only=True``). The CPU kernels use no atomics.
+``torch.use_deterministic_algorithms(True)`` is honoured: the CUDA backwards of
+``adaptive_aggregation`` (cost gradient) and ``warp_correlation`` (source-feature gradient) then
+write their scattered terms and sum them with ``index_add_`` instead of atomics (more memory;
+``adaptive_aggregation``'s offset and weight gradients never use atomics); ``warp_image``'s CUDA
+gradient to the source image has only the atomic kernel and raises ``RuntimeError`` (a warning
+with ``warn_only=True``); its depth gradient is deterministic. The CPU kernels use no atomics.
 """
 
 from .adaptive_aggregation import adaptive_aggregation

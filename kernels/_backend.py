@@ -367,6 +367,10 @@ KERNEL_REGISTRY: list[KernelSpec] = [
                _sig("void({f}[:, :, :, :, ::1], {f4}, {f}[:, ::1], {f}[::1], {f4}, {f4}, {f}, {f}, {f}, {f}, {f})")),
     KernelSpec("warp_correlation_bwd_src", "kernels.warp_correlation.cuda", "warp_correlation_bwd_src_kernel",
                _sig("void({f}[:, :, :, :, ::1], {f4}, {f}[:, ::1], {f}[::1], {f4}, {f4}, {f}, {f}, {f}, {f}, {f})")),
+    KernelSpec("warp_correlation_bwd_src_corners", "kernels.warp_correlation.cuda",
+               "warp_correlation_bwd_src_corners_kernel",
+               _sig("void({f}[:, ::1], {f}[::1], {f4}, {f}[:, :, :, :, ::1], int64[:, :, :, :, ::1], int64, int64, "
+                    "{f}, {f}, {f}, {f})")),
     KernelSpec("adaptive_aggregation_fwd", "kernels.adaptive_aggregation.cuda", "adaptive_aggregation_fwd_kernel",
                _sig("void({f4}, {f4}, {f}[:, :, :, :, ::1], {f}[::1], {f4}, {f}, {f}, {f})")),
     KernelSpec("adaptive_aggregation_bwd_offsets", "kernels.adaptive_aggregation.cuda",

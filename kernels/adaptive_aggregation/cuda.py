@@ -14,8 +14,8 @@ CUDA tensor reaches the op.
 * backward, cost gradient: a scatter (neighbouring pixels sample the same cost cell). By default
   one thread per ``(b, d, i, j)`` ``atomic.add``s into the 4 corners of each of its K samples.
   With ``torch.use_deterministic_algorithms(True)`` a kernel writes those 4 K terms and their
-  flat indices instead and ``index_put_(accumulate=True)`` sums them (torch's deterministic
-  accumulation; memory ``B*D*H*W*K*4`` values and int64 indices).
+  flat indices instead and ``index_add_`` sums them (deterministic on CUDA when the setting is on;
+  memory: ``B*D*H*W*K*4`` values and as many int64 indices).
 
 Arithmetic stays in the input dtype: the constants arrive as scalar arguments of the input dtype
 and pixel indices in a typed array filled on the device (numba promotes ``int64 op float32`` to
@@ -295,7 +295,7 @@ def backward(saved, grad_out, eps, need_cost: bool, need_offsets: bool, need_wei
                     *(as_numba_array(t) for t in (grad_out, offsets, weights, coords, terms, index)), *scalars
                 )
                 flat = torch.zeros(B * D * H * W + 1, dtype=dtype, device=device)  # + the spare slot
-                flat.index_put_((index.view(-1),), terms.view(-1), accumulate=True)
+                flat.index_add_(0, index.view(-1), terms.view(-1))  # deterministic on CUDA in this mode
                 grad_cost = flat[:-1].view(B, D, H, W)
             else:
                 grad_cost = torch.zeros_like(cost)

@@ -12,7 +12,9 @@ pixels, so the per-channel reads of ``ref`` are coalesced and those of ``src`` n
 
 * forward: one thread per ``(b, d, i, j)``; loops over channels, writes G correlations;
 * backward, reference gradient: one thread per ``(b, c, i, j)`` looping over depths (no atomics);
-* backward, source gradient: one thread per ``(b, d, i, j)``, ``atomic.add`` into 4 corners.
+* backward, source gradient: one thread per ``(b, d, i, j)``, ``atomic.add`` into 4 corners;
+  with ``torch.use_deterministic_algorithms(True)``: one thread per ``(b, d, i, j)`` writes its
+  4 corner weights and indices, and ``index_add_`` sums the per-channel terms.
 
 Sample positions are recomputed in the backward kernels: the ``(B, C, D, H, W)`` warped volume
 never exists. Arithmetic stays in the input dtype: the constants arrive as scalar arguments of the features'
@@ -28,7 +30,6 @@ import torch
 from numba import cuda
 
 from .._backend import (
-    alert_not_deterministic,
     as_numba_array,
     device_index,
     launch_config_1d,
@@ -206,6 +207,62 @@ def warp_correlation_bwd_src_kernel(grad_correlation, ref, proj, centres, depth,
                 cuda.atomic.add(grad_src, (b, c, y1, x1), w11 * t_c)
 
 
+def warp_correlation_bwd_src_corners_kernel(proj, centres, depth, corner_weight, corner_index, src_height, src_width, half, min_z, xmax, ymax):
+    """One thread per (b, d, i, j): the bilinear weights of its sample's 4 corners and their flat
+    indices into a (B * Hs * Ws + 1, C) channels-last source gradient (the last row is a spare for
+    invalid samples and out-of-map corners). The deterministic source gradient's first half.
+
+    Shape: corner_weight, corner_index (B, D, H, W, 4).
+    """
+    n = cuda.grid(1)
+    B, D, H, W = depth.shape
+    if n >= B * D * H * W:
+        return
+    one = half + half
+    zero = half - half
+    j = n % W
+    t = n // W
+    i = t % H
+    t = t // H
+    d = t % D
+    b = t // D
+    spare = B * src_height * src_width
+    for corner in range(4):
+        corner_weight[b, d, i, j, corner] = zero
+        corner_index[b, d, i, j, corner] = spare
+    # Source sample position: the reference's arithmetic, term by term.
+    px = centres[j]
+    py = centres[i]
+    dep = depth[b, d, i, j]
+    u = ((proj[b, 0] * px + proj[b, 1] * py) + proj[b, 2]) * dep + proj[b, 9]
+    v = ((proj[b, 3] * px + proj[b, 4] * py) + proj[b, 5]) * dep + proj[b, 10]
+    z = ((proj[b, 6] * px + proj[b, 7] * py) + proj[b, 8]) * dep + proj[b, 11]
+    ok = z > min_z
+    x = zero
+    y = zero
+    if ok:
+        x = u / z - half
+        y = v / z - half
+        ok = x >= zero and x <= xmax and y >= zero and y <= ymax
+    if not ok:
+        return
+    wx = x % one
+    wy = y % one
+    x0 = int(x - wx)
+    y0 = int(y - wy)
+    x1 = min(x0 + 1, src_width - 1)
+    y1 = min(y0 + 1, src_height - 1)
+    row = b * src_height
+    corner_weight[b, d, i, j, 0] = (one - wx) * (one - wy)
+    corner_index[b, d, i, j, 0] = (row + y0) * src_width + x0
+    corner_weight[b, d, i, j, 1] = wx * (one - wy)
+    corner_index[b, d, i, j, 1] = (row + y0) * src_width + x1
+    corner_weight[b, d, i, j, 2] = (one - wx) * wy
+    corner_index[b, d, i, j, 2] = (row + y1) * src_width + x0
+    corner_weight[b, d, i, j, 3] = wx * wy
+    corner_index[b, d, i, j, 3] = (row + y1) * src_width + x1
+
+
 def _array_types(dtype: str) -> dict[str, str]:
     return {f"f{n}": f"{dtype}[{', '.join([':'] * (n - 1) + ['::1'])}]" for n in range(1, 6)}
 
@@ -222,6 +279,9 @@ SIGNATURES = {
     "warp_correlation_fwd_kernel": "void({f4}, {f4}, {f2}, {f1}, {f4}, {f5}, uint8[:, :, :, ::1], " + _SCALARS + ")",
     "warp_correlation_bwd_ref_kernel": "void({f5}, {f4}, {f2}, {f1}, {f4}, {f4}, " + _SCALARS + ")",
     "warp_correlation_bwd_src_kernel": "void({f5}, {f4}, {f2}, {f1}, {f4}, {f4}, " + _SCALARS + ")",
+    "warp_correlation_bwd_src_corners_kernel": (
+        "void({f2}, {f1}, {f4}, {f5}, int64[:, :, :, :, ::1], int64, int64, {f}, {f}, {f}, {f})"
+    ),
 }
 
 
@@ -261,21 +321,46 @@ def forward(ref_feature, src_feature, proj, depth, num_groups):
     return correlation, valid.view(torch.bool), (ref, src, proj, depth, centres)
 
 
+def _deterministic_source_gradient(grad_correlation, ref, proj, centres, depth, src_shape, scalars, stream):
+    """The source gradient without atomics: a kernel writes each sample's 4 corner weights and
+    indices, torch forms the ``(B, D, H, W, 4, C)`` terms and ``index_add_`` sums them
+    (deterministic on CUDA with ``torch.use_deterministic_algorithms(True)``). The terms are
+    ``w * ((grad * (1 / (C / G))) * ref)``, as in the atomic kernel; only the order of the sum
+    differs. Memory: ``B*D*H*W*4*C`` values and ``B*D*H*W*4`` int64 indices."""
+    B, C, H, W = ref.shape
+    D = depth.shape[1]
+    G = grad_correlation.shape[1]
+    Hs, Ws = src_shape
+    dtype, device = ref.dtype, ref.device
+    corner_weight = torch.empty((B, D, H, W, 4), dtype=dtype, device=device)
+    corner_index = torch.empty((B, D, H, W, 4), dtype=torch.int64, device=device)
+    grid, block = launch_config_1d(B * D * H * W)
+    half, min_z, xmax, ymax, inv_cg = scalars
+    _kernel("warp_correlation_bwd_src_corners_kernel", dtype, device)[grid, block, stream](
+        *(as_numba_array(t) for t in (proj, centres, depth, corner_weight, corner_index)),
+        Hs, Ws, half, min_z, xmax, ymax,
+    )
+    per_channel = (grad_correlation * inv_cg).repeat_interleave(C // G, dim=1) * ref.unsqueeze(2)  # (B, C, D, H, W)
+    terms = corner_weight.unsqueeze(-1) * per_channel.permute(0, 2, 3, 4, 1).unsqueeze(4)  # (B, D, H, W, 4, C)
+    flat = torch.zeros((B * Hs * Ws + 1, C), dtype=dtype, device=device)  # + the spare row
+    flat.index_add_(0, corner_index.view(-1), terms.view(-1, C))
+    return flat[:-1].view(B, Hs, Ws, C).permute(0, 3, 1, 2).contiguous()
+
+
 def backward(saved, grad_correlation, need_ref: bool, need_src: bool):
     """Gradients (grad_ref | None, grad_src | None) on the features' device, on torch's current
     stream there.
 
-    The source gradient scatters with atomics (several reference pixels and depths sample one
-    source pixel; float addition order then varies run to run): with
-    ``torch.use_deterministic_algorithms(True)`` asking for it raises ``RuntimeError``.
+    The source gradient is a scatter (several reference pixels and depths sample one source
+    pixel). By default a kernel ``atomic.add``s it (float addition order then varies run to run);
+    with ``torch.use_deterministic_algorithms(True)`` it is summed by
+    :func:`_deterministic_source_gradient` instead.
     """
     ref, src, proj, depth, centres = saved
     B, C, H, W = ref.shape
     D = depth.shape[1]
     G = grad_correlation.shape[1]
     device, dtype = ref.device, ref.dtype
-    if need_src:
-        alert_not_deterministic("warp_correlation_backward_cuda (gradient to src_feature)")
     grad_correlation = grad_correlation.contiguous()
     scalars = _scalars(dtype, src.shape[2], src.shape[3], C // G)
     grad_ref = grad_src = None
@@ -288,7 +373,11 @@ def backward(saved, grad_correlation, need_ref: bool, need_src: bool):
             kernel[grid, block, stream](
                 *(as_numba_array(t) for t in (grad_correlation, src, proj, centres, depth, grad_ref)), *scalars
             )
-        if need_src:
+        if need_src and torch.are_deterministic_algorithms_enabled():
+            grad_src = _deterministic_source_gradient(
+                grad_correlation, ref, proj, centres, depth, (src.shape[2], src.shape[3]), scalars, stream
+            )
+        elif need_src:
             grad_src = torch.zeros_like(src)
             grid, block = launch_config_1d(B * D * H * W)
             kernel = _kernel("warp_correlation_bwd_src_kernel", dtype, device)
