@@ -360,6 +360,10 @@ KERNEL_REGISTRY: list[KernelSpec] = [
                _sig("void({f4}, {f4}, {f3}, {f4}, uint8[:, :, :, ::1])")),
     KernelSpec("warp_image_bwd", "kernels.warp_image.cuda", "warp_image_bwd_kernel",
                _sig("void({f4}, {f4}, {f3}, {f4}, {f4}, {f4}, boolean)")),
+    KernelSpec("spn_fwd_step", "kernels.spn_propagation.cuda", "spn_fwd_step_kernel",
+               _sig("void({f3}, {f4}, {f3})")),
+    KernelSpec("spn_bwd_step", "kernels.spn_propagation.cuda", "spn_bwd_step_kernel",
+               _sig("void({f3}, {f4}, {f3}, {f3}, {f4})")),
     KernelSpec("warp_correlation_fwd", "kernels.warp_correlation.cuda", "warp_correlation_fwd_kernel",
                _sig("void({f4}, {f4}, {f}[:, ::1], {f}[::1], {f4}, {f}[:, :, :, :, ::1], uint8[:, :, :, ::1], "
                     "{f}, {f}, {f}, {f}, {f})")),
