@@ -340,7 +340,9 @@ def _deterministic_source_gradient(grad_correlation, ref, proj, centres, depth, 
         *(as_numba_array(t) for t in (proj, centres, depth, corner_weight, corner_index)),
         Hs, Ws, half, min_z, xmax, ymax,
     )
-    per_channel = (grad_correlation * inv_cg).repeat_interleave(C // G, dim=1) * ref.unsqueeze(2)  # (B, C, D, H, W)
+    # (B, C, D, H, W); expand, not repeat_interleave (whose tensor form reads its output size on the host)
+    per_group = (grad_correlation * inv_cg).unsqueeze(2).expand(B, G, C // G, D, H, W).reshape(B, C, D, H, W)
+    per_channel = per_group * ref.unsqueeze(2)
     terms = corner_weight.unsqueeze(-1) * per_channel.permute(0, 2, 3, 4, 1).unsqueeze(4)  # (B, D, H, W, 4, C)
     flat = torch.zeros((B * Hs * Ws + 1, C), dtype=dtype, device=device)  # + the spare row
     flat.index_add_(0, corner_index.view(-1), terms.view(-1, C))
