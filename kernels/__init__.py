@@ -75,11 +75,9 @@ arguments (no per-call host-to-device copy), and nothing calls ``.item()``/``boo
 Launches go to the tensors' device and torch's current stream there.
 
 ``torch.use_deterministic_algorithms(True)`` is honoured: the CUDA backwards of
-``adaptive_aggregation`` (cost gradient) and ``warp_correlation`` (source-feature gradient) then
-write their scattered terms and sum them with ``index_add_`` instead of atomics (more memory;
-``adaptive_aggregation``'s offset and weight gradients never use atomics); ``warp_image``'s CUDA
-gradient to the source image has only the atomic kernel and raises ``RuntimeError`` (a warning
-with ``warn_only=True``); its depth gradient is deterministic. The CPU kernels use no atomics.
+``adaptive_aggregation`` (cost gradient), ``warp_correlation`` (source-feature gradient) and
+``warp_image`` (source-image gradient) then write their scattered terms and sum them with
+``index_add_`` instead of atomics (more memory); the other gradients never use atomics. The CPU kernels use no atomics.
 """
 
 from .adaptive_aggregation import adaptive_aggregation

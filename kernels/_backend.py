@@ -229,29 +229,6 @@ def scalar_type(dtype: torch.dtype):
     return {torch.float32: numpy.float32, torch.float64: numpy.float64}[dtype]
 
 
-def alert_not_deterministic(caller: str) -> None:
-    """Honour ``torch.use_deterministic_algorithms`` for a kernel that accumulates with atomics.
-
-    Raises ``RuntimeError`` (or warns, with ``warn_only=True``) in the wording of torch's own
-    check, naming ``caller``; does nothing when deterministic algorithms are off. Host-side flags
-    only: no device work, no synchronisation.
-    """
-    if not torch.are_deterministic_algorithms_enabled():
-        return
-    message = (
-        f"{caller} does not have a deterministic implementation, but you set "
-        "'torch.use_deterministic_algorithms(True)'. You can turn off determinism just for this "
-        "operation, or you can use the 'warn_only=True' option, if that's acceptable for your "
-        "application."
-    )
-    if torch.is_deterministic_algorithms_warn_only_enabled():
-        import warnings
-
-        warnings.warn(message, UserWarning, stacklevel=3)
-        return
-    raise RuntimeError(message)
-
-
 def launch_config_1d(num_items: int, block: int = 256) -> tuple[int, int]:
     """(grid, block) for a one-thread-per-item launch."""
     return max(1, (num_items + block - 1) // block), block
@@ -360,6 +337,8 @@ KERNEL_REGISTRY: list[KernelSpec] = [
                _sig("void({f4}, {f4}, {f3}, {f4}, uint8[:, :, :, ::1])")),
     KernelSpec("warp_image_bwd", "kernels.warp_image.cuda", "warp_image_bwd_kernel",
                _sig("void({f4}, {f4}, {f3}, {f4}, {f4}, {f4}, boolean)")),
+    KernelSpec("warp_image_bwd_src_corners", "kernels.warp_image.cuda", "warp_image_bwd_src_corners_kernel",
+               _sig("void({f4}, {f4}, {f3}, {f4}, int64[:, :, :, ::1])")),
     KernelSpec("spn_fwd_step", "kernels.spn_propagation.cuda", "spn_fwd_step_kernel",
                _sig("void({f3}, {f4}, {f3})")),
     KernelSpec("spn_bwd_step", "kernels.spn_propagation.cuda", "spn_bwd_step_kernel",

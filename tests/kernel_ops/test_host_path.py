@@ -191,35 +191,6 @@ def test_ops_forward_and_backward_call_no_synchronising_function(no_synchronisin
     assert len(names) == 15
 
 
-def test_warp_image_cuda_image_gradient_refuses_deterministic_mode():
-    """Its CUDA image gradient scatters with atomics: with deterministic algorithms on, the
-    backward raises naming the op and the setting (a warning with ``warn_only=True``), before any
-    launch (so stand-ins do here); with the setting off, no warning."""
-    import importlib
-
-    op = "warp_image"
-    backend = importlib.import_module("kernels.warp_image.cuda")  # imports numba.cuda; queries no GPU
-
-    def refuse_src():
-        backend.warp_image_backward(None, None, None, None, True, False)
-
-    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    try:
-        torch.use_deterministic_algorithms(True)
-        with pytest.raises(RuntimeError, match=rf"^{op}_backward_cuda .*use_deterministic_algorithms\(True\)"):
-            refuse_src()
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        with pytest.warns(UserWarning, match=rf"^{op}_backward_cuda"), pytest.raises((TypeError, AttributeError)):
-            refuse_src()  # warns, then goes on to the launch (which the stand-ins cannot do)
-        torch.use_deterministic_algorithms(False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            with pytest.raises((TypeError, AttributeError)):
-                refuse_src()
-    finally:
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
-
-
 # --------------------------------------------------------------------------------------------
 # On a GPU
 # --------------------------------------------------------------------------------------------
@@ -347,40 +318,27 @@ def test_cuda_ops_launch_on_the_tensors_device():
 
 @pytest.mark.cuda
 def test_cuda_deterministic_mode():
-    """``torch.use_deterministic_algorithms(True)``: adaptive_aggregation's and warp_correlation's
-    backwards give the same bits twice (and agree with the atomic kernels); warp_image's image
-    gradient, atomic only, raises naming the op and the setting."""
+    """``torch.use_deterministic_algorithms(True)``: the backwards whose default kernels scatter
+    with atomics give the same bits twice, and agree with the atomic kernels."""
     if not torch.cuda.is_available():
         pytest.skip("CUDA not available")
     cases = {name: (f, inputs) for name, f, inputs in _op_cases("cuda")}
-
-    def backward_twice(name):
-        f, inputs = cases[name]
-        leaves = [t.detach().clone().requires_grad_() for t in inputs]
-        out = f(*leaves)  # forward outside: warp_correlation's cuBLAS 3x3 products would need CUBLAS_WORKSPACE_CONFIG
-        upstream = torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).view_as(out)
-        atomic = torch.autograd.grad(out, leaves, upstream, retain_graph=True)
-        torch.use_deterministic_algorithms(True)
-        try:
-            first = torch.autograd.grad(out, leaves, upstream, retain_graph=True)
-            again = torch.autograd.grad(out, leaves, upstream, retain_graph=True)
-        finally:
-            torch.use_deterministic_algorithms(False)
-        return atomic, first, again, out, leaves
-
     previous = torch.are_deterministic_algorithms_enabled()
     try:
-        for name in ("adaptive_aggregation", "warp_correlation"):
-            atomic, first, again, _, _ = backward_twice(name)
+        for name in ("adaptive_aggregation", "warp_correlation", "warp_image"):
+            f, inputs = cases[name]
+            leaves = [t.detach().clone().requires_grad_() for t in inputs]
+            out = f(*leaves)  # forward outside: its cuBLAS 3x3 products would need CUBLAS_WORKSPACE_CONFIG
+            upstream = torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).view_as(out)
+            atomic = torch.autograd.grad(out, leaves, upstream, retain_graph=True)
+            torch.use_deterministic_algorithms(True)
+            try:
+                first = torch.autograd.grad(out, leaves, upstream, retain_graph=True)
+                again = torch.autograd.grad(out, leaves, upstream, retain_graph=True)
+            finally:
+                torch.use_deterministic_algorithms(False)
             for a, b, c in zip(first, again, atomic):
                 assert torch.equal(a, b), name
                 assert torch.allclose(a, c, atol=1e-5, rtol=1e-4), name
-        f, inputs = cases["warp_image"]
-        leaves = [t.detach().clone().requires_grad_() for t in inputs]
-        out = f(*leaves)
-        torch.use_deterministic_algorithms(True)
-        with pytest.raises(RuntimeError, match=r"warp_image.*use_deterministic_algorithms\(True\)"):
-            torch.autograd.grad(out, leaves, torch.ones_like(out))
-        torch.use_deterministic_algorithms(False)
     finally:
         torch.use_deterministic_algorithms(previous)
