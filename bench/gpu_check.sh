@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # The checks to run on a GPU machine, in one call (see bench/README.md, "GPU check"):
 #   1. the CUDA tests (every test marked `cuda` and every device-parametrised case on cuda),
+#   1b. the host-path checks (tests/kernel_ops/test_host_path.py, in one process of their own:
+#      sync debug mode and deterministic mode are process-wide): every op's forward and backward
+#      under torch.cuda.set_sync_debug_mode("error"), a training step and an inference view with
+#      no synchronisation from kernels/ (the pipeline's own are listed in the log), the ops on
+#      cuda:1 (skips with one GPU), and torch.use_deterministic_algorithms(True),
 #   2. the kernel and inference benchmarks on the GPU (pytest-benchmark JSON),
 #   3. `selfmvs infer` end to end on a prepared scene (DATA/s640.h5), twice (the first compiles),
 #   4. `selfmvs train` steps on the GPU, fp32, bf16 and fp16 autocast, on DATA/demo_scene.h5,
@@ -37,9 +42,14 @@ EOF
 } 2>&1 | tee -a "$OUT/summary.txt"
 
 log "1. CUDA tests"
-timeout 170 $PY -m pytest tests -n 4 --device cuda -k "cuda and not cudasim" -p no:cacheprovider -q -rfEs \
+timeout 170 $PY -m pytest tests -n 4 --device cuda -k "cuda and not cudasim and not test_host_path" -p no:cacheprovider -q -rfEs \
     > "$OUT/tests-cuda.log" 2>&1
 echo "rc=$?" | tee -a "$OUT/summary.txt"; tail -n 25 "$OUT/tests-cuda.log" | tee -a "$OUT/summary.txt"
+
+log "1b. host path: sync debug mode, cuda:1, deterministic mode"
+timeout 100 $PY -m pytest tests/kernel_ops/test_host_path.py -m cuda -p no:cacheprovider -q -rfEs -s \
+    > "$OUT/tests-host-path.log" 2>&1
+echo "rc=$?" | tee -a "$OUT/summary.txt"; grep -E "passed|failed|error|synchronisations|^  " "$OUT/tests-host-path.log" | tail -n 30 | tee -a "$OUT/summary.txt"
 
 log "2. benchmarks"
 timeout 160 $PY -m pytest bench/bench_cuda_ops.py bench/bench_ssim.py bench/bench_warp_image.py bench/bench_infer.py \

@@ -67,6 +67,17 @@ num_groups) -> (correlation, valid)``
     depth (B, 1, H, W), affinity (B, 8, H, W) with sum_k |a_k| <= 1 -> (B, 1, H, W) after ``steps``
     8-neighbour propagation steps d <- (1 - sum_k a_k) d + sum_k a_k d(p + n_k) (SPN / CSPN; zero
     affinity across the border). Gradients to depth and affinity (gather-form backward, no atomics).
+
+Host side on a GPU: no op waits for the device. Projections are composed with closed-form inverses
+(``kernels.geometry``: ``invert_intrinsics`` for upper-triangular K, ``invert_rigid`` for
+``[R | t]``; ``torch.linalg.inv`` checks its result on the host), kernel constants are scalar
+arguments (no per-call host-to-device copy), and nothing calls ``.item()``/``bool(tensor)``.
+Launches go to the tensors' device and torch's current stream there.
+
+``torch.use_deterministic_algorithms(True)`` is honoured: the CUDA backwards of
+``adaptive_aggregation`` (cost gradient), ``warp_correlation`` (source-feature gradient) and
+``warp_image`` (source-image gradient) then write their scattered terms and sum them with
+``index_add_`` instead of atomics (more memory); the other gradients never use atomics. The CPU kernels use no atomics.
 """
 
 from .adaptive_aggregation import adaptive_aggregation

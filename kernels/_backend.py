@@ -208,11 +208,25 @@ def as_cupy_array(tensor: torch.Tensor):
 
 @contextlib.contextmanager
 def numba_device(device: torch.device) -> Iterator[None]:
-    """Make ``device`` numba's current GPU (launches go to the current context)."""
+    """Make ``device`` numba's current GPU (launches go to the current context).
+
+    Every launch runs inside this, with ``numba_stream(device)`` created inside it too: numba
+    launches on its current context, which is GPU 0 unless told, whatever device the tensors are
+    on (and an external stream belongs to the context current when it is wrapped).
+    """
     from numba import cuda
 
     with cuda.gpus[device_index(device)]:
         yield
+
+
+def scalar_type(dtype: torch.dtype):
+    """The numpy scalar type of a native dtype: kernel scalar arguments are passed as these, so
+    the simulator computes in the kernel's dtype (a Python float would be float64 there) and the
+    compiled kernel gets the value its signature's conversion would give."""
+    import numpy
+
+    return {torch.float32: numpy.float32, torch.float64: numpy.float64}[dtype]
 
 
 def launch_config_1d(num_items: int, block: int = 256) -> tuple[int, int]:
@@ -323,16 +337,36 @@ KERNEL_REGISTRY: list[KernelSpec] = [
                _sig("void({f4}, {f4}, {f3}, {f4}, uint8[:, :, :, ::1])")),
     KernelSpec("warp_image_bwd", "kernels.warp_image.cuda", "warp_image_bwd_kernel",
                _sig("void({f4}, {f4}, {f3}, {f4}, {f4}, {f4}, boolean)")),
+    KernelSpec("warp_image_bwd_src_corners", "kernels.warp_image.cuda", "warp_image_bwd_src_corners_kernel",
+               _sig("void({f4}, {f4}, {f3}, {f4}, int64[:, :, :, ::1])")),
+    KernelSpec("spn_fwd_step", "kernels.spn_propagation.cuda", "spn_fwd_step_kernel",
+               _sig("void({f3}, {f4}, {f3})")),
+    KernelSpec("spn_bwd_step", "kernels.spn_propagation.cuda", "spn_bwd_step_kernel",
+               _sig("void({f3}, {f4}, {f3}, {f3}, {f4})")),
     KernelSpec("warp_correlation_fwd", "kernels.warp_correlation.cuda", "warp_correlation_fwd_kernel",
-               _sig("void({f4}, {f4}, {f}[:, ::1], {f}[::1], {f}[::1], {f4}, {f}[:, :, :, :, ::1], uint8[:, :, :, ::1])")),
+               _sig("void({f4}, {f4}, {f}[:, ::1], {f}[::1], {f4}, {f}[:, :, :, :, ::1], uint8[:, :, :, ::1], "
+                    "{f}, {f}, {f}, {f}, {f})")),
     KernelSpec("warp_correlation_bwd_ref", "kernels.warp_correlation.cuda", "warp_correlation_bwd_ref_kernel",
-               _sig("void({f}[:, :, :, :, ::1], {f4}, {f}[:, ::1], {f}[::1], {f}[::1], {f4}, {f4})")),
+               _sig("void({f}[:, :, :, :, ::1], {f4}, {f}[:, ::1], {f}[::1], {f4}, {f4}, {f}, {f}, {f}, {f}, {f})")),
     KernelSpec("warp_correlation_bwd_src", "kernels.warp_correlation.cuda", "warp_correlation_bwd_src_kernel",
-               _sig("void({f}[:, :, :, :, ::1], {f4}, {f}[:, ::1], {f}[::1], {f}[::1], {f4}, {f4})")),
+               _sig("void({f}[:, :, :, :, ::1], {f4}, {f}[:, ::1], {f}[::1], {f4}, {f4}, {f}, {f}, {f}, {f}, {f})")),
+    KernelSpec("warp_correlation_bwd_src_corners", "kernels.warp_correlation.cuda",
+               "warp_correlation_bwd_src_corners_kernel",
+               _sig("void({f}[:, ::1], {f}[::1], {f4}, {f}[:, :, :, :, ::1], int64[:, :, :, :, ::1], int64, int64, "
+                    "{f}, {f}, {f}, {f})")),
     KernelSpec("adaptive_aggregation_fwd", "kernels.adaptive_aggregation.cuda", "adaptive_aggregation_fwd_kernel",
-               _sig("void({f4}, {f4}, {f}[:, :, :, :, ::1], {f}[::1], {f}[::1], {f4})")),
-    KernelSpec("adaptive_aggregation_bwd", "kernels.adaptive_aggregation.cuda", "adaptive_aggregation_bwd_kernel",
-               _sig("void({f4}, {f4}, {f4}, {f4}, {f}[:, :, :, :, ::1], {f}[::1], {f}[::1], {f4}, {f4}, {f}[:, :, :, :, ::1])")),
+               _sig("void({f4}, {f4}, {f}[:, :, :, :, ::1], {f}[::1], {f4}, {f}, {f}, {f})")),
+    KernelSpec("adaptive_aggregation_bwd_offsets", "kernels.adaptive_aggregation.cuda",
+               "adaptive_aggregation_bwd_offsets_kernel",
+               _sig("void({f4}, {f4}, {f4}, {f4}, {f}[:, :, :, :, ::1], {f}[::1], {f4}, {f}[:, :, :, :, ::1], "
+                    "{f}, {f}, {f})")),
+    KernelSpec("adaptive_aggregation_bwd_cost", "kernels.adaptive_aggregation.cuda",
+               "adaptive_aggregation_bwd_cost_kernel",
+               _sig("void({f4}, {f4}, {f}[:, :, :, :, ::1], {f}[::1], {f4}, {f}, {f}, {f})")),
+    KernelSpec("adaptive_aggregation_bwd_cost_terms", "kernels.adaptive_aggregation.cuda",
+               "adaptive_aggregation_bwd_cost_terms_kernel",
+               _sig("void({f4}, {f4}, {f}[:, :, :, :, ::1], {f}[::1], {f}[:, :, :, :, ::1], "
+                    "int64[:, :, :, :, ::1], {f}, {f}, {f})")),
 ]
 
 

@@ -102,9 +102,9 @@ def spn_forward(depth: torch.Tensor, affinity: torch.Tensor, steps: int, keep_hi
         return depth.clone(), history
     forward, _ = _kernels(depth)
     grid, block = launch_config_1d(depth.numel())
-    aff = as_numba_array(affinity)
-    with numba_device(depth.device):
+    with numba_device(depth.device):  # device arrays, stream and launches all in the tensors' context
         stream = numba_stream(depth.device)
+        aff = as_numba_array(affinity)
         if history is not None:
             history[0].copy_(depth)
             out = torch.empty_like(depth)
@@ -129,10 +129,10 @@ def spn_backward(history: torch.Tensor | None, affinity: torch.Tensor, grad_out:
     _, backward = _kernels(grad)
     spare = torch.empty_like(grad)
     grid, block = launch_config_1d(grad.numel())
-    aff = as_numba_array(affinity)
-    ga = as_numba_array(grad_affinity)
-    with numba_device(grad.device):
+    with numba_device(grad.device):  # device arrays, stream and launches all in the tensors' context
         stream = numba_stream(grad.device)
+        aff = as_numba_array(affinity)
+        ga = as_numba_array(grad_affinity)
         for step in range(history.shape[0] - 1, -1, -1):
             backward[grid, block, stream](
                 as_numba_array(history[step]), aff, as_numba_array(grad), as_numba_array(spare), ga

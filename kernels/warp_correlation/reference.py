@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..geometry import invert_intrinsics
+
 # A point whose source-camera depth is at or below this is "behind the camera" (same rule as
 # kernels.warp_image).
 MIN_SRC_DEPTH = 1e-6
@@ -23,7 +25,9 @@ def projection_matrices(
 
     ``M = src_K @ R @ ref_K^-1`` and ``T = src_K @ t`` with ``[R|t] = src_from_ref``. Composed in
     float64 (whatever the input dtype) and then cast to ``dtype``, so every implementation
-    (reference, CPU, CUDA) starts from the very same numbers.
+    (reference, CPU, CUDA) starts from the very same numbers. ``ref_K^-1`` is the closed-form
+    upper-triangular inverse (:func:`kernels.geometry.invert_intrinsics`): batched, on the input's
+    device, and without ``torch.linalg.inv``'s singularity check, which waits for the GPU.
 
     Shape:
         ref_K, src_K: (B, 3, 3); src_from_ref: (B, 4, 4) -> M: (B, 3, 3), T: (B, 3)
@@ -32,7 +36,7 @@ def projection_matrices(
     src_K64 = src_K.detach().to(torch.float64)
     pose64 = src_from_ref.detach().to(torch.float64)
     rot, trans = pose64[:, :3, :3], pose64[:, :3, 3]
-    M = src_K64 @ rot @ torch.linalg.inv(ref_K64)
+    M = src_K64 @ rot @ invert_intrinsics(ref_K64)
     T = (src_K64 @ trans.unsqueeze(-1)).squeeze(-1)
     return M.to(dtype), T.to(dtype)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..geometry import invert_intrinsics
+
 #: Smallest source-camera z (homogeneous w) counted as in front of the camera.
 MIN_DEPTH = 1e-6
 
@@ -14,6 +16,8 @@ def projection_matrix(
     """[K_src R K_ref^-1 | K_src t] per batch, composed in float64 and returned in ``dtype``.
 
     No gradient flows to the cameras (the ops differentiate w.r.t. image and depth only).
+    ``K_ref^-1`` is the closed-form upper-triangular inverse
+    (:func:`kernels.geometry.invert_intrinsics`): no ``torch.linalg.inv`` check waiting for the GPU.
 
     Shape:
         - ref_K, src_K: (B, 3, 3)
@@ -26,7 +30,7 @@ def projection_matrix(
         pose = src_from_ref.detach().to(torch.float64)
         rot = pose[:, :3, :3]
         trans = pose[:, :3, 3:4]
-        m = src_K @ rot @ torch.linalg.inv(ref_K)
+        m = src_K @ rot @ invert_intrinsics(ref_K)
         k = src_K @ trans
         return torch.cat([m, k], dim=2).to(dtype).contiguous()
 
