@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 import kernels
+from kernels.geometry import invert_intrinsics
 from pipeline.losses.view_synthesis import check_image
 
 
@@ -32,7 +33,7 @@ def pixel_rays(K: torch.Tensor, height: int, width: int) -> torch.Tensor:
         indexing="ij",
     )
     pixels = torch.stack([x, y, torch.ones_like(x)]).view(1, 3, -1).expand(K.shape[0], -1, -1)
-    return (torch.linalg.inv(K) @ pixels).view(K.shape[0], 3, height, width)
+    return (invert_intrinsics(K) @ pixels).view(K.shape[0], 3, height, width)
 
 
 def cross_view_loss(

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels
+from kernels.geometry import invert_intrinsics, invert_rigid
 from pipeline.losses.cross_view import pixel_rays
 from pipeline.losses.view_synthesis import check_image
 
@@ -123,8 +124,8 @@ def pair_consistency(
         pixels_j, _ = _project(K_j, _transform(j_from_i, points_i))
         straddles = _support_spread(depth_j.detach(), pixels_j) > max_relative_error
         homogeneous = torch.cat([pixels_j, torch.ones_like(pixels_j[:, :1])], 1)
-        rays_j = (torch.linalg.inv(K_j) @ homogeneous.reshape(batch, 3, -1)).reshape(batch, 3, height, width)
-        back_in_i = _transform(torch.linalg.inv(j_from_i), rays_j * sampled)  # (4)
+        rays_j = (invert_intrinsics(K_j) @ homogeneous.reshape(batch, 3, -1)).reshape(batch, 3, height, width)
+        back_in_i = _transform(invert_rigid(j_from_i), rays_j * sampled)  # (4)
         pixels_back, z_back = _project(K_i, back_in_i)
         ys, xs = torch.meshgrid(
             torch.arange(height, dtype=depth_i.dtype, device=depth_i.device) + 0.5,
@@ -188,7 +189,7 @@ def multi_view_consistency_loss(
         )
     if masks is not None and len(masks) != views:
         raise ValueError(f"masks: expected {views} (one per view), got {len(masks)}")
-    world_from_cam = torch.linalg.inv(cam_from_world.to(torch.float64)).to(cam_from_world.dtype)
+    world_from_cam = invert_rigid(cam_from_world)
     dtype = depths[0].dtype
     total = depths[0].new_zeros(())
     count = depths[0].new_zeros(())

@@ -39,6 +39,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
+from kernels.geometry import invert_rigid
 from pipeline.losses.augmentation import augmentation_loss
 from pipeline.losses.cosegmentation import CoSegmentation, cosegmentation_loss, resize_segmentation
 from pipeline.losses.depth_normal import depth_normal_loss
@@ -330,7 +331,7 @@ class SelfSupervisedLoss(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """The per-reference terms (all but cross_view) of view 0 over every output they apply to."""
         height, width = images.shape[-2:]
-        src_from_ref = cam_from_world[:, 1:] @ torch.linalg.inv(cam_from_world[:, :1])
+        src_from_ref = cam_from_world[:, 1:] @ invert_rigid(cam_from_world[:, :1])
         terms = {t: images.new_zeros(()) for t in active}
         outputs = flatten_outputs(stage_depths)
         augmented = flatten_outputs(augmented_stage_depths) if augmented_stage_depths is not None else None
