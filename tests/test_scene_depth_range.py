@@ -7,9 +7,9 @@ import logging
 import numpy as np
 import pytest
 
+from pipeline.config import PrepareConfig
 from pipeline.scene.depth_range import (
     DepthRangeError,
-    DepthRangeOptions,
     point_depths,
     suggest_num_depth,
     view_depth_range,
@@ -33,7 +33,7 @@ def test_range_brackets_the_points():
     pose = _pose()
     points = np.random.default_rng(1).uniform(-1, 1, size=(500, 3))
     depths = point_depths(pose, points)
-    plain, fallback = view_depth_range(pose, points, points, DepthRangeOptions(stretch=(1.0, 1.0)))
+    plain, fallback = view_depth_range(pose, points, points, PrepareConfig(depth_stretch=(1.0, 1.0)))
     assert not fallback
     np.testing.assert_allclose(plain, np.percentile(depths, [1, 99]))
     inside = (depths >= plain[0]) & (depths <= plain[1])
@@ -47,7 +47,7 @@ def test_points_behind_the_camera_are_ignored():
     pose = _pose()
     points = np.random.default_rng(2).normal(size=(100, 3))
     behind = np.array([[0.0, 0.0, -50.0]]) @ pose[:, :3]  # z = -50 - t_z in the camera
-    near_far, _ = view_depth_range(pose, np.vstack([points, behind]), points, DepthRangeOptions(stretch=(1, 1)))
+    near_far, _ = view_depth_range(pose, np.vstack([points, behind]), points, PrepareConfig(depth_stretch=(1, 1)))
     np.testing.assert_allclose(near_far, np.percentile(point_depths(pose, points), [1, 99]))
 
 
@@ -66,9 +66,9 @@ def test_bad_options_are_reported():
     pose = _pose()
     points = np.ones((20, 3))
     with pytest.raises(ValueError, match="percentiles"):
-        view_depth_range(pose, points, points, DepthRangeOptions(percentiles=(99, 1)))
+        view_depth_range(pose, points, points, PrepareConfig(depth_percentiles=(99, 1)))
     with pytest.raises(ValueError, match="stretch"):
-        view_depth_range(pose, points, points, DepthRangeOptions(stretch=(1.2, 0.8)))
+        view_depth_range(pose, points, points, PrepareConfig(depth_stretch=(1.2, 0.8)))
 
 
 def test_num_depth_gives_one_pixel_steps():
@@ -78,7 +78,7 @@ def test_num_depth_gives_one_pixel_steps():
     baseline = 0.2
     src = np.hstack([np.eye(3), [[-baseline], [0], [0]]])  # centre at (b, 0, 0)
     near, far = 2.0, 10.0
-    options = DepthRangeOptions(num_depth_min=1, num_depth_max=10_000)
+    options = PrepareConfig(num_depth_min=1, num_depth_max=10_000)
     count = suggest_num_depth(K, ref, src, np.array([near, far]), options)
     # Disparity f b / z: from 50 px at z = 2 to 10 px at z = 10, so 40 one-pixel steps.
     assert count == 41
@@ -88,5 +88,5 @@ def test_num_depth_gives_one_pixel_steps():
     forward = np.hstack([np.eye(3), [[-baseline], [0], [-5.0]]])
     assert suggest_num_depth(K, ref, forward, np.array([near, far]), options) == 41
     # Clamped, and the minimum without a source.
-    assert suggest_num_depth(K, ref, src, np.array([near, far]), DepthRangeOptions(num_depth_max=16)) == 16
-    assert suggest_num_depth(K, ref, None, np.array([near, far])) == DepthRangeOptions().num_depth_min
+    assert suggest_num_depth(K, ref, src, np.array([near, far]), PrepareConfig(num_depth_max=16)) == 16
+    assert suggest_num_depth(K, ref, None, np.array([near, far])) == PrepareConfig().num_depth_min

@@ -11,7 +11,7 @@ from pipeline.scene.camera_models import (
     distort_normalized,
     undistort_normalized,
 )
-from pipeline.scene.depth_range import DepthRangeError, DepthRangeOptions, suggest_num_depth, view_depth_range
+from pipeline.scene.depth_range import DepthRangeError, suggest_num_depth, view_depth_range
 from pipeline.scene.resize import ResizePlan, plan_resize
 from pipeline.scene.undistort import UNDISTORT_MODES, Undistorter, make_undistorter
 from pipeline.scene.view_selection import (
@@ -23,7 +23,7 @@ from pipeline.scene.view_selection import (
 
 __all__ = [
     "LENS_MODELS", "Intrinsics", "UnsupportedCameraModelError", "distort_normalized", "undistort_normalized",
-    "DepthRangeError", "DepthRangeOptions", "suggest_num_depth", "view_depth_range",
+    "DepthRangeError", "suggest_num_depth", "view_depth_range",
     "ResizePlan", "plan_resize", "UNDISTORT_MODES", "Undistorter", "make_undistorter",
     "ViewSelection", "angle_weight", "select_views", "tracks_from_model",
 ]

@@ -14,24 +14,14 @@ length f (pixels) the disparity of depth z is about f b / z, so
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import numpy as np
 
+from pipeline.config import PrepareConfig
+
 LOGGER = logging.getLogger(__name__)
 _MIN_DEPTH = 1e-9  # points with a z-depth at or below this are behind (or on) the camera
-
-
-@dataclasses.dataclass(frozen=True)
-class DepthRangeOptions:
-    """How depth ranges are estimated (see module docstring)."""
-
-    percentiles: tuple[float, float] = (1.0, 99.0)
-    stretch: tuple[float, float] = (0.75, 1.25)
-    min_points: int = 10
-    num_depth_min: int = 32
-    num_depth_max: int = 512
 
 
 class DepthRangeError(ValueError):
@@ -52,7 +42,7 @@ def view_depth_range(
     cam_from_world: np.ndarray,
     visible_xyz: np.ndarray,
     all_xyz: np.ndarray,
-    options: DepthRangeOptions = DepthRangeOptions(),
+    options: PrepareConfig = PrepareConfig(),
     view_name: str = "",
 ) -> tuple[np.ndarray, bool]:
     """Depth range [near, far] of one view.
@@ -73,12 +63,12 @@ def view_depth_range(
     Raises:
         DepthRangeError: naming the view when no sparse point at all lies in front of it.
     """
-    low, high = options.percentiles
+    low, high = options.depth_percentiles
     if not 0.0 <= low < high <= 100.0:
-        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {options.percentiles}")
-    near_factor, far_factor = options.stretch
+        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {options.depth_percentiles}")
+    near_factor, far_factor = options.depth_stretch
     if not 0.0 < near_factor <= 1.0 <= far_factor:
-        raise ValueError(f"stretch must satisfy 0 < near <= 1 <= far, got {options.stretch}")
+        raise ValueError(f"stretch must satisfy 0 < near <= 1 <= far, got {options.depth_stretch}")
     depths = point_depths(cam_from_world, visible_xyz)
     depths = depths[depths > _MIN_DEPTH]
     fallback = depths.size < options.min_points
@@ -105,7 +95,7 @@ def suggest_num_depth(
     ref_cam_from_world: np.ndarray,
     src_cam_from_world: np.ndarray | None,
     depth_range: np.ndarray,
-    options: DepthRangeOptions = DepthRangeOptions(),
+    options: PrepareConfig = PrepareConfig(),
 ) -> int:
     """Number of inverse-depth hypotheses for about one pixel of parallax per step.
 

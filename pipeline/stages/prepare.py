@@ -64,7 +64,7 @@ def run_prepare(
     from pipeline.colmap import read_model
     from pipeline.formats.scene_file import SceneView, SceneWriter
     from pipeline.scene.camera_plan import CameraPlans
-    from pipeline.scene.depth_range import DepthRangeOptions, suggest_num_depth, view_depth_range
+    from pipeline.scene.depth_range import suggest_num_depth, view_depth_range
     from pipeline.scene.parallax import MIN_TRIANGULATION_ANGLE_DEG, check_parallax, parallax_per_view
     from pipeline.scene.summary import log_prepare_summary
     from pipeline.scene.view_selection import select_views, tracks_from_model
@@ -89,10 +89,6 @@ def run_prepare(
         log.warning("%d view(s) see their points from no source under %g degrees or more (little parallax; their "
                     "depth will be poor): %s", len(weak), MIN_TRIANGULATION_ANGLE_DEG,
                     ", ".join(f"{i} ({names[i]})" for i in weak[:20]))
-    depth_options = DepthRangeOptions(
-        percentiles=tuple(config.depth_percentiles), stretch=tuple(config.depth_stretch),
-        min_points=config.min_points, num_depth_min=config.num_depth_min, num_depth_max=config.num_depth_max,
-    )
     plans = CameraPlans(cameras, config)
     point_order = np.argsort(point_ids, kind="stable")
     sorted_point_ids = point_ids[point_order]
@@ -117,7 +113,7 @@ def run_prepare(
                 xys_seen = np.asarray(record.xys, dtype=np.float64).reshape(-1, 2)[observed][first]
                 rows = point_order[np.searchsorted(sorted_point_ids, ids_seen)] if ids_seen.size else np.zeros(0, int)
                 depth_range, fallback = view_depth_range(
-                    poses[image_id], xyz[rows], xyz, depth_options, view_name=f"{image_id} ({record.name})"
+                    poses[image_id], xyz[rows], xyz, config, view_name=f"{image_id} ({record.name})"
                 )
             except ValueError as error:
                 raise PrepareError(f"{scene_dir}: {error}") from None
@@ -129,7 +125,7 @@ def run_prepare(
                 image_id=image_id, name=record.name,
                 image=plan.image(_load_image(image_dir / record.name, camera.width, camera.height)),
                 K=plan.K, cam_from_world=poses[image_id], depth_range=depth_range,
-                num_depth=suggest_num_depth(plan.K, poses[image_id], best, depth_range, depth_options),
+                num_depth=suggest_num_depth(plan.K, poses[image_id], best, depth_range, config),
                 source_ids=source_ids, source_scores=source_scores, mask=plan.mask, point3D_ids=ids_seen,
                 width=plan.resize.out_width, height=plan.resize.out_height, points2D=plan.points(xys_seen),
             )
