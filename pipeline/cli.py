@@ -284,10 +284,13 @@ def _evaluate(parser: argparse.ArgumentParser) -> Callable:
     parser.add_argument("fused_ply", help="fused.ply to evaluate")
     parser.add_argument("out_json", help="eval.json to write")
     parser.add_argument("--masks", help="fused_masks.h5 (default: beside the PLY)")
+    parser.add_argument("--training-summary",
+                        help="summary.json of the fine-tuning that made the weights (its steps go to eval.json; a "
+                        "run its time limit cut short is a warning there)")
     _config_file(parser, "evaluate")
     return lambda args: evaluate.run_evaluate(args.scene_dir, args.scene_h5, args.depth_h5, args.fused_ply,
                                               args.out_json, _load_section(args, "evaluate"),
-                                              args.masks)
+                                              args.masks, args.training_summary)
 
 
 def _report(parser: argparse.ArgumentParser) -> Callable:

@@ -79,6 +79,18 @@ def training_curves(wildcards):
     return []
 
 
+def training_summary(wildcards):
+    """How the scene's fine-tuning ended (summary.json), when it was fine-tuned."""
+    if config["train"]["finetune"]["enabled"]:
+        return [f"results/{wildcards.scene}/finetune/summary.json"]
+    return []
+
+
+def training_summary_option(wildcards):
+    files = training_summary(wildcards)
+    return ["--training-summary", files[0]] if files else []
+
+
 def training_curves_option(wildcards):
     files = training_curves(wildcards)
     return ["--training-csv", files[0]] if files else []

@@ -65,6 +65,7 @@ rule finetune:
     output:
         checkpoint="results/{scene}/finetune/last.pt",
         curves="results/{scene}/finetune/losses.csv",
+        summary="results/{scene}/finetune/summary.json",
     params:
         selfmvs=SELFMVS,
         labels=finetune_labels_option,

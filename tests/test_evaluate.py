@@ -350,3 +350,26 @@ def test_eval_json_reader_checks_kind_and_version(fused_box, tmp_path):
     (tmp_path / "other.json").write_text("[1, 2]")
     with pytest.raises(EvalFormatError, match=r"other\.json: not an eval.json"):
         read_eval_json(tmp_path / "other.json")
+
+
+def test_a_fine_tuning_cut_short_by_its_time_limit_is_a_warning_in_eval_json(fused_box, tmp_path, caplog):
+    """The time limit is only a safety stop: when it fires, eval.json says so, not only train's log."""
+    from pipeline.cli import main
+    from pipeline.formats.loss_log import write_run_summary
+
+    scene_dir, scene_h5, depth_h5, fused = fused_box
+    finished, cut = tmp_path / "finished.json", tmp_path / "cut.json"
+    write_run_summary(finished, {"mode": "finetune", "steps_planned": 54, "steps_done": 54, "stopped_early": None})
+    write_run_summary(cut, {"mode": "finetune", "steps_planned": 54, "steps_done": 11,
+                            "stopped_early": {"reason": "max_seconds", "max_seconds": 1800.0,
+                                              "steps_done": 11, "steps_planned": 54}})
+    for summary in (finished, cut):
+        out = tmp_path / f"eval_{summary.stem}.json"
+        assert main(["evaluate", str(scene_dir), str(scene_h5), str(depth_h5), str(fused), str(out),
+                     "--training-summary", str(summary)]) == 0
+    quiet = json.loads((tmp_path / "eval_finished.json").read_text())
+    loud = json.loads((tmp_path / "eval_cut.json").read_text())
+    assert quiet["training"]["steps_done"] == 54 and not any("STOPPED EARLY" in w for w in quiet["warnings"])
+    assert loud["training"]["steps_done"] == 11
+    assert any("STOPPED EARLY" in w and "11 of 54" in w for w in loud["warnings"]), loud["warnings"]
+    assert "STOPPED EARLY" in caplog.text

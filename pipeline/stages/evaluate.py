@@ -29,12 +29,15 @@ def run_evaluate(
     out_json: str | os.PathLike,
     config: EvaluateConfig = EvaluateConfig(),
     masks_h5: str | os.PathLike | None = None,
+    training_summary: str | os.PathLike | None = None,
 ) -> dict:
     """Evaluate a scene's depth maps and fused cloud; write ``out_json`` atomically and return it.
 
     Args:
         scene_dir: the scene folder (its ``gt/`` is used when present).
         masks_h5: fusion masks; default ``<fused stem>_masks.h5`` beside the PLY when it exists.
+        training_summary: ``summary.json`` of the fine-tuning that made the weights, if any: its step
+            counts go to ``training``, and a run the time limit cut short is a warning.
 
     Raises:
         NothingToEvaluateError: no depth map holds a single finite positive depth (nothing written).
@@ -47,6 +50,7 @@ def run_evaluate(
     from pipeline.formats.depth_file import list_depth_views, read_depth_view
     from pipeline.formats.eval_json import write_eval_json
     from pipeline.formats.fused_masks import default_masks_path
+    from pipeline.formats.loss_log import read_run_summary
     from pipeline.formats.ply import read_ply
     from pipeline.formats.scene_file import read_scene
 
@@ -54,9 +58,10 @@ def run_evaluate(
     scene_dir, scene_h5, depth_h5 = Path(scene_dir), Path(scene_h5), Path(depth_h5)
     fused_ply, out_json = Path(fused_ply), Path(out_json)
     masks_h5 = Path(masks_h5) if masks_h5 is not None else default_masks_path(fused_ply)
-    check_outputs_distinct(
-        {"scene": scene_h5, "depth": depth_h5, "cloud": fused_ply, "masks": masks_h5}, {"scores": out_json}
-    )
+    inputs = {"scene": scene_h5, "depth": depth_h5, "cloud": fused_ply, "masks": masks_h5}
+    check_outputs_distinct({**inputs, **({"training summary": training_summary} if training_summary else {})},
+                           {"scores": out_json})
+    training = read_run_summary(training_summary) if training_summary is not None else None
     masks = read_masks(masks_h5)
     rng = np.random.default_rng(config.seed)
 
@@ -92,7 +97,9 @@ def run_evaluate(
         },
         "ground_truth": gt_points is not None or gt_depth_path is not None,
         "warnings": warnings + pools.warnings
-        + ([f"views {missing_views[:20]} of the scene have no depth map"] if missing_views else []),
+        + ([f"views {missing_views[:20]} of the scene have no depth map"] if missing_views else [])
+        + _stopped_early_warnings(training, training_summary),
+        "training": training,
         "settings": settings_section(scales, config),
         "metrics": metrics,
         "per_view": pools.per_view,
@@ -100,3 +107,16 @@ def run_evaluate(
     })
     log.info("evaluated %s in %.1f s -> %s", scene_dir.name, result["seconds"], out_json)
     return result
+
+
+def _stopped_early_warnings(training: dict | None, path) -> list[str]:
+    """A fine-tuning run the time limit cut short: said in eval.json (and the log), not only in train's log."""
+    stopped = (training or {}).get("stopped_early")
+    if not stopped:
+        return []
+    message = (f"{path}: fine-tuning STOPPED EARLY by its time limit ({stopped.get('reason')}): "
+               f"{stopped.get('steps_done', training.get('steps_done'))} of "
+               f"{stopped.get('steps_planned', training.get('steps_planned'))} planned steps; these weights are "
+               "not those the step budget asks for")
+    log.warning("%s", message)
+    return [message]
