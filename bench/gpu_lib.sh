@@ -51,7 +51,7 @@ bench_tables() {
 import json, sys
 
 MIB = 2 ** 20
-ops, infer, train, cards = [], [], [], set()
+ops, infer, train, unfinished, cards = [], [], [], [], set()
 for path in sys.argv[1:]:
     try:
         data = json.load(open(path))
@@ -61,6 +61,10 @@ for path in sys.argv[1:]:
     for bench in data.get("benchmarks", []):
         info = bench["extra_info"]
         cards.add(info.get("card") or info.get("device", "?"))
+        if not bench.get("stats") or ("op" in info or "size" in info and "views" in info) and "kernel_median_s" not in info \
+                or "recipe" in info and "peak_cuda_bytes" not in info:
+            unfinished.append(bench["name"])  # stopped by its stage's time limit: the JSON keeps it half-done
+            continue
         if "op" in info:
             ops.append(info)
         elif "reference_s_per_view" in info:
@@ -78,6 +82,8 @@ def mark(ok):
 
 
 print(f"Device: {', '.join(sorted(cards)) or '?'}")
+if unfinished:
+    print(f"Unfinished (time limit): {', '.join(unfinished)}")
 if ops:
     dram = next((o for o in ops if o.get("dram_source")), {})
     if dram.get("dram_bytes_per_s"):
