@@ -22,9 +22,9 @@ differentiates requires gradients; the backward is that of ``out.sum()``.
 memory of one round of each (``torch.cuda.max_memory_allocated`` after a reset, less what the inputs
 already held) and their ratio kernel / reference (target <= 1/4), and for ssim and warp_image the
 achieved GB/s of the kernel against the card's DRAM bandwidth (byte models in ``_ssim`` and
-``_warp_image``). Where an op has no kernel for a path (pointwise_mlp and neighbour_correlation under
-autograd, depth_weighted_aggregation off the CPU), its public function runs the reference: the
-ratio then reads about 1, as it would in the network.
+``_warp_image``). Under autograd pointwise_mlp and neighbour_correlation run their references (their
+kernels are inference-only), so their ratio reads about 1, as in a training step; depth_weighted_aggregation
+builds its weights in torch there and aggregates with the adaptive_aggregation kernel.
 """
 
 from __future__ import annotations
