@@ -49,6 +49,8 @@ WORK = Path(os.environ.get("BENCH_INFER_WORK") or Path(tempfile.gettempdir()) / 
 #: name -> (height, width, views) of the kernels-vs-references table
 SIZES = {"640x480": (480, 640, 12), "1600x1200": (1200, 1600, 5)}
 SMOKE_SIZES = {"smoke-64x48": (48, 64, 5)}
+#: rounds (one process of each per round) of test_infer_kernels_vs_references; 1 where not named
+INFER_ROUNDS = {"640x480": 2}
 #: PatchmatchNet's published inference rate (Wang et al., CVPR 2021, on a GeForce RTX 2080 Ti), views/s:
 #: a fixed reference row for the table, not measured here.
 PATCHMATCHNET_PUBLISHED_HZ = {"640x480": 12.0, "1600x1200": 3.0}
@@ -241,7 +243,7 @@ def test_infer_run_640x480_defaults(benchmark, tmp_path_factory):
 def test_infer_kernels_vs_references(benchmark, bench_device, bench_size, bench_smoke):
     """`selfmvs infer`, one pass, 4 sources: kernels/ as shipped against every op swapped for its reference.
 
-    One process of each per round, alternating (2 rounds; 1 with --bench-smoke). ``extra_info``:
+    One process of each per round, alternating (``INFER_ROUNDS``; 1 with --bench-smoke). ``extra_info``:
     s/view and peak CUDA memory of each, ``ratio_median`` = reference s/view / kernel s/view (target >= 2).
     """
     import statistics
@@ -256,7 +258,7 @@ def test_infer_kernels_vs_references(benchmark, bench_device, bench_size, bench_
             rows[impl].append(run_once(scene, options, 4, device=str(bench_device), references=impl == "reference"))
 
     benchmark.group = f"infer {bench_size} {bench_device.type}"
-    benchmark.pedantic(pair, rounds=1 if bench_smoke else 2, iterations=1)
+    benchmark.pedantic(pair, rounds=1 if bench_smoke else INFER_ROUNDS.get(bench_size, 1), iterations=1)
     kernel_s = [r["s_per_view"] for r in rows["kernel"]]
     reference_s = [r["s_per_view"] for r in rows["reference"]]
     benchmark.extra_info.update(

@@ -88,4 +88,4 @@ def test_gpu_check_smoke_runs_every_table_on_the_cpu(tmp_path):
     for heading in ("### Ops", "### selfmvs infer per view", "PatchmatchNet: PUBLISHED", "### Training step"):
         assert heading in tables
     assert "Unfinished" not in tables and "no results" not in tables
-    assert "budget (s): 1 CUDA tests 140" in result.stdout and "failed: none" in result.stdout
+    assert "budget (s): 1 CUDA tests 120" in result.stdout and "failed: none" in result.stdout
