@@ -197,13 +197,17 @@ def fwd_bwd(fn, args, kwargs):
         out = fn(*args, **kwargs)
         (out[0] if isinstance(out, tuple) else out).sum().backward()
 
+    step.leaves = leaves
     return step
 
 
 def peak_cuda_bytes(step, device: torch.device, sync) -> int | None:
-    """Peak CUDA memory of one ``step()`` above what was allocated before it (None off a GPU)."""
+    """Peak CUDA memory of one ``step()`` above what its inputs hold (None off a GPU): the gradients of the
+    last round are freed first, so the figure includes the new ones with the op's own buffers."""
     if device.type != "cuda":
         return None
+    for t in step.leaves:
+        t.grad = None
     gc.collect()
     sync()
     before = torch.cuda.memory_allocated(device)
