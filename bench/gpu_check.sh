@@ -137,7 +137,7 @@ log "tables -> $OUT/summary-$TAG.md"
 tee -a "$SUMMARY" < "$OUT/summary-$TAG.md"
 log "stages 1-4 done in $(elapsed "$STARTED") s; failed: ${FAILED[*]:-none}"
 
-if [ "$END_TO_END" = 1 ]; then
+if [ "$END_TO_END" = 1 ]; then  # (not indented: its heredocs end in column 0)
 log "E1. selfmvs infer on $DATA/s640.h5 (cuda)"
 for run in 1 2; do
     start=$(date +%s.%N)
