@@ -7,7 +7,9 @@ Every case compares an op with its reference in the same run (same ``group``), s
 survives a noisy machine. Threads: torch and numba both get ``--bench-threads`` (default 2, the
 size of the project's CPU budget). Devices: ``--bench-device cpu,cuda``; CUDA cases are skipped
 at set-up when no GPU is present (CUDA is never queried at collection time), and CUDA timings
-synchronise before the timer stops (``sync`` fixture).
+synchronise before the timer stops (``sync`` fixture). Sizes: a module that names its cases in
+``SIZES`` (and tiny ones in ``SMOKE_SIZES``) takes a ``bench_size`` argument, parametrised over
+``SIZES``, or over ``SMOKE_SIZES`` with ``--bench-smoke`` (the CPU check of ``bench/gpu_check.sh``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ def pytest_addoption(parser):
     group = parser.getgroup("selfmvs-bench")
     group.addoption("--bench-threads", type=int, default=2, help="CPU threads for torch and numba (default 2)")
     group.addoption("--bench-device", default="cpu", help="comma-separated devices: cpu,cuda (default cpu)")
+    group.addoption("--bench-smoke", action="store_true",
+                    help="the tiny SMOKE_SIZES of modules that have them (seconds on a CPU: checks the bench runs)")
 
 
 def pytest_configure(config):
@@ -29,6 +33,9 @@ def pytest_generate_tests(metafunc):
     if "bench_device" in metafunc.fixturenames:
         devices = metafunc.config.getoption("--bench-device").split(",")
         metafunc.parametrize("bench_device", devices, indirect=True)
+    if "bench_size" in metafunc.fixturenames:
+        smoke = metafunc.config.getoption("--bench-smoke")
+        metafunc.parametrize("bench_size", list(metafunc.module.SMOKE_SIZES if smoke else metafunc.module.SIZES))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -45,6 +52,12 @@ def bench_threads(request) -> int:
     except ImportError:  # pragma: no cover - numba is a hard dependency of kernels
         pass
     return threads
+
+
+@pytest.fixture(scope="session")
+def bench_smoke(request) -> bool:
+    """Whether ``--bench-smoke`` asks for the tiny sizes (cases then keep their rounds to a few)."""
+    return request.config.getoption("--bench-smoke")
 
 
 @pytest.fixture
