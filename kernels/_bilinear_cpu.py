@@ -48,6 +48,7 @@ def row_coefficients(offsets, b, k, i, H, W, corner_index, value_coef, dx_coef, 
             dx_coef[j, n] = sign_x * fy if inside else 0
             dy_coef[j, n] = sign_y * fx if inside else 0
 
+
 @numba.njit(inline="always")
 def row_value_coefficients(offsets, b, k, i, H, W, corner_index, value_coef):
     """:func:`row_coefficients` without the derivatives (for scattering a gradient to the map)."""
