@@ -471,6 +471,13 @@ class PlaneFillConfig:
         "a ring pixel fits the plane when their inverse depths agree within this fraction")
     min_inlier_fraction: float = option(0.5,
         "a region is filled only when at least this fraction of its ring fits one plane")
+    max_planes: int = option(1,
+        "planes fitted to a region's ring (each next one to the ring pixels the earlier ones leave); with more than "
+        "one, min_inlier_fraction counts the ring pixels any of them fits and each pixel of the region takes the plane "
+        "nearest the network's depth there (a region across the crease of two walls)")
+    max_disagreement: float | None = option(None,
+        "a pixel takes a plane only where the plane's inverse depth is within this fraction of the network's "
+        "(null: wherever the plane lies in the view's depth range)")
 
 
 @dataclasses.dataclass(frozen=True)
