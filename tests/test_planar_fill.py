@@ -101,6 +101,49 @@ def test_regions_left_alone_small_ones_split_rings_and_missing_depth():
     assert far.planes == 0
 
 
+def test_a_region_across_two_surfaces_takes_each_ones_plane_with_max_planes():
+    """One uniform region over two surfaces (the left half of the scene at depth 3, the right half
+    at 6, as two walls meeting behind one coat of paint): one plane explains half the ring, so with
+    max_planes 1 and min_inlier_fraction 0.6 the region is left alone; with max_planes 2 both planes
+    are found and each pixel takes the one nearest the network's depth, which is 4 % off inside the
+    region. max_disagreement 0.02 then keeps the network's depth (every plane 3.8 % from it)."""
+    rng = np.random.default_rng(6)
+    image = textured_image(rng, PATCH)
+    truth = plane_depth([0.0, 0.0, 1.0], 3.0)
+    truth[:, WIDTH // 2 :] *= 2.0
+    inside = np.zeros(truth.shape, bool)
+    inside[18:42, 23:57] = True
+    estimate = truth.copy()
+    estimate[inside] *= 1.04
+    single = planar_fill(estimate, image, (1.0, 20.0), PlaneFillConfig(min_inlier_fraction=0.6))
+    assert single.planes == 0
+    two = planar_fill(estimate, image, (1.0, 20.0), PlaneFillConfig(min_inlier_fraction=0.6, max_planes=2))
+    assert two.regions == 1 and two.planes == 2
+    assert two.filled.sum() == inside.sum() - 4  # the opening (3 x 3 cross) takes the 4 corners
+    np.testing.assert_allclose(two.depth[two.filled], truth[two.filled], rtol=1e-5)
+    gated = PlaneFillConfig(min_inlier_fraction=0.6, max_planes=2, max_disagreement=0.05)
+    np.testing.assert_array_equal(planar_fill(estimate, image, (1.0, 20.0), gated).filled, two.filled)
+    strict = PlaneFillConfig(min_inlier_fraction=0.6, max_planes=2, max_disagreement=0.02)
+    kept = planar_fill(estimate, image, (1.0, 20.0), strict)
+    assert not kept.filled.any()
+    np.testing.assert_array_equal(kept.depth, estimate)
+
+
+def test_max_planes_one_is_the_single_plane_fill():
+    """The defaults (max_planes 1, no max_disagreement) give the single-plane result: a plane 4 % from
+    the network's depth still replaces it."""
+    rng = np.random.default_rng(7)
+    truth = plane_depth([0.2, -0.5, 1.0], 4.0)
+    estimate = truth.copy()
+    estimate[18:42, 23:57] *= 1.04
+    image = textured_image(rng, PATCH)
+    default = planar_fill(estimate, image, (1.0, 20.0), PlaneFillConfig(), np.random.default_rng(1))
+    assert default.planes == 1
+    np.testing.assert_allclose(default.depth[default.filled], truth[default.filled], rtol=1e-5)
+    gated = planar_fill(estimate, image, (1.0, 20.0), PlaneFillConfig(max_disagreement=0.02), np.random.default_rng(1))
+    assert not gated.filled.any()
+
+
 def test_depth_file_keeps_the_filled_mask(tmp_path):
     filled = np.zeros((4, 5), bool)
     filled[1:3, 2:4] = True

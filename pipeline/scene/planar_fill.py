@@ -19,6 +19,13 @@ So, per view:
    by a factor 1.25; other regions (a curved surface, a ring across several surfaces) keep
    the network's depth.
 
+With ``max_planes`` > 1 the ring gets up to that many planes (sequential RANSAC: each next plane on
+the ring pixels the earlier ones leave), the inlier fraction counts the ring pixels any of them fits,
+and each region pixel takes the plane nearest the network's inverse depth there (a uniform region
+across the crease of two walls); ``max_disagreement`` leaves a pixel alone whose chosen plane is
+further than that fraction from the network's inverse depth. Both are off by default: on the indoor
+validation rooms of 2026-12-07 neither beat a single plane with ``min_inlier_fraction`` 0.3.
+
 The RANSAC samples come from a generator seeded by the caller, so a view's result is reproducible.
 """
 
@@ -44,6 +51,41 @@ _SCORE_BLOCK = 16
 _RANSAC_ITERATIONS = 200
 _MAX_RING_SAMPLES = 2000
 _RANGE_MARGIN = 1.25
+#: Fewest ring pixels a region needs (and a further plane of it), and the share of the ring a plane
+#: after the first must explain.
+_MIN_RING = 50
+_MIN_PLANE_SHARE = 0.1
+
+
+def ring_planes(
+    u: np.ndarray, v: np.ndarray, inverse: np.ndarray, params: PlaneFillConfig, rng: np.random.Generator,
+) -> list[np.ndarray]:
+    """Up to ``params.max_planes`` planes of a region's ring (sequential RANSAC: each next plane is
+    fitted to the ring pixels no earlier plane explains); [] when together they explain less than
+    ``params.min_inlier_fraction`` of the ring.
+
+    A plane after the first needs at least ``_MIN_PLANE_SHARE`` of the ring and ``_MIN_RING`` pixels:
+    the piece of ring along the crease of two walls, not a few stray pixels of furniture.
+    Shape: u, v, inverse (N,) pixel coordinates and inverse depths of the ring; planes (3,) each.
+    """
+    planes: list[np.ndarray] = []
+    explained = np.zeros(inverse.shape[0], dtype=bool)
+    for _ in range(max(params.max_planes, 1)):
+        rest = ~explained
+        if rest.sum() < _MIN_RING:
+            break
+        plane, _ = fit_inverse_depth_plane(u[rest], v[rest], inverse[rest], params.inlier_tolerance,
+                                           _RANSAC_ITERATIONS, rng, _MAX_RING_SAMPLES)
+        if plane is None:
+            break
+        fits = rest & (np.abs(plane[0] * u + plane[1] * v + plane[2] - inverse) < params.inlier_tolerance * inverse)
+        if planes and fits.sum() < max(_MIN_RING, _MIN_PLANE_SHARE * inverse.shape[0]):
+            break
+        planes.append(plane)
+        explained |= fits
+    if not planes or explained.mean() < params.min_inlier_fraction:
+        return []
+    return planes
 
 
 @dataclasses.dataclass
@@ -157,24 +199,35 @@ def planar_fill(
         region = labels[rows, cols] == index
         local = depth[rows, cols]
         ring = ndimage.binary_dilation(region, iterations=params.ring) & ~low[rows, cols] & (local > 0)
-        if ring.sum() < 50:
+        if ring.sum() < _MIN_RING:
             continue
         ring_rows, ring_cols = np.nonzero(ring)
-        plane, fraction = fit_inverse_depth_plane(
-            ring_cols + cols.start + 0.5, ring_rows + rows.start + 0.5, 1.0 / local[ring].astype(np.float64),
-            params.inlier_tolerance, _RANSAC_ITERATIONS, rng, _MAX_RING_SAMPLES,
-        )
-        if plane is None or fraction < params.min_inlier_fraction:
+        ring_u, ring_v = ring_cols + cols.start + 0.5, ring_rows + rows.start + 0.5
+        ring_inverse = 1.0 / local[ring].astype(np.float64)
+        fitted = ring_planes(ring_u, ring_v, ring_inverse, params, rng)
+        if not fitted:
             continue
         region_rows, region_cols = np.nonzero(region & (local > 0))
-        inverse = plane[0] * (region_cols + cols.start + 0.5) + plane[1] * (region_rows + rows.start + 0.5) + plane[2]
+        u, v = region_cols + cols.start + 0.5, region_rows + rows.start + 0.5
+        inverse = np.stack([plane[0] * u + plane[1] * v + plane[2] for plane in fitted])  # (P, N)
         with np.errstate(divide="ignore"):
             plane_depth = np.where(inverse > 0, 1.0 / inverse, np.inf)
         inside = (plane_depth >= near / _RANGE_MARGIN) & (plane_depth <= far * _RANGE_MARGIN)
-        if not inside.any():
+        if len(fitted) > 1 or params.max_disagreement is not None:
+            # Each pixel takes the plane nearest the network's own inverse depth there (several planes:
+            # a region across a crease), and none where even that one is further than max_disagreement.
+            network_inverse = 1.0 / local[region_rows, region_cols].astype(np.float64)
+            disagreement = np.where(inside, np.abs(inverse - network_inverse) / network_inverse, np.inf)
+            choice = disagreement.argmin(axis=0)
+            best = disagreement[choice, np.arange(choice.shape[0])]
+            keep = np.isfinite(best) if params.max_disagreement is None else best <= params.max_disagreement
+            chosen_depth = plane_depth[choice, np.arange(choice.shape[0])]
+        else:
+            keep, chosen_depth = inside[0], plane_depth[0]
+        if not keep.any():
             continue
-        planes += 1
-        target_rows, target_cols = region_rows[inside] + rows.start, region_cols[inside] + cols.start
-        out[target_rows, target_cols] = plane_depth[inside]
+        planes += int(np.unique(choice[keep]).shape[0]) if len(fitted) > 1 else 1
+        target_rows, target_cols = region_rows[keep] + rows.start, region_cols[keep] + cols.start
+        out[target_rows, target_cols] = chosen_depth[keep]
         filled[target_rows, target_cols] = True
     return PlanarFillResult(out, filled, regions, planes)
