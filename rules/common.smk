@@ -96,8 +96,36 @@ def training_curves_option(wildcards):
     return ["--training-csv", files[0]] if files else []
 
 
+def training_seeds():
+    """Every training scene's seed: the object scenes, then the indoor rooms. A seed names one
+    folder under results/_training/, so the two lists must not share one, and no room may be one
+    of the indoor family's held-out rooms (bench/quality_heldout.py --family indoor)."""
+    from pipeline.synth.indoor import HELDOUT_SEEDS
+
+    data = config["training_data"]
+    objects, rooms = list(data["seeds"]), list(data["indoor_seeds"])
+    held_out = sorted(set(rooms) & set(HELDOUT_SEEDS))
+    if held_out:
+        raise ValueError(f"training_data.indoor_seeds: {held_out} are held-out rooms (pipeline.synth.indoor.HELDOUT_SEEDS)")
+    shared = sorted(set(objects) & set(rooms))
+    if shared:
+        raise ValueError(f"training_data: seeds and indoor_seeds share {shared}; a seed names one training scene")
+    return objects + rooms
+
+
+def training_render_options(wildcards):
+    """`render-scene` options of one training seed, as separate words (`{params.options:q}`):
+    the indoor family and its size for a seed of indoor_seeds, the object scenes' size otherwise."""
+    data = config["training_data"]
+    if int(wildcards.seed) in data["indoor_seeds"]:
+        return ["--family", "indoor", "--num-views", str(data["indoor_num_views"]),
+                "--width", str(data["indoor_width"]), "--height", str(data["indoor_height"])]
+    return ["--family", "object", "--num-views", str(data["num_views"]),
+            "--width", str(data["width"]), "--height", str(data["height"])]
+
+
 def training_scenes():
-    return [f"results/_training/h5/{seed}.h5" for seed in config["training_data"]["seeds"]]
+    return [f"results/_training/h5/{seed}.h5" for seed in training_seeds()]
 
 
 def self_training_init():
@@ -105,7 +133,7 @@ def self_training_init():
 
 
 def self_training_labels():
-    return [f"results/_self_training/labels/{seed}.h5" for seed in config["training_data"]["seeds"]]
+    return [f"results/_self_training/labels/{seed}.h5" for seed in training_seeds()]
 
 
 def benchmark_files(wildcards):

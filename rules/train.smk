@@ -83,14 +83,13 @@ rule finetune:
 
 # The base checkpoint: self-supervised training on varied synthetic scenes
 # (`snakemake train_base`; the result is copied to pipeline/checkpoints/ when it is shipped).
+# A seed of training_data.indoor_seeds renders a room of the indoor family at its own size.
 rule training_scene:
     output:
         directory("results/_training/scenes/{seed}"),
     params:
         selfmvs=SELFMVS,
-        views=config["training_data"]["num_views"],
-        width=config["training_data"]["width"],
-        height=config["training_data"]["height"],
+        options=training_render_options,
     log:
         "logs/_training/render_{seed}.log",
     benchmark:
@@ -99,8 +98,7 @@ rule training_scene:
         "../envs/selfmvs.yaml"
     threads: 1
     shell:
-        "{params.selfmvs:q} render-scene {output:q} --seed {wildcards.seed:q} --varied --num-views {params.views:q}"
-        " --width {params.width:q} --height {params.height:q} > {log:q} 2>&1"
+        "{params.selfmvs:q} render-scene {output:q} --seed {wildcards.seed:q} --varied {params.options:q} > {log:q} 2>&1"
 
 
 # Training scenes are prepared with the run's `prepare:` section, like the scenes of `scenes:`.

@@ -74,6 +74,58 @@ def test_training_scenes_are_prepared_with_the_runs_prepare_section(tmp_path):
     assert "rule training_config:" in out  # the snapshot is made for the training run
 
 
+def test_indoor_self_training_dry_run_plans_both_families(tmp_path):
+    """config/train_indoor.yaml: every training seed is rendered (rooms with --family indoor at their
+    size), prepared and labelled, and train_self reads all of them; no held-out room is planned."""
+    import re
+
+    from pipeline.synth.indoor import HELDOUT_SEEDS
+
+    config = yaml.safe_load((REPO / "config" / "train_indoor.yaml").read_text())
+    data = config["training_data"]
+    assert data["indoor_seeds"] and data["seeds"]
+    # init is relative to the repository; the dry run works in tmp_path
+    (tmp_path / "init.yaml").write_text(yaml.safe_dump(
+        {"self_training": {"init": str(REPO / config["self_training"]["init"])}}))
+    result = snakemake("train_self", "-n", "-p", "--configfile", str(REPO / "config" / "train_indoor.yaml"),
+                       str(tmp_path / "init.yaml"), "--directory", str(tmp_path))
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    renders = {int(m.group(1)): m.group(0) for m in re.finditer(r"render-scene \S+ --seed (\d+) .*", out)}
+    assert set(renders) == set(data["seeds"]) | set(data["indoor_seeds"]), sorted(renders)
+    size = f"--num-views {data['indoor_num_views']} --width {data['indoor_width']} --height {data['indoor_height']}"
+    for seed, command in renders.items():
+        indoor = seed in data["indoor_seeds"]
+        assert ("--family indoor" in command) == indoor and "--varied" in command, command
+        assert (size in command) == indoor, command
+    train = out[out.index("rule train_self:"):][:6000]
+    for seed in renders:
+        assert f"results/_training/h5/{seed}.h5" in train and f"results/_self_training/labels/{seed}.h5" in train, seed
+    for seed in HELDOUT_SEEDS:
+        assert not re.search(rf"\b{seed}\b", out.split("Building DAG of jobs")[-1]), f"held-out room {seed} planned"
+
+
+@pytest.mark.parametrize("training_data, message", [
+    ({"indoor_seeds": [3100, 3001]}, "[3001] are held-out rooms"),
+    ({"seeds": [1000, 3100], "indoor_seeds": [3100]}, "share [3100]"),
+])
+def test_bad_indoor_training_seeds_fail_the_dry_run(tmp_path, training_data, message):
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"training_data": training_data}))
+    result = snakemake("train_base", "-n", "--configfile", str(tmp_path / "bad.yaml"), "--directory", str(tmp_path))
+    out = result.stdout + result.stderr
+    assert result.returncode != 0 and message in out, out[-3000:]
+    assert "render-scene" not in out  # no job was planned
+
+
+def test_default_training_data_has_no_indoor_rooms(tmp_path):
+    """Without indoor_seeds, train_base renders the object scenes as before (no indoor room)."""
+    result = snakemake("train_base", "-n", "-p", "--configfile", str(REPO / "config" / "config.yaml"),
+                       "--directory", str(tmp_path))
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "--family indoor" not in out and out.count("--family object --num-views 12 --width 400 --height 300") == 14
+
+
 def test_each_cli_verb_is_written_once_in_the_rules():
     """The repeated stages are `use rule ... with:` of one rule, not copies of its shell command."""
     import re
