@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # numba keys its on-disk cache (``cache=True``) on the jitted function's own file: a function it
@@ -101,3 +102,26 @@ def shared_data() -> Path:
 def numba_cache_dir() -> tuple[Path, float]:
     """This run's numba cache folder and the time it was created."""
     return Path(NUMBA_CACHE_DIR), NUMBA_CACHE_CREATED
+
+
+# Geometry helpers of the renderer tests (object and indoor families).
+
+
+def interpolate_depth(depth: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """Depth at (x, y) positions by bilinear interpolation of inverse depth (exact on planes)."""
+    x, y = pixels[:, 0] - 0.5, pixels[:, 1] - 0.5
+    x0 = np.clip(np.floor(x).astype(int), 0, depth.shape[1] - 2)
+    y0 = np.clip(np.floor(y).astype(int), 0, depth.shape[0] - 2)
+    fx, fy = x - x0, y - y0
+    inverse = 1.0 / depth
+    top = inverse[y0, x0] * (1 - fx) + inverse[y0, x0 + 1] * fx
+    bottom = inverse[y0 + 1, x0] * (1 - fx) + inverse[y0 + 1, x0 + 1] * fx
+    return 1.0 / (top * (1 - fy) + bottom * fy)
+
+
+def backproject_depth(depth: np.ndarray, K: np.ndarray, cam_from_world: np.ndarray) -> np.ndarray:
+    rows, cols = np.indices(depth.shape)
+    normalized = np.stack([(cols + 0.5 - K[0, 2]) / K[0, 0], (rows + 0.5 - K[1, 2]) / K[1, 1], np.ones(depth.shape)])
+    cam = (normalized * depth).reshape(3, -1)
+    rotation, translation = cam_from_world[:, :3], cam_from_world[:, 3]
+    return (rotation.T @ (cam - translation[:, None])).T

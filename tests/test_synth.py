@@ -15,6 +15,7 @@ from pipeline.formats.depth_file import read_depth_attrs, read_depth_file
 from pipeline.formats.ply import read_ply
 from pipeline.synth import random_scene_options, render_scene
 from pipeline.synth.cameras import distort_normalized, project, undistort_normalized
+from conftest import backproject_depth, interpolate_depth  # tests/ is on sys.path
 
 SMALL = dict(num_views=4, width=64, height=48, num_gt_points=5000, num_sparse_points=300)
 SEED = 3
@@ -47,26 +48,6 @@ def _lookup(depth: np.ndarray, pixels: np.ndarray) -> np.ndarray:
     return out
 
 
-def _interpolate(depth: np.ndarray, pixels: np.ndarray) -> np.ndarray:
-    """Depth at (x, y) positions by bilinear interpolation of inverse depth (exact on planes)."""
-    x, y = pixels[:, 0] - 0.5, pixels[:, 1] - 0.5
-    x0 = np.clip(np.floor(x).astype(int), 0, depth.shape[1] - 2)
-    y0 = np.clip(np.floor(y).astype(int), 0, depth.shape[0] - 2)
-    fx, fy = x - x0, y - y0
-    inverse = 1.0 / depth
-    top = inverse[y0, x0] * (1 - fx) + inverse[y0, x0 + 1] * fx
-    bottom = inverse[y0 + 1, x0] * (1 - fx) + inverse[y0 + 1, x0 + 1] * fx
-    return 1.0 / (top * (1 - fy) + bottom * fy)
-
-
-def _backproject(depth: np.ndarray, K: np.ndarray, cam_from_world: np.ndarray) -> np.ndarray:
-    rows, cols = np.indices(depth.shape)
-    normalized = np.stack([(cols + 0.5 - K[0, 2]) / K[0, 0], (rows + 0.5 - K[1, 2]) / K[1, 1], np.ones(depth.shape)])
-    cam = (normalized * depth).reshape(3, -1)
-    rotation, translation = cam_from_world[:, :3], cam_from_world[:, 3]
-    return (rotation.T @ (cam - translation[:, None])).T
-
-
 def test_layout_and_meta(scene_dir):
     names = sorted(p.name for p in (scene_dir / "images").iterdir())
     assert names == ["000000.png", "000001.png", "000002.png", "000003.png"]
@@ -95,7 +76,7 @@ def test_gt_depth_is_multiview_consistent(scene_dir):
     for ref, src in ((1, 2), (2, 4)):
         depth_ref, depth_src = views[ref].depth, views[src].depth
         assert np.all(depth_ref > 0), "the room should give every pixel a depth"
-        points = _backproject(depth_ref, views[ref].K, views[ref].cam_from_world)
+        points = backproject_depth(depth_ref, views[ref].K, views[ref].cam_from_world)
         pixels, z = project(points, views[src].K, views[src].cam_from_world)
         seen = _lookup(depth_src, pixels)
         inside = ~np.isnan(seen)
@@ -127,7 +108,7 @@ def test_sparse_points_project_to_keypoints_and_lie_on_depth(scene_dir):
             assert image.point3D_ids[index] == point.id
             pixel, z = project(point.xyz[None], K, _cam_from_world(image))
             residuals.append(np.linalg.norm(pixel[0] - image.xys[index]))
-            gt = _interpolate(depth[int(image_id)].depth, pixel)[0]
+            gt = interpolate_depth(depth[int(image_id)].depth, pixel)[0]
             depth_errors.append(abs(gt - z[0]) / z[0])
             on_image += 0.5 <= pixel[0, 0] <= 63.5 and 0.5 <= pixel[0, 1] <= 47.5
     residuals, depth_errors = np.array(residuals), np.array(depth_errors)
@@ -255,7 +236,7 @@ def test_gt_points_on_visible_surfaces(scene_dir):
     for view in views.values():
         pixels, z = project(cloud.xyz.astype(np.float64), view.K, view.cam_from_world)
         inside = (z > 0) & np.all((pixels >= 0) & (pixels <= [64, 48]), axis=1)
-        gt = _interpolate(view.depth, pixels)
+        gt = interpolate_depth(view.depth, pixels)
         on_surface |= inside & (np.abs(gt - z) < 0.01 * z)
     # Each sample is on a surface some view sees (a few at depth edges fail the interpolation).
     assert on_surface.mean() > 0.95
@@ -379,7 +360,7 @@ def test_depth_for_any_camera(scene_dir, tmp_path):
     fine = depth_for_camera(scene_dir, K2, view.cam_from_world, 128, 96)
     rows, cols = np.indices((48, 64))
     pixels = np.stack([2 * (cols.ravel() + 0.5), 2 * (rows.ravel() + 0.5)], axis=1)
-    relative = np.abs(_interpolate(fine, pixels) - view.depth.ravel()) / view.depth.ravel()
+    relative = np.abs(interpolate_depth(fine, pixels) - view.depth.ravel()) / view.depth.ravel()
     assert np.median(relative) < 1e-5 and np.mean(relative < 1e-3) > 0.9
     (tmp_path / "gt").mkdir()
     (tmp_path / "gt" / "meta.json").write_text(json.dumps({"generator": "other", "generator_version": 1}))

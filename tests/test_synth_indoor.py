@@ -17,6 +17,7 @@ from pipeline.synth.cameras import arc_rig, pixel_rays, project
 from pipeline.synth.geometry import Box
 from pipeline.synth.indoor import build_indoor_scene
 from pipeline.synth.render import depth_for_camera, render_radiance
+from conftest import backproject_depth, interpolate_depth  # tests/ is on sys.path
 
 SMALL = dict(num_views=6, width=96, height=72, num_gt_points=5000, num_sparse_points=300)
 SEED = 3001  # a room with a window, a ceiling lamp and a floor lamp
@@ -34,26 +35,6 @@ def _images(folder: Path) -> list[np.ndarray]:
 
 def _centres(cams_from_world: np.ndarray) -> np.ndarray:
     return -np.einsum("vji,vj->vi", cams_from_world[:, :, :3], cams_from_world[:, :, 3])
-
-
-def _interpolate(depth: np.ndarray, pixels: np.ndarray) -> np.ndarray:
-    """Depth at (x, y) positions by bilinear interpolation of inverse depth (exact on planes)."""
-    x, y = pixels[:, 0] - 0.5, pixels[:, 1] - 0.5
-    x0 = np.clip(np.floor(x).astype(int), 0, depth.shape[1] - 2)
-    y0 = np.clip(np.floor(y).astype(int), 0, depth.shape[0] - 2)
-    fx, fy = x - x0, y - y0
-    inverse = 1.0 / depth
-    top = inverse[y0, x0] * (1 - fx) + inverse[y0, x0 + 1] * fx
-    bottom = inverse[y0 + 1, x0] * (1 - fx) + inverse[y0 + 1, x0 + 1] * fx
-    return 1.0 / (top * (1 - fy) + bottom * fy)
-
-
-def _backproject(depth: np.ndarray, K: np.ndarray, cam_from_world: np.ndarray) -> np.ndarray:
-    rows, cols = np.indices(depth.shape)
-    normalized = np.stack([(cols + 0.5 - K[0, 2]) / K[0, 0], (rows + 0.5 - K[1, 2]) / K[1, 1], np.ones(depth.shape)])
-    cam = (normalized * depth).reshape(3, -1)
-    rotation, translation = cam_from_world[:, :3], cam_from_world[:, 3]
-    return (rotation.T @ (cam - translation[:, None])).T
 
 
 def _quiet(**changes) -> IndoorOptions:
@@ -96,11 +77,11 @@ def test_gt_depth_reprojects_to_the_same_points(scene_dir):
     checked = 0
     for a, b in ((0, 1), (1, 3), (2, 5)):
         va, vb = views[a], views[b]
-        points = _backproject(va.depth, va.K, va.cam_from_world)
+        points = backproject_depth(va.depth, va.K, va.cam_from_world)
         pixels, depth_in_b = project(points, vb.K, vb.cam_from_world)
         inside = (pixels[:, 0] > 1) & (pixels[:, 0] < 95) & (pixels[:, 1] > 1) & (pixels[:, 1] < 71) & (depth_in_b > 0)
         assert inside.mean() > 0.3, f"views {a} and {b} hardly overlap"
-        relative = np.abs(_interpolate(vb.depth, pixels[inside]) - depth_in_b[inside]) / depth_in_b[inside]
+        relative = np.abs(interpolate_depth(vb.depth, pixels[inside]) - depth_in_b[inside]) / depth_in_b[inside]
         # Occluded pixels and depth edges disagree; the bulk must agree to rounding.
         assert np.mean(relative < 1e-3) > 0.85, np.mean(relative < 1e-3)
         assert np.median(relative) < 1e-4

@@ -37,6 +37,7 @@ import kernels
 from .config import ModelConfig
 from .feature import ConvBnReLU
 from .network import (
+    FreezableBatchNorm,
     PatchmatchOutput,
     _as_4x4,
     _ceil_div,
@@ -195,7 +196,7 @@ class CostRegularisation(nn.Module):
         return self.logit(level0)[:, 0, :planes, :height, :width]
 
 
-class CVPMVSNet(nn.Module):
+class CVPMVSNet(FreezableBatchNorm):
     """The CVP-MVSNet multi-view stereo network (module docstring: what it computes and why).
 
     Args:
@@ -226,25 +227,11 @@ class CVPMVSNet(nn.Module):
         self.feature = FeatureExtractor(cfg.cvp_feature_channels, momentum)
         self.initial_regularisation = CostRegularisation(cfg.cvp_num_groups, cfg.cvp_regularisation_channels, momentum)
         self.residual_regularisation = CostRegularisation(cfg.cvp_num_groups, cfg.cvp_regularisation_channels, momentum)
-        self._batchnorm_frozen = False
 
     @property
     def levels(self) -> tuple[int, ...]:
         """Pyramid levels, coarse to fine; level s is at 1 / 2**s per side."""
         return tuple(range(self.config.cvp_levels - 1, -1, -1))
-
-    def freeze_batchnorm(self, frozen: bool = True) -> "CVPMVSNet":
-        """As :meth:`PatchmatchNet.freeze_batchnorm`: BatchNorm layers stay in evaluation mode."""
-        self._batchnorm_frozen = frozen
-        return self.train(self.training)
-
-    def train(self, mode: bool = True) -> "CVPMVSNet":
-        super().train(mode)
-        if self._batchnorm_frozen:
-            for module in self.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-        return self
 
     def extract_features(self, image: torch.Tensor) -> dict[int, torch.Tensor]:
         """Features of every pyramid level of one image, padded (bottom and right) to a multiple of

@@ -130,7 +130,27 @@ def _source_layout(feature: torch.Tensor) -> torch.Tensor:
     return feature
 
 
-class PatchmatchNet(nn.Module):
+class FreezableBatchNorm(nn.Module):
+    """A network whose BatchNorm layers can stay in evaluation mode under ``train()`` (both backbones)."""
+
+    _batchnorm_frozen = False
+
+    def freeze_batchnorm(self, frozen: bool = True):
+        """Keep every BatchNorm layer in evaluation mode (running statistics fixed) even under
+        ``train()``, for fine-tuning with small batches; their affine parameters still train."""
+        self._batchnorm_frozen = frozen
+        return self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self._batchnorm_frozen:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
+
+class PatchmatchNet(FreezableBatchNorm):
     """The PatchmatchNet multi-view stereo network.
 
     Args:
@@ -173,21 +193,6 @@ class PatchmatchNet(nn.Module):
         self.refinement = Refinement(cfg.refinement_channels, momentum, cfg.refinement_upsampling)
         if cfg.refinement == "spn":  # only then: checkpoints of the other modes keep their keys
             self.spn = SPNRefinement(cfg.spn_channels, cfg.spn_steps, momentum)
-        self._batchnorm_frozen = False
-
-    def freeze_batchnorm(self, frozen: bool = True) -> "PatchmatchNet":
-        """Keep every BatchNorm layer in evaluation mode (running statistics fixed) even under
-        ``train()``, for fine-tuning with small batches; their affine parameters still train."""
-        self._batchnorm_frozen = frozen
-        return self.train(self.training)
-
-    def train(self, mode: bool = True) -> "PatchmatchNet":
-        super().train(mode)
-        if self._batchnorm_frozen:
-            for module in self.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-        return self
 
     def extract_features(self, image: torch.Tensor) -> dict[int, torch.Tensor]:
         """Features of one image, padded to a multiple of 8 (the padding is not cropped here).
