@@ -475,6 +475,9 @@ class PlaneFillConfig:
         " 0.5 % 53.2 -> 60.3, held-out object scenes 87.40 -> 87.50 %, but on the DTU photos the fused points"
         " inside the object masks drop from 90.1 to 87.2 % (more background planes; sparse agreement "
         "unchanged), so the default stays 0.5; set 0.3 for rooms (docs/benchmarks.md, 2026-12-07)")
+    max_brightness: float = option(1.0,
+        "a low-texture region whose median grey value (image values in [0, 1]) is at least this is left alone: "
+        "clipped to white, nothing was measured there (1: every region may be filled)")
     max_planes: int = option(1,
         "planes fitted to a region's ring (each next one to the ring pixels the earlier ones leave); with more than "
         "one, min_inlier_fraction counts the ring pixels any of them fits and each pixel of the region takes the plane "

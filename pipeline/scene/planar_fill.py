@@ -181,6 +181,7 @@ def planar_fill(
     rng = rng if rng is not None else np.random.default_rng(0)
     near, far = (float(v) for v in depth_range)
     low = ndimage.binary_opening(low_texture_mask(image, params.texture_std, params.window))
+    grey = np.asarray(image, dtype=np.float32).mean(axis=2) / (255.0 if image.dtype == np.uint8 else 1.0)
     labels, count = ndimage.label(low)
     out = depth.copy()
     filled = np.zeros(depth.shape, dtype=bool)
@@ -197,6 +198,8 @@ def planar_fill(
         rows = slice(max(box[0].start - margin, 0), min(box[0].stop + margin, height))
         cols = slice(max(box[1].start - margin, 0), min(box[1].stop + margin, width))
         region = labels[rows, cols] == index
+        if params.max_brightness < 1 and np.median(grey[rows, cols][region]) >= params.max_brightness:
+            continue  # clipped: the sensor saturated there, e.g. a white backdrop behind an object
         local = depth[rows, cols]
         ring = ndimage.binary_dilation(region, iterations=params.ring) & ~low[rows, cols] & (local > 0)
         if ring.sum() < _MIN_RING:
