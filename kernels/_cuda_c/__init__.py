@@ -61,6 +61,10 @@ KERNELS_DIR = Path(__file__).resolve().parents[1]
 #: op -> the ``extern "C" __global__`` kernels its ``kernels/<op>/kernels.cu`` defines.
 SOURCES: dict[str, tuple[str, ...]] = {
     "warp_image": ("warp_image_fwd", "warp_image_bwd", "warp_image_bwd_src_corners"),
+    "warp_correlation": (
+        "warp_correlation_fwd", "warp_correlation_bwd_ref", "warp_correlation_bwd_src",
+        "warp_correlation_bwd_src_corners",
+    ),
 }
 BACKENDS = ("numba", "cuda_c")
 ENV_VAR = "SELFMVS_CUDA_BACKEND"
