@@ -61,6 +61,10 @@ KERNELS_DIR = Path(__file__).resolve().parents[1]
 #: op -> the ``extern "C" __global__`` kernels its ``kernels/<op>/kernels.cu`` defines.
 SOURCES: dict[str, tuple[str, ...]] = {
     "warp_image": ("warp_image_fwd", "warp_image_bwd", "warp_image_bwd_src_corners"),
+    "warp_correlation": (
+        "warp_correlation_fwd", "warp_correlation_bwd_ref", "warp_correlation_bwd_src",
+        "warp_correlation_bwd_src_corners",
+    ),
     "ssim": ("ssim_fwd", "ssim_bwd_coef", "ssim_bwd_gather"),
     "adaptive_aggregation": ("aa_fwd", "aa_bwd_norm", "aa_bwd_offsets", "aa_bwd_cost_atomic", "aa_bwd_cost_terms"),
     "spn_propagation": ("spn_fwd_step", "spn_bwd_step"),
