@@ -18,6 +18,11 @@ similarity net, G -> 16 -> 8 -> 1) at stage 1 (1/2 resolution, C=16, G=4, D=8, K
 view); spn_propagate at full resolution, 12 steps. Every floating input that the network
 differentiates requires gradients; the backward is that of ``out.sum()``.
 
+Ops with CUDA C kernels as well (``CUDA_C_OPS``: ``kernels/<op>/kernels.cu``, see kernels/_cuda_c) run
+twice on a GPU: ``op`` with ``SELFMVS_CUDA_BACKEND=<op>=numba`` and ``op:cuda_c`` (``extra_info``
+``op`` reads ``<op> [cuda_c]``) with ``<op>=cuda_c``, so one run times both CUDA backends against the
+same reference; the ``:cuda_c`` cases skip off a GPU.
+
 ``extra_info`` per case: ``ratio_median`` (reference time / kernel time, target >= 3), the peak CUDA
 memory of one round of each (``torch.cuda.max_memory_allocated`` after a reset, less what the inputs
 already held) and their ratio kernel / reference (target <= 1/4), and for ssim and warp_image the
@@ -36,6 +41,7 @@ import pytest
 import torch
 
 import kernels
+from kernels._cuda_c import SOURCES as CUDA_C_SOURCES
 from kernels.adaptive_aggregation import adaptive_aggregation_reference
 from kernels.depth_weighted_aggregation import depth_weighted_aggregation_reference
 from kernels.neighbour_correlation import neighbour_correlation_reference
@@ -182,6 +188,12 @@ OPS = {
 }
 
 
+#: ops timed with both CUDA backends (numba.cuda and CUDA C): every op with a registered kernels.cu;
+#: the CUDA C cases are "<op>:cuda_c"
+CUDA_C_OPS = tuple(op for op in OPS if op in CUDA_C_SOURCES)
+CASES = [*OPS, *(f"{op}:cuda_c" for op in CUDA_C_OPS)]
+
+
 def _leaves(args) -> list[torch.Tensor]:
     flat = [t for a in args for t in (a if isinstance(a, list) else [a])]
     return [t for t in flat if isinstance(t, torch.Tensor) and t.requires_grad]
@@ -217,14 +229,21 @@ def peak_cuda_bytes(step, device: torch.device, sync) -> int | None:
     return torch.cuda.max_memory_allocated(device) - before
 
 
-@pytest.mark.parametrize("op", list(OPS))
-def test_op_fwd_bwd(benchmark, interleaved, bench_device, sync, bench_size, bench_smoke, op):
+@pytest.mark.parametrize("op", CASES)
+def test_op_fwd_bwd(benchmark, interleaved, bench_device, sync, bench_size, bench_smoke, op, monkeypatch):
+    op, _, backend = op.partition(":")
+    if backend and bench_device.type != "cuda":
+        pytest.skip(f"{op}:{backend}: CUDA C kernels are timed on a GPU only")
+    if op in CUDA_C_OPS:
+        from kernels._cuda_c import ENV_VAR
+
+        monkeypatch.setenv(ENV_VAR, f"{op}={backend or 'numba'}")
     kernel, reference, make_inputs = OPS[op]
     batch, height, width = (SMOKE_SIZES | SIZES)[bench_size]
     args, kwargs, moved = make_inputs(torch.Generator().manual_seed(0), batch, height, width, bench_device)
     kernel_step, reference_step = fwd_bwd(kernel, args, kwargs), fwd_bwd(reference, args, kwargs)
     benchmark.group = f"op {op} {bench_size} {bench_device.type}"
-    benchmark.extra_info.update(op=op, size=bench_size, batch=batch, height=height, width=width,
+    benchmark.extra_info.update(op=f"{op} [{backend}]" if backend else op, size=bench_size, batch=batch, height=height, width=width,
                                 device=str(bench_device), threads=torch.get_num_threads())
     if bench_device.type == "cuda":
         benchmark.extra_info["card"] = torch.cuda.get_device_name(bench_device)

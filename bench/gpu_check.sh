@@ -8,7 +8,8 @@
 #      cuda:1 (skips with one GPU), and torch.use_deterministic_algorithms(True),
 #   2. every op of kernels/ against its torch reference, forward + backward, at the training batch
 #      (2 x 320x240) and at the 640x512 and 1600x1200 inference sizes: time ratio, peak CUDA memory
-#      ratio, GB/s of ssim and warp_image against the card's DRAM bandwidth (bench/bench_cuda_ops.py),
+#      ratio, GB/s of ssim and warp_image against the card's DRAM bandwidth (bench/bench_cuda_ops.py;
+#      ops with CUDA C kernels are timed with both CUDA backends, numba.cuda and CUDA C),
 #   3. `selfmvs infer` per view at 640x480 and 1600x1200, one pass, 4 sources, kernels against every op
 #      swapped for its reference (bench/bench_infer_run.py; the scenes render on the CPU during 1 and 1b),
 #   4. a training step at batch 8 in bf16 autocast: time and peak memory (bench/bench_train_step.py).

@@ -16,8 +16,9 @@ Contents:
   (``__cuda_array_interface__`` / DLPack);
 * compilation: ``numba_cuda_kernel`` and ``cupy_raw_kernel`` are ``lru_cache``'d per
   (device, dtype or signature, specialisation);
-* compile checks for the test-suite: ``KERNEL_REGISTRY`` lists every CUDA kernel of the package
-  (all are numba.cuda Python functions; the package has no CUDA C source) with its signatures;
+* compile checks for the test-suite: ``KERNEL_REGISTRY`` lists every numba.cuda kernel of the
+  package with its signatures (the CUDA C kernels, ``kernels/<op>/kernels.cu``, have their own
+  registry, NVRTC compile check, CPU emulation and cupy launch in ``kernels/_cuda_c``);
   ``compile_ptx_numba`` compiles one for a given compute capability without a GPU. The ssim and
   warp_image launches take their signatures from these entries (``registry_signature``); the
   others' own signatures are checked equal to them (tests/kernel_ops/test_cudasim_correlation_aggregation.py).

@@ -3,8 +3,15 @@
 Public: :func:`adaptive_aggregation`; reference twin: :func:`adaptive_aggregation_reference` (plain
 torch, ``grid_sample``, materialises the ``(B, K, D, H, W)`` samples). The public function checks
 its inputs and runs one ``torch.autograd.Function`` that dispatches by device to ``cpu.py``
-(numba ``parallel=True``) or ``cuda.py`` (numba.cuda; why numba.cuda: see that module); neither
-stores the sampled costs.
+(numba ``parallel=True``) or a CUDA backend; none stores the sampled costs.
+
+CUDA backends: numba.cuda (``cuda.py``) and CUDA C compiled by cupy/NVRTC (``kernels.cu`` launched
+by ``cuda_c.py``; rules in ``kernels/_cuda_c``), same semantics, both deterministic under
+``torch.use_deterministic_algorithms(True)``. ``CUDA_BACKEND`` below picks one,
+``SELFMVS_CUDA_BACKEND`` overrides it (e.g. ``adaptive_aggregation=cuda_c``). The default stays
+numba. Choice by measurement: bench/gpu_check.sh times both; not yet run on a GPU. The CUDA C
+kernels are checked by NVRTC compiles for sm_80/sm_90 and by a CPU emulation against the reference
+(tests/kernel_ops/test_cuda_c_ops.py); the numba ones run under numba's simulator.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from .reference import adaptive_aggregation_reference
 
 __all__ = ["adaptive_aggregation", "adaptive_aggregation_reference"]
 
+#: the CUDA backend, "numba" or "cuda_c" (see the module docstring; env SELFMVS_CUDA_BACKEND overrides)
+CUDA_BACKEND = "numba"
 
 
 def _backend(device: torch.device):
@@ -24,6 +33,12 @@ def _backend(device: torch.device):
 
         return cpu
     if device.type == "cuda":
+        from .._cuda_c import cuda_backend
+
+        if cuda_backend("adaptive_aggregation", CUDA_BACKEND) == "cuda_c":
+            from . import cuda_c
+
+            return cuda_c
         from . import cuda
 
         return cuda

@@ -1,7 +1,8 @@
 """CUDA kernels of adaptive cost aggregation (numba.cuda).
 
-Why numba.cuda rather than a cupy RawKernel: the same Python kernels run in numba's CUDA
-simulator, so indexing, zero padding and atomics are tested without a GPU
+The default CUDA backend of the op (the CUDA C twin is ``cuda_c.py`` with ``kernels.cu``; the
+package docstring says how one is chosen). These Python kernels run in numba's CUDA simulator, so
+indexing, zero padding and atomics are tested without a GPU
 (``tests/kernel_ops/test_cudasim_correlation_aggregation.py``), and ``numba.cuda.compile_ptx``
 compile-checks them for sm_80/sm_90 (``kernels._backend.KERNEL_REGISTRY``). Imported only when a
 CUDA tensor reaches the op.

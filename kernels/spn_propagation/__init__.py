@@ -31,9 +31,15 @@ well, each step is a convex combination of d(p) and its neighbours, so max d nev
 min d never shrinks (a discrete maximum principle); signed affinities can overshoot by at most
 the local variation. Any affinity gives the linear map above; only its stability depends on it.
 
-CUDA backend choice: numba.cuda like the other ops (one source of the neighbour order in
-``_formulas.py``, kernels testable under numba's simulator): one thread per pixel and one launch
-per step, because step t + 1 reads step t's neighbours (a grid-wide dependency).
+CUDA backends: numba.cuda (``cuda.py``) and CUDA C compiled by cupy/NVRTC (``kernels.cu`` launched
+by ``cuda_c.py``; rules in ``kernels/_cuda_c``), same semantics and schedule: one thread per pixel
+and one launch per step, because step t + 1 reads step t's neighbours (a grid-wide dependency).
+``CUDA_BACKEND`` below picks one, ``SELFMVS_CUDA_BACKEND`` overrides it (e.g.
+``spn_propagation=cuda_c``). The default stays numba. Choice by measurement: bench/gpu_check.sh
+times both; not yet run on a GPU. The CUDA C kernels are checked by NVRTC compiles for sm_80/sm_90
+and by a CPU emulation against the reference (tests/kernel_ops/test_cuda_c_ops.py); numba.cuda
+keeps the neighbour order in one piece of Python (``_formulas.py``) and runs under numba's
+simulator.
 """
 
 from __future__ import annotations
@@ -53,11 +59,18 @@ from .._backend import (
 from .reference import NEIGHBOUR_OFFSETS, spn_propagate_reference
 
 NUM_NEIGHBOURS = len(NEIGHBOUR_OFFSETS)
+#: the CUDA backend, "numba" or "cuda_c" (see the module docstring; env SELFMVS_CUDA_BACKEND overrides)
+CUDA_BACKEND = "numba"
 
 
 def _backend_module(device: torch.device):
     if device.type == "cuda":
-        from . import cuda as backend
+        from .._cuda_c import cuda_backend
+
+        if cuda_backend("spn_propagation", CUDA_BACKEND) == "cuda_c":
+            from . import cuda_c as backend
+        else:
+            from . import cuda as backend
     else:
         from . import cpu as backend
     return backend

@@ -9,11 +9,16 @@ coefficients (a_x, a_y, b, c: dS/dx_q = a_x + b x_q + c y_q for every tap q of a
 gathers g * coefficients. Only x and y are saved for backward: no pooled intermediate maps
 (means, variances, covariance) are kept.
 
-CUDA backend choice: numba.cuda rather than a cupy RawKernel, because the same scalar formulas
-(``_formulas.py``) then compile for CPU and GPU (one source of arithmetic truth), and the CUDA
-kernels can be run under numba's CUDA simulator on machines without a GPU (tests/kernel_ops/
-test_cudasim.py). The op is memory-bound with a 3x3 stencil, where hand-written CUDA C with
-shared-memory tiling would buy little over L1/L2-cached loads.
+CUDA backends: numba.cuda (``cuda.py``) and CUDA C compiled by cupy/NVRTC (``kernels.cu`` launched
+by ``cuda_c.py``; rules in ``kernels/_cuda_c``), same semantics. ``CUDA_BACKEND`` below picks one,
+``SELFMVS_CUDA_BACKEND`` overrides it (e.g. ``ssim=cuda_c``). The default stays numba. Choice by
+measurement: bench/gpu_check.sh times both; not yet run on a GPU. The CUDA C kernels are checked by
+NVRTC compiles for sm_80/sm_90 and by a CPU emulation against the reference
+(tests/kernel_ops/test_cuda_c_ops.py). numba.cuda keeps the scalar formulas (``_formulas.py``) one
+piece of Python for CPU and GPU and runs under numba's simulator (tests/kernel_ops/test_cudasim.py);
+``kernels.cu`` spells the same formulas in the same order. The numba backward tiles in shared
+memory (one launch); the CUDA C backward, which may not, is two gathers through a (4, N, Ho, Wo)
+buffer of window coefficients.
 """
 
 from __future__ import annotations
@@ -30,11 +35,18 @@ from .._backend import (
 from .reference import C1, C2, ssim_reference
 
 _PADDINGS = ("reflect", "valid")
+#: the CUDA backend, "numba" or "cuda_c" (see the module docstring; env SELFMVS_CUDA_BACKEND overrides)
+CUDA_BACKEND = "numba"
 
 
 def _backend_module(device: torch.device):
     if device.type == "cuda":
-        from . import cuda as backend
+        from .._cuda_c import cuda_backend
+
+        if cuda_backend("ssim", CUDA_BACKEND) == "cuda_c":
+            from . import cuda_c as backend
+        else:
+            from . import cuda as backend
     else:
         from . import cpu as backend
     return backend

@@ -3,8 +3,16 @@
 Public: :func:`warp_correlation`; reference twin: :func:`warp_correlation_reference` (plain torch,
 ``grid_sample``, materialises the warped volume). The public function checks its inputs and runs
 one ``torch.autograd.Function`` that dispatches by device to ``cpu.py`` (numba ``parallel=True``)
-or ``cuda.py`` (numba.cuda; why numba.cuda: see that module). Neither fast path ever stores the
-``(B, C, D, H, W)`` warped volume: the backward recomputes the sample positions.
+or to one of two CUDA backends. No fast path ever stores the ``(B, C, D, H, W)`` warped volume: the
+backward recomputes the sample positions.
+
+CUDA backends: numba.cuda (``cuda.py``) and CUDA C compiled by cupy/NVRTC (``kernels.cu`` launched
+by ``cuda_c.py``; rules in ``kernels/_cuda_c``), same semantics, same deterministic mode.
+``CUDA_BACKEND`` below picks one, ``SELFMVS_CUDA_BACKEND`` overrides it (e.g.
+``warp_correlation=cuda_c``). The default stays numba: the choice is by measurement
+(bench/gpu_check.sh times both backends through bench/bench_cuda_ops.py), and the CUDA C kernels
+have not yet run on a GPU; they are checked by NVRTC compiles for sm_80/sm_90 and by a CPU
+emulation against the reference (tests/kernel_ops/test_cuda_c.py).
 """
 
 from __future__ import annotations
@@ -14,6 +22,9 @@ import torch
 from .reference import projection_matrices, warp_correlation_reference
 
 __all__ = ["warp_correlation", "warp_correlation_reference"]
+
+#: the CUDA backend, "numba" or "cuda_c" (see the module docstring; env SELFMVS_CUDA_BACKEND overrides)
+CUDA_BACKEND = "numba"
 
 
 def _backend(device: torch.device):
@@ -31,6 +42,12 @@ def _backend(device: torch.device):
 
         return cpu
     if device.type == "cuda":
+        from .._cuda_c import cuda_backend
+
+        if cuda_backend("warp_correlation", CUDA_BACKEND) == "cuda_c":
+            from . import cuda_c
+
+            return cuda_c
         from . import cuda
 
         return cuda

@@ -8,12 +8,15 @@ numba.cuda kernels (``cuda.py``); gradients reach the source image (bilinear wei
 reference depth (through the projected coordinates: dfx/dz = (r_x h_z - h_x r_z) / h_z^2). The
 cameras are composed once per batch into [K_src R K_ref^-1 | K_src t] in float64.
 
-CUDA backend choice: numba.cuda rather than a cupy RawKernel, because the per-pixel projection
-and validity rule (``_formulas.py``) is then one piece of Python compiled for CPU and GPU, so
-the two backends cannot drift apart on the edge cases that matter here (pixel centres, the last
-pixel, points behind the camera), and the CUDA kernels run under numba's simulator on machines
-without a GPU (tests/kernel_ops/test_cudasim.py). The op is a gather/scatter with one projection
-per pixel; CUDA C would not change its memory-bound cost.
+CUDA backends: numba.cuda (``cuda.py``) and CUDA C compiled by cupy/NVRTC (``kernels.cu`` launched by
+``cuda_c.py``; rules in ``kernels/_cuda_c``), same semantics. ``CUDA_BACKEND`` below picks one,
+``SELFMVS_CUDA_BACKEND`` overrides it (e.g. ``warp_image=cuda_c``). The default stays numba: the
+choice is by measurement (bench/gpu_check.sh times both backends through
+bench/bench_cuda_ops.py), and the CUDA C kernels have not yet run on a GPU; they are checked by
+NVRTC compiles for sm_80/sm_90 and by a CPU emulation against the reference
+(tests/kernel_ops/test_cuda_c.py). numba.cuda keeps the per-pixel projection and validity rule
+(``_formulas.py``) one piece of Python for CPU and GPU and runs under numba's simulator
+(tests/kernel_ops/test_cudasim.py); ``kernels.cu`` spells the same operations in the same order.
 """
 
 from __future__ import annotations
@@ -30,11 +33,18 @@ from .._backend import (
 from .reference import MIN_DEPTH, projection_matrix, warp_image_reference
 
 _CAMERA_DTYPES = (torch.float32, torch.float64)
+#: the CUDA backend, "numba" or "cuda_c" (see the module docstring; env SELFMVS_CUDA_BACKEND overrides)
+CUDA_BACKEND = "numba"
 
 
 def _backend_module(device: torch.device):
     if device.type == "cuda":
-        from . import cuda as backend
+        from .._cuda_c import cuda_backend
+
+        if cuda_backend("warp_image", CUDA_BACKEND) == "cuda_c":
+            from . import cuda_c as backend
+        else:
+            from . import cuda as backend
     else:
         from . import cpu as backend
     return backend

@@ -1,7 +1,8 @@
 """Every CUDA kernel of the package compiles for sm_80 and sm_90 without a GPU.
 
 The kernels to check come from ``kernels._backend.KERNEL_REGISTRY``: numba.cuda functions with
-their signatures (the package has no CUDA C source), compiled with ``cuda.compile_ptx`` (NVVM).
+their signatures, compiled with ``cuda.compile_ptx`` (NVVM). The CUDA C kernels
+(``kernels/<op>/kernels.cu``) are checked by tests/kernel_ops/test_cuda_c.py with NVRTC.
 Their results are checked in numba's CUDA simulator (test_cudasim.py, test_cudasim_correlation_aggregation.py).
 
 Cost: a numba compile takes 1-5 s on a 2-core machine, so the default run compiles each numba
