@@ -21,7 +21,8 @@ The second CUDA backend of the package next to numba.cuda. Layout and rules:
   ``emulation.hpp`` force-included (``__global__`` & co. as plain C++, ``atomicAdd`` as a plain add,
   a launcher looping over the grid), loaded with ctypes. :func:`launch` on CPU tensors runs it, so an
   op's ``cuda_c.py`` launch code runs unchanged on CPU tensors in the tests, against the torch
-  reference. Not a production path: the public ops never send CPU tensors here.
+  reference (and, with ``SELFMVS_CUDA_C_SANITIZE=1``, under the address sanitizer). Not a
+  production path: the public ops never send CPU tensors here.
 * **GPU launch** (``gpu.py``): cupy ``RawModule`` (NVRTC) compiled once per (op, dtype, device),
   launched on torch's *current* stream with tensors passed as raw device pointers (no copy, no
   DLPack wrapper, no synchronisation) and constants as kernel arguments (no host-to-device copy).

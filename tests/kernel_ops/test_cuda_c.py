@@ -402,12 +402,14 @@ def test_warp_correlation_cupy_matches_reference(monkeypatch, dtype_name, determ
 
 
 def _shift_cameras(batch, dtype):
-    """Cameras whose composed projection is exact in binary: focal 4, the source 0.25 to the left,
-    so at depth 1 the reference pixel j samples source x = j - 1 exactly (the last reference
-    column hits the last centre of a source one pixel narrower; column 0 falls outside)."""
+    """Cameras whose composed projection is exact in binary: focal 4, the source 0.25 to the left
+    and 0.25 up, so at depth 1 the reference pixel (i, j) samples the source at (j - 1, i - 1) exactly
+    (the last reference row and column hit the last centres of a source one pixel smaller each way;
+    row and column 0 fall outside)."""
     K = torch.tensor([[4.0, 0.0, 2.0], [0.0, 4.0, 2.0], [0.0, 0.0, 1.0]], dtype=dtype).expand(batch, 3, 3)
     pose = torch.eye(4, dtype=dtype).repeat(batch, 1, 1)
     pose[:, 0, 3] = -0.25
+    pose[:, 1, 3] = -0.25
     return K.contiguous(), K.contiguous(), pose
 
 
@@ -420,18 +422,18 @@ def test_warp_image_last_pixel_centre_emulated():
     dtype = torch.float64
     ref_K, src_K, pose = _shift_cameras(1, dtype)
     gen = torch.Generator().manual_seed(4)
-    src = torch.rand((1, 2, 4, 5), generator=gen, dtype=dtype)
+    src = torch.rand((1, 2, 3, 5), generator=gen, dtype=dtype)
     depth = torch.ones((1, 1, 4, 6), dtype=dtype)
     warped, valid = cuda_c.warp_image_forward(src, depth, projection_matrix(ref_K, src_K, pose, dtype))
-    assert valid[..., 0].eq(0).all() and valid[..., 1:].eq(1).all()
-    assert torch.equal(warped[..., 1:], src)
+    assert valid[..., 0].eq(0).all() and valid[..., 0, :].eq(0).all() and valid[..., 1:, 1:].eq(1).all()
+    assert torch.equal(warped[..., 1:, 1:], src)
     grad_out = torch.randn((1, 2, 4, 6), generator=gen, dtype=dtype)
     grad_src, grad_depth = cuda_c.warp_image_backward(src, depth, projection_matrix(ref_K, src_K, pose, dtype),
                                                       grad_out, True, True)
     s, d = src.clone().requires_grad_(), depth.clone().requires_grad_()
     want, _ = warp_image_reference(s, d, ref_K, src_K, pose)
     want_src, want_depth = torch.autograd.grad(want, (s, d), grad_out)
-    assert want_depth[..., -1].abs().min() > 0, "the last column's depth gradient should be one-sided, not 0"
+    assert want_depth[..., 1:, -1].abs().min() > 0, "the last column's depth gradient should be one-sided, not 0"
     _close(grad_src, want_src, dtype, "grad src_image")
     _close(grad_depth, want_depth, dtype, "grad ref_depth")
 
@@ -444,16 +446,44 @@ def test_warp_correlation_last_pixel_centre_emulated():
     ref_K, src_K, pose = _shift_cameras(1, dtype)
     gen = torch.Generator().manual_seed(5)
     ref = torch.randn((1, 4, 4, 6), generator=gen, dtype=dtype)
-    src = torch.randn((1, 4, 4, 5), generator=gen, dtype=dtype)
+    src = torch.randn((1, 4, 3, 5), generator=gen, dtype=dtype)
     depth = torch.tensor([1.0, 2.0], dtype=dtype).view(1, 2, 1, 1).expand(1, 2, 4, 6).contiguous()
     M, T = projection_matrices(ref_K, src_K, pose, dtype)
     correlation, valid, saved = cuda_c.forward(ref, src, torch.cat((M.reshape(-1, 9), T), 1), depth, 2)
     r, s = ref.clone().requires_grad_(), src.clone().requires_grad_()
     want, want_valid = warp_correlation_reference(r, s, ref_K, src_K, pose, depth, 2)
-    assert torch.equal(valid, want_valid) and want_valid[0, 0, :, -1].all()
+    assert torch.equal(valid, want_valid) and want_valid[0, 0, 1:, -1].all() and want_valid[0, 0, -1, 1:].all()
     _close(correlation, want, dtype, "correlation")
     grad = torch.randn(want.shape, generator=gen, dtype=dtype)
     want_ref, want_src = torch.autograd.grad(want, (r, s), grad)
     grad_ref, grad_src = cuda_c.backward(saved, grad, True, True)
     _close(grad_ref, want_ref, dtype, "grad ref_feature")
     _close(grad_src, want_src, dtype, "grad src_feature")
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory safety
+# ---------------------------------------------------------------------------------------------
+
+
+def test_emulated_kernels_under_address_sanitizer():
+    """The float64 emulated cases again, in a process whose kernels are built with
+    ``-fsanitize=address,undefined`` (SELFMVS_CUDA_C_SANITIZE=1): a read or write outside any tensor
+    (e.g. a tap index one past the last row) or a signed 32-bit overflow aborts with the line of
+    kernels.cu, which the numeric comparisons alone can miss (a tap with weight 0)."""
+    _needs_compiler()
+    import os
+    import subprocess
+    import sys
+
+    from kernels._cuda_c import emulate
+
+    runtime = subprocess.run([emulate.compiler(), "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    if not os.path.isabs(runtime):
+        pytest.skip(f"{emulate.compiler()} has no address sanitizer runtime (libasan.so)")
+    env = {**os.environ, "SELFMVS_CUDA_C_SANITIZE": "1", "LD_PRELOAD": runtime, "ASAN_OPTIONS": "detect_leaks=0",
+           "PYTHONPATH": str(REPO)}
+    selection = "(emulated or last_pixel) and not float32 and not thread_order and not sanitizer"
+    proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-s", "-p", "no:cacheprovider", "-k", selection],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and " passed" in proc.stdout, (proc.stdout[-3000:] + proc.stderr[-6000:])
