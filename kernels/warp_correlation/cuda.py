@@ -1,6 +1,7 @@
 """CUDA kernels of the fused warp + group-wise correlation (numba.cuda).
 
-Why numba.cuda rather than a cupy RawKernel: the same Python kernels run in numba's CUDA
+The op also has CUDA C twins of these kernels (``kernels.cu``, ``cuda_c.py``); its ``CUDA_BACKEND``
+picks one (see the package docstring). Why numba.cuda is the default: the same Python kernels run in numba's CUDA
 simulator, so their indexing, bounds and atomics are tested on machines without a GPU
 (``tests/kernel_ops/test_cudasim_correlation_aggregation.py``), and ``numba.cuda.compile_ptx``
 compile-checks them for sm_80/sm_90 (``kernels._backend.KERNEL_REGISTRY``). This module imports

@@ -261,10 +261,11 @@ def test_warp_image_cupy_matches_reference(monkeypatch, dtype_name, deterministi
     results = []
     for fn, device in ((kernels.warp_image, "cuda"), (warp_image_reference, "cpu")):
         s, d = src.to(device).requires_grad_(), depth.to(device).requires_grad_()
+        warped, valid = fn(s, d, ref_K.to(device), src_K.to(device), pose.to(device))
         previous = torch.are_deterministic_algorithms_enabled()
+        # the backward only: the forward's cuBLAS 3x3 products would need CUBLAS_WORKSPACE_CONFIG
         torch.use_deterministic_algorithms(deterministic and device == "cuda")
         try:
-            warped, valid = fn(s, d, ref_K.to(device), src_K.to(device), pose.to(device))
             warped.backward(grad_out.to(device))
         finally:
             torch.use_deterministic_algorithms(previous)
@@ -380,10 +381,10 @@ def test_warp_correlation_cupy_matches_reference(monkeypatch, dtype_name, determ
     results = []
     for fn, device in ((kernels.warp_correlation, "cuda"), (warp_correlation_reference, "cpu")):
         r, s = ref.to(device).requires_grad_(), src.to(device).requires_grad_()
+        correlation, valid = fn(r, s, *(t.to(device) for t in (ref_K, src_K, pose, depth)), groups)
         previous = torch.are_deterministic_algorithms_enabled()
-        torch.use_deterministic_algorithms(deterministic and device == "cuda")
+        torch.use_deterministic_algorithms(deterministic and device == "cuda")  # the backward only
         try:
-            correlation, valid = fn(r, s, *(t.to(device) for t in (ref_K, src_K, pose, depth)), groups)
             correlation.backward(grad.to(device))
         finally:
             torch.use_deterministic_algorithms(previous)
@@ -487,3 +488,56 @@ def test_emulated_kernels_under_address_sanitizer():
     proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-s", "-p", "no:cacheprovider", "-k", selection],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and " passed" in proc.stdout, (proc.stdout[-3000:] + proc.stderr[-6000:])
+
+
+# ---------------------------------------------------------------------------------------------
+# On a GPU: host path
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+def test_cuda_c_ops_never_synchronise_and_repeat_in_deterministic_mode(monkeypatch):
+    """With the CUDA C backend: forward + backward under ``set_sync_debug_mode("error")`` (after a
+    first call that compiles), and the deterministic backward gives the same bits twice."""
+    import kernels
+
+    monkeypatch.setenv(_cuda_c.ENV_VAR, "cuda_c")
+    launched = _spy_gpu_launches(monkeypatch)
+    device = torch.device("cuda")
+    src, depth, ref_K, src_K, pose, _ = _warp_image_inputs("b2-c3-5x7-from-6x9", torch.float32)
+    ref, fsrc, cref_K, csrc_K, cpose, hypotheses, groups, _ = _correlation_inputs("b2-c4-g2-d3-5x6-from-7x4", torch.float32)
+    cases = {
+        "warp_image": (lambda s, d: kernels.warp_image(s, d, *(t.to(device) for t in (ref_K, src_K, pose)))[0],
+                       (src, depth)),
+        "warp_correlation": (lambda r, s: kernels.warp_correlation(
+            r, s, *(t.to(device) for t in (cref_K, csrc_K, cpose, hypotheses)), groups)[0], (ref, fsrc)),
+    }
+
+    def run(function, inputs, backwards=1):
+        leaves = [t.to(device).requires_grad_() for t in inputs]
+        out = function(*leaves)
+        upstream = torch.linspace(-1, 1, out.numel(), device=device).view_as(out)
+        previous = torch.are_deterministic_algorithms_enabled()
+        # the backward only: the forward's cuBLAS 3x3 products would need CUBLAS_WORKSPACE_CONFIG
+        torch.use_deterministic_algorithms(backwards > 1)
+        try:
+            return [torch.autograd.grad(out, leaves, upstream, retain_graph=True) for _ in range(backwards)]
+        finally:
+            torch.use_deterministic_algorithms(previous)
+
+    failures = []
+    for name, (function, inputs) in cases.items():
+        run(function, inputs)  # compiles
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            run(function, inputs)
+        except RuntimeError as error:
+            failures.append(f"{name}: {error}")
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        first, again = run(function, inputs, backwards=2)
+        assert all(torch.equal(a, b) for a, b in zip(first, again)), f"{name}: deterministic backward differs"
+    assert not failures, "\n".join(failures)
+    assert {"warp_image_fwd", "warp_image_bwd_src_corners", "warp_correlation_fwd",
+            "warp_correlation_bwd_src_corners"} <= set(launched)
