@@ -84,6 +84,13 @@ def test_parameter_parsing_and_argument_checks():
         _cuda_c.pack_args("warp_image", "warp_image_fwd", torch.float64, cpu, [*args[:5], 1.5, *args[6:]])
 
 
+def test_int32_size_check():
+    huge = torch.empty(1).expand(2**31)  # a view: no memory
+    with pytest.raises(ValueError, match="warp_image: big has 2147483648 elements"):
+        _cuda_c.check_int32_sizes("warp_image", small=torch.empty(3), big=huge)
+    _cuda_c.check_int32_sizes("warp_image", small=torch.empty(3))
+
+
 def test_backend_setting(monkeypatch):
     monkeypatch.delenv(_cuda_c.ENV_VAR, raising=False)
     assert _cuda_c.cuda_backend("warp_image", "numba") == "numba"
