@@ -36,6 +36,13 @@ Launch API (what an op's ``cuda_c.py`` calls)::
 picks the path (``cuda``: cupy, ``cpu``: emulation); Python ints/floats are converted to the
 parameter's declared type. :func:`launch_config_1d` gives the usual one-thread-per-item shape.
 
+Adding an op: write ``kernels/<op>/kernels.cu`` (the rules above; ``kernels/warp_image/kernels.cu``
+is a short example), list its kernels in :data:`SOURCES`, write ``kernels/<op>/cuda_c.py`` with the
+same functions as the op's ``cuda.py`` calling :func:`launch`, add ``CUDA_BACKEND`` and the
+:func:`cuda_backend` branch to the op's dispatch, the emulated and ``cuda`` cases to
+tests/kernel_ops/test_cuda_c.py (the NVRTC and sanitizer tests pick the source up by themselves)
+and the op to ``CUDA_C_OPS`` in bench/bench_cuda_ops.py.
+
 Backend choice: each op's ``__init__.py`` declares ``CUDA_BACKEND`` (``"numba"`` or ``"cuda_c"``);
 :func:`cuda_backend` returns it unless ``SELFMVS_CUDA_BACKEND`` overrides it, read at each call:
 ``SELFMVS_CUDA_BACKEND=cuda_c`` (every op that has CUDA C kernels) or a list such as
