@@ -3,7 +3,7 @@
 The second CUDA backend of the package next to numba.cuda. Layout and rules:
 
 * **Sources.** An op's CUDA C kernels live in ``kernels/<op>/kernels.cu`` as ``extern "C" __global__``
-  functions (helpers ``__device__ __forceinline__``), written in a plain C++17 subset: no includes,
+  functions (device functions ``__device__ __forceinline__``), written in a plain C++17 subset: no includes,
   no shared memory, no ``__syncthreads``, no warp intrinsics (so that every kernel runs in the CPU
   emulation below), ``atomicAdd`` only for a scatter that no gather can replace. The floating type is
   ``scalar_t``, defined by the compiler flags (``-Dscalar_t=float`` or ``double``): one source, one
