@@ -3,7 +3,7 @@
 The second CUDA backend of the package next to numba.cuda. Layout and rules:
 
 * **Sources.** An op's CUDA C kernels live in ``kernels/<op>/kernels.cu`` as ``extern "C" __global__``
-  functions (helpers ``__device__ __forceinline__``), written in a plain C++17 subset: no includes,
+  functions (device functions ``__device__ __forceinline__``), written in a plain C++17 subset: no includes,
   no shared memory, no ``__syncthreads``, no warp intrinsics (so that every kernel runs in the CPU
   emulation below), ``atomicAdd`` only for a scatter that no gather can replace. The floating type is
   ``scalar_t``, defined by the compiler flags (``-Dscalar_t=float`` or ``double``): one source, one
@@ -21,7 +21,8 @@ The second CUDA backend of the package next to numba.cuda. Layout and rules:
   ``emulation.hpp`` force-included (``__global__`` & co. as plain C++, ``atomicAdd`` as a plain add,
   a launcher looping over the grid), loaded with ctypes. :func:`launch` on CPU tensors runs it, so an
   op's ``cuda_c.py`` launch code runs unchanged on CPU tensors in the tests, against the torch
-  reference. Not a production path: the public ops never send CPU tensors here.
+  reference (and, with ``SELFMVS_CUDA_C_SANITIZE=1``, under the address sanitizer). Not a
+  production path: the public ops never send CPU tensors here.
 * **GPU launch** (``gpu.py``): cupy ``RawModule`` (NVRTC) compiled once per (op, dtype, device),
   launched on torch's *current* stream with tensors passed as raw device pointers (no copy, no
   DLPack wrapper, no synchronisation) and constants as kernel arguments (no host-to-device copy).
@@ -34,6 +35,13 @@ Launch API (what an op's ``cuda_c.py`` calls)::
 ``grid``/``block`` are ints or (x, y, z) tuples; tensors must be contiguous and on one device, which
 picks the path (``cuda``: cupy, ``cpu``: emulation); Python ints/floats are converted to the
 parameter's declared type. :func:`launch_config_1d` gives the usual one-thread-per-item shape.
+
+Adding an op: write ``kernels/<op>/kernels.cu`` (the rules above; ``kernels/warp_image/kernels.cu``
+is a short example), list its kernels in :data:`SOURCES`, write ``kernels/<op>/cuda_c.py`` with the
+same functions as the op's ``cuda.py`` calling :func:`launch`, add ``CUDA_BACKEND`` and the
+:func:`cuda_backend` branch to the op's dispatch, the emulated and ``cuda`` cases to
+tests/kernel_ops/test_cuda_c.py (the NVRTC and sanitizer tests pick the source up by themselves)
+and the op to ``CUDA_C_OPS`` in bench/bench_cuda_ops.py.
 
 Backend choice: each op's ``__init__.py`` declares ``CUDA_BACKEND`` (``"numba"`` or ``"cuda_c"``);
 :func:`cuda_backend` returns it unless ``SELFMVS_CUDA_BACKEND`` overrides it, read at each call:

@@ -14,6 +14,12 @@ comparison, fails the build) into the native kernels' cache folder
 (``kernels._native.cache_dir()/../cuda_c``) under a name hashing the source, the header, the dtype,
 the flags and the compiler's version. The compiler is the one ``kernels/_native`` uses (``$CXX``,
 ``c++``, ``g++``, ``clang++``); :func:`compiler` returns None without one (tests skip then).
+
+Memory checks: with ``SELFMVS_CUDA_C_SANITIZE=1`` the libraries are built with
+``-fsanitize=address,undefined`` (another cache name), so an access outside every tensor or a signed
+index overflow aborts with the kernels.cu line. The process must preload the sanitizer's runtime
+(``LD_PRELOAD=$(g++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0``); torch's CPU
+tensors come from ``posix_memalign``, which the runtime then guards.
 """
 
 from __future__ import annotations
@@ -32,6 +38,9 @@ from . import SOURCES, compile_defines, source_path
 
 HEADER = Path(__file__).resolve().parent / "emulation.hpp"
 FLAGS = ("-O1", "-std=c++17", "-ffp-contract=off", "-fPIC", "-shared", "-Wall", "-Werror")
+#: with SELFMVS_CUDA_C_SANITIZE=1: every out-of-bounds access and signed overflow aborts with a report
+#: (the process must preload the address sanitizer's runtime, see tests/kernel_ops/test_cuda_c.py)
+SANITIZE_FLAGS = ("-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer")
 _CTYPES = {
     torch.float32: ctypes.c_float, torch.float64: ctypes.c_double, torch.int32: ctypes.c_int32,
     torch.int64: ctypes.c_int64, torch.uint8: ctypes.c_uint8,
@@ -43,6 +52,10 @@ def compiler() -> str | None:
     from .._native import _compiler
 
     return _compiler()
+
+
+def sanitized() -> bool:
+    return os.environ.get("SELFMVS_CUDA_C_SANITIZE", "0") == "1"
 
 
 def _entry_points(op: str) -> str:
@@ -68,7 +81,7 @@ def library(op: str, dtype: torch.dtype) -> ctypes.CDLL:
         raise RuntimeError("CUDA C emulation needs a C++ compiler ($CXX, c++, g++ or clang++); none found")
     path = source_path(op)
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
-    flags = (*FLAGS, *compile_defines(dtype))
+    flags = (*FLAGS, *compile_defines(dtype), *(SANITIZE_FLAGS if sanitized() else ()))
     glue = _entry_points(op)
     key = hashlib.sha256("\0".join((path.read_text(), HEADER.read_text(), glue, " ".join(flags), version)).encode())
     folder = cache_dir().parent / "cuda_c"

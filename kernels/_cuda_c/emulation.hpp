@@ -2,7 +2,7 @@
 // kernels/_cuda_c/__init__.py). Force-included before a kernels.cu by the emulation build
 // (g++ -include emulation.hpp); never seen by NVRTC.
 //
-// The subset: extern "C" __global__ kernels and __device__ __forceinline__ helpers, one-dimensional
+// The subset: extern "C" __global__ kernels and __device__ __forceinline__ functions, one-dimensional
 // or three-dimensional grids read through blockIdx/threadIdx/blockDim/gridDim, global-memory loads
 // and stores, atomicAdd, the C math library. No shared memory, no __syncthreads, no warp
 // intrinsics: each emulated thread runs to its end before the next starts, so only kernels whose

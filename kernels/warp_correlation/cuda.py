@@ -1,7 +1,8 @@
 """CUDA kernels of the fused warp + group-wise correlation (numba.cuda).
 
-Why numba.cuda rather than a cupy RawKernel: the same Python kernels run in numba's CUDA
-simulator, so their indexing, bounds and atomics are tested on machines without a GPU
+The op also has CUDA C twins of these kernels (``kernels.cu``, ``cuda_c.py``); its ``CUDA_BACKEND``
+picks one (see the package docstring; numba stays the default until a GPU measurement compares
+them). Why numba.cuda was written first: the same Python kernels run in numba's CUDA simulator, so their indexing, bounds and atomics are tested on machines without a GPU
 (``tests/kernel_ops/test_cudasim_correlation_aggregation.py``), and ``numba.cuda.compile_ptx``
 compile-checks them for sm_80/sm_90 (``kernels._backend.KERNEL_REGISTRY``). This module imports
 ``numba.cuda`` at import time; it is itself imported only when a CUDA tensor reaches the op (or by

@@ -49,6 +49,7 @@ def warp_image_backward(src, depth, proj, grad_out, need_src: bool, need_depth: 
     if deterministic:
         corner_weight = torch.empty((batch, height, width, 4), dtype=src.dtype, device=src.device)
         corner_index = torch.empty((batch, height, width, 4), dtype=torch.int64, device=src.device)
+        check_int32_sizes(OP, corner_weight=corner_weight)
         launch(OP, "warp_image_bwd_src_corners", src.dtype, grid, block, depth, proj, corner_weight, corner_index,
                batch, src_h, src_w, height, width, MIN_DEPTH)
         terms = corner_weight.unsqueeze(-1) * grad_out.permute(0, 2, 3, 1).unsqueeze(3)  # (B, H, W, 4, C)

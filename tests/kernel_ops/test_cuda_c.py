@@ -84,6 +84,13 @@ def test_parameter_parsing_and_argument_checks():
         _cuda_c.pack_args("warp_image", "warp_image_fwd", torch.float64, cpu, [*args[:5], 1.5, *args[6:]])
 
 
+def test_int32_size_check():
+    huge = torch.empty(1).expand(2**31)  # a view: no memory
+    with pytest.raises(ValueError, match="warp_image: big has 2147483648 elements"):
+        _cuda_c.check_int32_sizes("warp_image", small=torch.empty(3), big=huge)
+    _cuda_c.check_int32_sizes("warp_image", small=torch.empty(3))
+
+
 def test_backend_setting(monkeypatch):
     monkeypatch.delenv(_cuda_c.ENV_VAR, raising=False)
     assert _cuda_c.cuda_backend("warp_image", "numba") == "numba"
@@ -261,10 +268,11 @@ def test_warp_image_cupy_matches_reference(monkeypatch, dtype_name, deterministi
     results = []
     for fn, device in ((kernels.warp_image, "cuda"), (warp_image_reference, "cpu")):
         s, d = src.to(device).requires_grad_(), depth.to(device).requires_grad_()
+        warped, valid = fn(s, d, ref_K.to(device), src_K.to(device), pose.to(device))
         previous = torch.are_deterministic_algorithms_enabled()
+        # the backward only: the forward's cuBLAS 3x3 products would need CUBLAS_WORKSPACE_CONFIG
         torch.use_deterministic_algorithms(deterministic and device == "cuda")
         try:
-            warped, valid = fn(s, d, ref_K.to(device), src_K.to(device), pose.to(device))
             warped.backward(grad_out.to(device))
         finally:
             torch.use_deterministic_algorithms(previous)
@@ -380,10 +388,10 @@ def test_warp_correlation_cupy_matches_reference(monkeypatch, dtype_name, determ
     results = []
     for fn, device in ((kernels.warp_correlation, "cuda"), (warp_correlation_reference, "cpu")):
         r, s = ref.to(device).requires_grad_(), src.to(device).requires_grad_()
+        correlation, valid = fn(r, s, *(t.to(device) for t in (ref_K, src_K, pose, depth)), groups)
         previous = torch.are_deterministic_algorithms_enabled()
-        torch.use_deterministic_algorithms(deterministic and device == "cuda")
+        torch.use_deterministic_algorithms(deterministic and device == "cuda")  # the backward only
         try:
-            correlation, valid = fn(r, s, *(t.to(device) for t in (ref_K, src_K, pose, depth)), groups)
             correlation.backward(grad.to(device))
         finally:
             torch.use_deterministic_algorithms(previous)
@@ -402,12 +410,14 @@ def test_warp_correlation_cupy_matches_reference(monkeypatch, dtype_name, determ
 
 
 def _shift_cameras(batch, dtype):
-    """Cameras whose composed projection is exact in binary: focal 4, the source 0.25 to the left,
-    so at depth 1 the reference pixel j samples source x = j - 1 exactly (the last reference
-    column hits the last centre of a source one pixel narrower; column 0 falls outside)."""
+    """Cameras whose composed projection is exact in binary: focal 4, the source 0.25 to the left
+    and 0.25 up, so at depth 1 the reference pixel (i, j) samples the source at (j - 1, i - 1) exactly
+    (the last reference row and column hit the last centres of a source one pixel smaller each way;
+    row and column 0 fall outside)."""
     K = torch.tensor([[4.0, 0.0, 2.0], [0.0, 4.0, 2.0], [0.0, 0.0, 1.0]], dtype=dtype).expand(batch, 3, 3)
     pose = torch.eye(4, dtype=dtype).repeat(batch, 1, 1)
     pose[:, 0, 3] = -0.25
+    pose[:, 1, 3] = -0.25
     return K.contiguous(), K.contiguous(), pose
 
 
@@ -420,18 +430,18 @@ def test_warp_image_last_pixel_centre_emulated():
     dtype = torch.float64
     ref_K, src_K, pose = _shift_cameras(1, dtype)
     gen = torch.Generator().manual_seed(4)
-    src = torch.rand((1, 2, 4, 5), generator=gen, dtype=dtype)
+    src = torch.rand((1, 2, 3, 5), generator=gen, dtype=dtype)
     depth = torch.ones((1, 1, 4, 6), dtype=dtype)
     warped, valid = cuda_c.warp_image_forward(src, depth, projection_matrix(ref_K, src_K, pose, dtype))
-    assert valid[..., 0].eq(0).all() and valid[..., 1:].eq(1).all()
-    assert torch.equal(warped[..., 1:], src)
+    assert valid[..., 0].eq(0).all() and valid[..., 0, :].eq(0).all() and valid[..., 1:, 1:].eq(1).all()
+    assert torch.equal(warped[..., 1:, 1:], src)
     grad_out = torch.randn((1, 2, 4, 6), generator=gen, dtype=dtype)
     grad_src, grad_depth = cuda_c.warp_image_backward(src, depth, projection_matrix(ref_K, src_K, pose, dtype),
                                                       grad_out, True, True)
     s, d = src.clone().requires_grad_(), depth.clone().requires_grad_()
     want, _ = warp_image_reference(s, d, ref_K, src_K, pose)
     want_src, want_depth = torch.autograd.grad(want, (s, d), grad_out)
-    assert want_depth[..., -1].abs().min() > 0, "the last column's depth gradient should be one-sided, not 0"
+    assert want_depth[..., 1:, -1].abs().min() > 0, "the last column's depth gradient should be one-sided, not 0"
     _close(grad_src, want_src, dtype, "grad src_image")
     _close(grad_depth, want_depth, dtype, "grad ref_depth")
 
@@ -444,16 +454,97 @@ def test_warp_correlation_last_pixel_centre_emulated():
     ref_K, src_K, pose = _shift_cameras(1, dtype)
     gen = torch.Generator().manual_seed(5)
     ref = torch.randn((1, 4, 4, 6), generator=gen, dtype=dtype)
-    src = torch.randn((1, 4, 4, 5), generator=gen, dtype=dtype)
+    src = torch.randn((1, 4, 3, 5), generator=gen, dtype=dtype)
     depth = torch.tensor([1.0, 2.0], dtype=dtype).view(1, 2, 1, 1).expand(1, 2, 4, 6).contiguous()
     M, T = projection_matrices(ref_K, src_K, pose, dtype)
     correlation, valid, saved = cuda_c.forward(ref, src, torch.cat((M.reshape(-1, 9), T), 1), depth, 2)
     r, s = ref.clone().requires_grad_(), src.clone().requires_grad_()
     want, want_valid = warp_correlation_reference(r, s, ref_K, src_K, pose, depth, 2)
-    assert torch.equal(valid, want_valid) and want_valid[0, 0, :, -1].all()
+    assert torch.equal(valid, want_valid) and want_valid[0, 0, 1:, -1].all() and want_valid[0, 0, -1, 1:].all()
     _close(correlation, want, dtype, "correlation")
     grad = torch.randn(want.shape, generator=gen, dtype=dtype)
     want_ref, want_src = torch.autograd.grad(want, (r, s), grad)
     grad_ref, grad_src = cuda_c.backward(saved, grad, True, True)
     _close(grad_ref, want_ref, dtype, "grad ref_feature")
     _close(grad_src, want_src, dtype, "grad src_feature")
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory safety
+# ---------------------------------------------------------------------------------------------
+
+
+def test_emulated_kernels_under_address_sanitizer():
+    """The float64 emulated cases again, in a process whose kernels are built with
+    ``-fsanitize=address,undefined`` (SELFMVS_CUDA_C_SANITIZE=1): a read or write outside any tensor
+    (e.g. a tap index one past the last row) or a signed 32-bit overflow aborts with the line of
+    kernels.cu, which the numeric comparisons alone can miss (a tap with weight 0)."""
+    _needs_compiler()
+    import os
+    import subprocess
+    import sys
+
+    from kernels._cuda_c import emulate
+
+    runtime = subprocess.run([emulate.compiler(), "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    if not os.path.isabs(runtime):
+        pytest.skip(f"{emulate.compiler()} has no address sanitizer runtime (libasan.so)")
+    env = {**os.environ, "SELFMVS_CUDA_C_SANITIZE": "1", "LD_PRELOAD": runtime, "ASAN_OPTIONS": "detect_leaks=0",
+           "PYTHONPATH": str(REPO)}
+    selection = "(emulated or last_pixel) and not float32 and not thread_order and not sanitizer"
+    proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-s", "-p", "no:cacheprovider", "-k", selection],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and " passed" in proc.stdout, (proc.stdout[-3000:] + proc.stderr[-6000:])
+
+
+# ---------------------------------------------------------------------------------------------
+# On a GPU: host path
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+def test_cuda_c_ops_never_synchronise_and_repeat_in_deterministic_mode(monkeypatch):
+    """With the CUDA C backend: forward + backward under ``set_sync_debug_mode("error")`` (after a
+    first call that compiles), and the deterministic backward gives the same bits twice."""
+    import kernels
+
+    monkeypatch.setenv(_cuda_c.ENV_VAR, "cuda_c")
+    launched = _spy_gpu_launches(monkeypatch)
+    device = torch.device("cuda")
+    src, depth, ref_K, src_K, pose, _ = _warp_image_inputs("b2-c3-5x7-from-6x9", torch.float32)
+    ref, fsrc, cref_K, csrc_K, cpose, hypotheses, groups, _ = _correlation_inputs("b2-c4-g2-d3-5x6-from-7x4", torch.float32)
+    cases = {
+        "warp_image": (lambda s, d: kernels.warp_image(s, d, *(t.to(device) for t in (ref_K, src_K, pose)))[0],
+                       (src, depth)),
+        "warp_correlation": (lambda r, s: kernels.warp_correlation(
+            r, s, *(t.to(device) for t in (cref_K, csrc_K, cpose, hypotheses)), groups)[0], (ref, fsrc)),
+    }
+
+    def run(function, inputs, backwards=1):
+        leaves = [t.to(device).requires_grad_() for t in inputs]
+        out = function(*leaves)
+        upstream = torch.linspace(-1, 1, out.numel(), device=device).view_as(out)
+        previous = torch.are_deterministic_algorithms_enabled()
+        # the backward only: the forward's cuBLAS 3x3 products would need CUBLAS_WORKSPACE_CONFIG
+        torch.use_deterministic_algorithms(backwards > 1)
+        try:
+            return [torch.autograd.grad(out, leaves, upstream, retain_graph=True) for _ in range(backwards)]
+        finally:
+            torch.use_deterministic_algorithms(previous)
+
+    failures = []
+    for name, (function, inputs) in cases.items():
+        run(function, inputs)  # compiles
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            run(function, inputs)
+        except RuntimeError as error:
+            failures.append(f"{name}: {error}")
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        first, again = run(function, inputs, backwards=2)
+        assert all(torch.equal(a, b) for a, b in zip(first, again)), f"{name}: deterministic backward differs"
+    assert not failures, "\n".join(failures)
+    assert {"warp_image_fwd", "warp_image_bwd_src_corners", "warp_correlation_fwd",
+            "warp_correlation_bwd_src_corners"} <= set(launched)
