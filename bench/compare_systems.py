@@ -176,7 +176,7 @@ def train_system(work: Path, name: str, scenes: list[Path], args, init_backbone:
         "checkpoint_every": max(1, min(100, args.steps)), "keep_checkpoints": 1, "progress": False,
         "loss": {"recipe": recipe}, "model": model, "vgg16_weights": args.vgg16_weights,
     }
-    out = work / "train" / f"{name}_{start}"
+    out = work / "train" / f"{name}_{start}_{args.steps}steps"  # a longer budget trains afresh beside it
     config_text = json.dumps({"train": train, "init": str(args.init) if start == "init" else None,
                               "scenes": [str(s) for s in scenes]}, indent=1, sort_keys=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -190,10 +190,12 @@ def train_system(work: Path, name: str, scenes: list[Path], args, init_backbone:
     if not done:
         yaml_file = out / "train.yaml"
         yaml_file.write_text(json.dumps({"train": train}))
-        measure = run_verb(work / "logs" / f"train_{name}_{start}.log", "train", "--config", str(yaml_file), "--out",
+        measure = run_verb(work / "logs" / f"train_{out.name}.log", "train", "--config", str(yaml_file), "--out",
                            str(out), "--scenes", *map(str, scenes), "--resume",
                            *(["--init", str(args.init)] if start == "init" else []))
-        earlier = json.loads(measure_file.read_text()) if measure_file.is_file() else {"wall_s": 0.0, "peak_rss_mb": 0.0}
+        earlier = {"wall_s": 0.0, "peak_rss_mb": 0.0}
+        if measure_file.is_file():  # a resumed run: the earlier part's time counts too
+            earlier = json.loads(measure_file.read_text())
         measure_file.write_text(json.dumps({"wall_s": earlier["wall_s"] + measure["wall_s"],
                                             "peak_rss_mb": max(earlier["peak_rss_mb"], measure["peak_rss_mb"])}))
         print(f"{name}: trained {args.steps} steps in {measure['wall_s']:.0f} s", flush=True)
@@ -205,20 +207,26 @@ def train_system(work: Path, name: str, scenes: list[Path], args, init_backbone:
     measure = json.loads(measure_file.read_text()) if measure_file.is_file() else {}
 
     return {"checkpoint": str(out / "last.pt"), "start": start, "recipe": recipe, "model": model, "backbone": backbone,
-            "steps": int(log.rows[-1]["step"]), "terms": [c for c in log.columns if c not in BOOKKEEPING and c != "loss"],
+            "steps": int(log.rows[-1]["step"]),
+            "terms": [column for column in log.columns if column not in BOOKKEEPING and column != "loss"],
             "train_s_per_step": statistics.median(seconds) if seconds else None,
+            "train_steps_per_s": 1 / statistics.median(seconds) if seconds else None,
             "train_wall_s": measure.get("wall_s"), "train_peak_rss_mb": measure.get("peak_rss_mb")}
 
 
-def infer_scene(work: Path, name: str, checkpoint: str, scene_h5: Path, args) -> tuple[Path, dict]:
-    """``selfmvs infer`` of one system on one scene (reused when its depth file exists)."""
+def infer_scene(work: Path, checkpoint: str, scene_h5: Path, args) -> tuple[Path, dict]:
+    """``selfmvs infer`` of a trained checkpoint (``train/RUN/last.pt``) on one scene, into a folder named
+    by RUN and the inference settings (reused when its depth file exists)."""
     from pipeline.formats.depth_file import list_depth_views
 
-    folder = work / "depth" / f"{name}_{'flip' if args.flip_average else 'onepass'}_{'fill' if args.plane_fill else 'nofill'}"
+    run = Path(checkpoint).parent.name
+    folder = work / "depth" / (f"{run}_{args.infer_sources}src_{'flip' if args.flip_average else 'onepass'}_"
+                               f"{'fill' if args.plane_fill else 'nofill'}")
     depth_h5 = folder / f"{scene_h5.stem}.h5"
     measure_file = depth_h5.with_suffix(".measure.json")
     if not (depth_h5.is_file() and measure_file.is_file()):
-        measure = run_verb(work / "logs" / f"infer_{folder.name}_{scene_h5.stem}.log", "infer", str(scene_h5), checkpoint,
+        log = work / "logs" / f"infer_{folder.name}_{scene_h5.stem}.log"
+        measure = run_verb(log, "infer", str(scene_h5), checkpoint,
                            str(depth_h5), "--num-sources", str(args.infer_sources),
                            "--flip-average" if args.flip_average else "--no-flip-average",
                            "--plane-fill" if args.plane_fill else "--no-plane-fill")
@@ -227,24 +235,25 @@ def infer_scene(work: Path, name: str, checkpoint: str, scene_h5: Path, args) ->
     return depth_h5, json.loads(measure_file.read_text())
 
 
-def score_rendered(work: Path, name: str, checkpoint: str, scene_dir: Path, scene_h5: Path, args) -> dict:
-    depth_h5, measure = infer_scene(work, name, checkpoint, scene_h5, args)
+def score_rendered(work: Path, checkpoint: str, scene_dir: Path, scene_h5: Path, args) -> dict:
+    depth_h5, measure = infer_scene(work, checkpoint, scene_h5, args)
     row = {"scene": scene_h5.stem, **measure, **depth_quality(depth_h5, scene_dir / "gt" / "depth.h5")}
     fused, eval_json = depth_h5.with_suffix(".ply"), depth_h5.with_suffix(".eval.json")
     if not eval_json.is_file():
-        run_verb(work / "logs" / f"fuse_{name}_{scene_h5.stem}.log", "fuse", str(scene_h5), str(depth_h5), str(fused))
-        run_verb(work / "logs" / f"evaluate_{name}_{scene_h5.stem}.log", "evaluate", str(scene_dir), str(scene_h5),
-                 str(depth_h5), str(fused), str(eval_json))
+        logs = work / "logs" / f"{depth_h5.parent.name}_{scene_h5.stem}"
+        run_verb(logs.with_name(f"fuse_{logs.name}.log"), "fuse", str(scene_h5), str(depth_h5), str(fused))
+        run_verb(logs.with_name(f"evaluate_{logs.name}.log"), "evaluate", str(scene_dir), str(scene_h5), str(depth_h5),
+                 str(fused), str(eval_json))
     row.update(cloud_quality(eval_json))
     return row
 
 
-def score_dtu(work: Path, name: str, checkpoint: str, scene_h5: Path, args) -> dict:
+def score_dtu(work: Path, checkpoint: str, scene_h5: Path, args) -> dict:
     if str(REPO / "experiments") not in sys.path:
         sys.path.insert(0, str(REPO / "experiments"))
     from dtu_plane_fill import sparse_within
 
-    depth_h5, measure = infer_scene(work, name, checkpoint, scene_h5, args)
+    depth_h5, measure = infer_scene(work, checkpoint, scene_h5, args)
     return {"scene": scene_h5.stem, **measure, "sparse_within_0.01": sparse_within(depth_h5, scene_h5, 0.01)}
 
 
@@ -389,12 +398,15 @@ def main(argv: list[str] | None = None) -> int:
     if dtu is None and args.dtu.lower() != "none":
         print(f"DTU: {args.dtu} absent, skipped", flush=True)
 
-    train_scenes = [render_and_prepare(work, "object", s, args.train_views, args.train_size)[1] for s in args.train_seeds]
+    train_scenes = [render_and_prepare(work, "object", s, args.train_views, args.train_size)[1]
+                    for s in args.train_seeds]
     train_scenes += [render_and_prepare(work, "indoor", s, args.train_indoor_views, args.train_indoor_size)[1]
                      for s in args.train_indoor_seeds]
     heldout = {
-        "object": [render_and_prepare(work, "object", s, args.heldout_views, args.heldout_size) for s in args.heldout_seeds],
-        "indoor": [render_and_prepare(work, "indoor", s, args.indoor_views, args.indoor_size) for s in args.indoor_seeds],
+        "object": [render_and_prepare(work, "object", s, args.heldout_views, args.heldout_size)
+                   for s in args.heldout_seeds],
+        "indoor": [render_and_prepare(work, "indoor", s, args.indoor_views, args.indoor_size)
+                   for s in args.indoor_seeds],
     }
     dtu_scene = dtu_subset(work, dtu, args.dtu_views) if dtu is not None else None
 
@@ -402,15 +414,16 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.systems:
         system = train_system(work, name, train_scenes, args, init_backbone)
         system["scores"] = {
-            family: [score_rendered(work, name, system["checkpoint"], scene_dir, scene_h5, args)
+            family: [score_rendered(work, system["checkpoint"], scene_dir, scene_h5, args)
                      for scene_dir, scene_h5 in scenes]
             for family, scenes in heldout.items() if scenes
         }
         if dtu_scene is not None:
-            system["scores"]["dtu"] = [score_dtu(work, name, system["checkpoint"], dtu_scene[1], args)]
+            system["scores"]["dtu"] = [score_dtu(work, system["checkpoint"], dtu_scene[1], args)]
         system["summary"] = summarise(system)
         systems[name] = system
-        print(f"{name}: " + json.dumps({k: round(v, 4) for k, v in system["summary"].items() if v is not None}), flush=True)
+        figures = {key: round(value, 4) for key, value in system["summary"].items() if value is not None}
+        print(f"{name}: {json.dumps(figures)}", flush=True)
 
     table = markdown_table(systems)
     print(table)

@@ -57,7 +57,8 @@ def test_compare_systems_rows_and_reuse(tmp_path):
     table = (tmp_path / "first" / "compare.md").read_text().splitlines()
     assert [line.split("|")[1].strip() for line in table[2:]] == list(SYSTEMS)
 
-    outputs = sorted(work.glob("train/*/last.pt")) + sorted(p for p in work.glob("depth/*/*.h5") if not p.stem.endswith("_masks"))
+    depth_files = (path for path in work.glob("depth/*/*.h5") if not path.stem.endswith("_masks"))  # not fuse's masks
+    outputs = sorted(work.glob("train/*/last.pt")) + sorted(depth_files)
     assert len(outputs) == 2 * len(SYSTEMS)
     stamps = {path: path.stat().st_mtime_ns for path in outputs}
     second = run_compare(work, tmp_path / "second")
