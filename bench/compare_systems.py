@@ -21,7 +21,7 @@ Procedure, each step a ``selfmvs`` verb in its own process (logs under ``WORK/lo
    ``model`` (steps, batch, crop size, sources, seed, learning rate and schedule shared). ``--init CKPT``
    starts every system of that checkpoint's backbone from it; the others start from scratch with the same
    seed. s/step is the median of ``losses.csv``'s per-step seconds after the first step (which loads the
-   kernels); peak RSS is the training process's (``os.wait4``).
+   kernels; a one-step run has only that one); peak RSS is the training process's (``os.wait4``).
 3. Scoring, with the same inference settings for every system (one pass and no planar in-fill unless
    ``--flip-average`` / ``--plane-fill``): held-out object scenes (``--heldout-seeds``) and indoor rooms
    (``--indoor-seeds``): depth within 0.5 / 1 / 2 % (``quality_heldout.depth_quality``) and, after
@@ -207,6 +207,7 @@ def train_system(work: Path, name: str, scenes: list[Path], args, init_backbone:
     measure = json.loads(measure_file.read_text()) if measure_file.is_file() else {}
 
     return {"checkpoint": str(out / "last.pt"), "start": start, "recipe": recipe, "model": model, "backbone": backbone,
+            "train_config": train,
             "steps": int(log.rows[-1]["step"]),
             "terms": [column for column in log.columns if column not in BOOKKEEPING and column != "loss"],
             "train_s_per_step": statistics.median(seconds) if seconds else None,

@@ -74,3 +74,24 @@ def test_compare_systems_rejects_unknown_system(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "bench" / "compare_systems.py"), "--work", str(tmp_path),
                              "--systems", "unsup_mvsnet,mvsnet"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "unknown ['mvsnet']" in result.stderr, result.stderr
+
+
+def test_dtu_subset_keeps_the_first_views_and_their_shared_points(tmp_path):
+    dtu = REPO.parent / "shared" / "data" / "dtu_scan24"
+    if not (dtu / "sparse").is_dir():
+        pytest.skip("../shared/data/dtu_scan24 is absent")
+    sys.path.insert(0, str(REPO / "bench"))
+    from compare_systems import dtu_subset
+
+    from pipeline.colmap import read_model
+    from pipeline.formats.scene_file import read_scene
+
+    scene_dir, scene_h5 = dtu_subset(tmp_path, dtu, 3)
+    _, all_images, _ = read_model(dtu / "sparse")
+    _, images, points = read_model(scene_dir / "sparse")  # read_model checks that the three files agree
+    assert sorted(images) == sorted(all_images)[:3]
+    assert points and all(len(p.image_ids) >= 2 and set(p.image_ids) <= set(images) for p in points.values())
+    scene = read_scene(scene_h5, load_images=False)
+    assert sorted(scene.views) == sorted(images) and len(scene.points3D_ids) == len(points)
+    with pytest.raises(SystemExit, match="--dtu-views"):
+        dtu_subset(tmp_path / "other", dtu, 1)
