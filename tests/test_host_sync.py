@@ -79,14 +79,14 @@ class HostSyncGuard(TorchFunctionMode):
         reads = func in _READS or (func in _INDEXING and len(args) > 1 and _has_mask_index(args[1]))
         if func in (torch.linalg.solve_ex, torch.linalg.inv_ex) and not kwargs.get("check_errors", False):
             reads = False
+        moved = func in (_T.to, _T.cuda) and any(
+            not isinstance(a, (torch.dtype, bool, torch.memory_format)) for a in (*args[1:], *kwargs.values())
+        )
         if reads and device_inputs and not self._from_cpu_only_kernel():
-            caller = sys._getframe(1)
-            raise AssertionError(
-                f"{name} on a device tensor at {caller.f_code.co_filename}:{caller.f_lineno}: "
-                "on a GPU it waits until the GPU has run everything queued"
-            )
+            self._refuse(name, "on a device tensor")
+        if self._blocking_upload(func, args, kwargs, moved):
+            self._refuse(name, "a blocking host-to-device copy")
         out = func(*args, **kwargs)
-        moved = func in (_T.to, _T.cuda) and any(not isinstance(a, (torch.dtype, bool)) for a in (*args[1:], *kwargs.values()))
         # ``device="cpu"`` written out is the host; ``device=x.device`` (a torch.device) is x's device.
         host = not device_inputs and kwargs.get("device") in (None, "cpu") and not moved
         # An input handed back unchanged (grouping, views of lists) keeps its place; one changed in
@@ -100,6 +100,27 @@ class HostSyncGuard(TorchFunctionMode):
                 except (AttributeError, RuntimeError):  # some views refuse attributes: count as device
                     pass
         return out
+
+    def _blocking_upload(self, func, args, kwargs, moved: bool) -> bool:
+        """A copy from the host to the device that the host waits for (``non_blocking`` not set)."""
+        non_blocking = kwargs.get("non_blocking", False) or any(a is True for a in args[1:])
+        if func in (torch.tensor, torch.as_tensor):
+            return kwargs.get("device") not in (None, "cpu")
+        if func is _T.new_tensor:
+            return not self._on_host(args[0]) or kwargs.get("device") not in (None, "cpu")
+        if func in (_T.to, _T.cuda):
+            return moved and self._on_host(args[0]) and not non_blocking
+        if func is _T.copy_:
+            return not self._on_host(args[0]) and self._on_host(args[1]) and not non_blocking
+        return False
+
+    @staticmethod
+    def _refuse(name: str, what: str):
+        caller = sys._getframe(2)
+        raise AssertionError(
+            f"{name} {what} at {caller.f_code.co_filename}:{caller.f_lineno}: "
+            "on a GPU it waits until the GPU has run everything queued"
+        )
 
     @staticmethod
     def _from_cpu_only_kernel() -> bool:
@@ -125,6 +146,7 @@ def test_the_guard_catches_each_kind_of_read(guard):
         "mask": lambda x: x[x > 0.5], "mask_set": lambda x: x.__setitem__(x > 0.5, 0.0),
         "format": lambda x: f"{x[0, 0]:.2f}", "solve": lambda x: torch.linalg.solve(x[:3] + 3 * torch.eye(3), x[:3]),
         "numpy": lambda x: x.numpy(), "if": lambda x: 1 if x.any() else 0,
+        "new_tensor": lambda x: x.new_tensor([1.0, 2.0]), "tensor": lambda x: torch.tensor([1.0], device=x.device),
     }
     with guard:
         for name, call in calls.items():
@@ -133,8 +155,15 @@ def test_the_guard_catches_each_kind_of_read(guard):
         host = torch.rand(4, 3, generator=torch.Generator().manual_seed(0))
         assert host._made_on_host
         for name, call in calls.items():
-            call(host.clone())  # host tensors may be read
-        assert not (host + device)._made_on_host and not host.to(device.device)._made_on_host
+            if name != "tensor":
+                call(host.clone())  # host tensors may be read
+        with pytest.raises(AssertionError, match="blocking host-to-device copy"):
+            host.to(device.device)
+        with pytest.raises(AssertionError, match="blocking host-to-device copy"):
+            device.clone().copy_(host)
+        host.to(device.device, non_blocking=True)
+        torch.tensor([1.0, 2.0], device="cpu")
+        assert not (host + device)._made_on_host and not host.to(device.device, non_blocking=True)._made_on_host
         torch.linalg.solve_ex(device[:3] + 3 * torch.eye(3), device[:3])  # unchecked: no read
 
 

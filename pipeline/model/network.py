@@ -51,8 +51,8 @@ def scale_intrinsics(K: torch.Tensor, scale: float) -> torch.Tensor:
 
     Shape: (..., 3, 3) -> (..., 3, 3).
     """
-    factors = torch.tensor([scale, scale, 1.0], dtype=K.dtype, device=K.device).view(3, 1)
-    return K * factors
+    # Rows 0 and 1 times the scale, without a tensor of factors (a host-to-device copy per call).
+    return torch.cat((K[..., :2, :] * scale, K[..., 2:, :]), dim=-2)
 
 
 def rigid_inverse(transform: torch.Tensor) -> torch.Tensor:
