@@ -2,7 +2,8 @@
 
 On a GPU, ``bool(tensor)``, ``.item()``, ``.tolist()``, ``.cpu()``, ``float(tensor)``,
 ``torch.nonzero``, boolean-mask indexing and checked solvers wait until the GPU has run everything
-queued before them. Without a GPU the same code runs here on CPU tensors under
+queued before them, and so does a blocking host-to-device copy (``torch.tensor(..., device=d)``,
+``host.to(d)`` without ``non_blocking``). Without a GPU the same code runs here on CPU tensors under
 :class:`HostSyncGuard`, which makes those calls raise on every tensor that would live on the
 device: the batch, the parameters, their gradients and everything computed from them. Tensors the
 code makes on the host itself (draws from a CPU generator, constants made without a device) may be
