@@ -43,8 +43,11 @@ def nmf(
     require(~(matrix < 0), "matrix: NMF needs non-negative input")  # queued on a GPU, not read back
     batch, rows, cols = matrix.shape
     scale = matrix.mean().clamp(min=eps).sqrt() / max(num_segments, 1) ** 0.5
-    left = torch.rand(batch, rows, num_segments, generator=generator, dtype=torch.float64).to(matrix, non_blocking=True) * scale + eps
-    right = torch.rand(batch, num_segments, cols, generator=generator, dtype=torch.float64).to(matrix, non_blocking=True) * scale + eps
+    # Drawn on the host (the generator's), sent in copies the host does not wait for.
+    left = torch.rand(batch, rows, num_segments, generator=generator, dtype=torch.float64)
+    right = torch.rand(batch, num_segments, cols, generator=generator, dtype=torch.float64)
+    left = left.to(matrix, non_blocking=True) * scale + eps
+    right = right.to(matrix, non_blocking=True) * scale + eps
     for _ in range(iterations):
         right = right * (left.transpose(1, 2) @ matrix) / (left.transpose(1, 2) @ left @ right + eps)
         left = left * (matrix @ right.transpose(1, 2)) / (left @ (right @ right.transpose(1, 2)) + eps)
