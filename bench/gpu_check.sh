@@ -4,7 +4,8 @@
 #   1b. the host-path checks (tests/kernel_ops/test_host_path.py, in one process of their own:
 #      sync debug mode and deterministic mode are process-wide): every op's forward and backward
 #      under torch.cuda.set_sync_debug_mode("error"), a training step and an inference view with
-#      no synchronisation from kernels/ (the pipeline's own are listed in the log), the ops on
+#      no synchronisation from kernels/ (any elsewhere are listed in the log) and, in "error" mode,
+#      none at all (unsup_mvsnet and jdacs steps, the inference forward), the ops on
 #      cuda:1 (skips with one GPU), and torch.use_deterministic_algorithms(True),
 #   2. every op of kernels/ against its torch reference, forward + backward, at the training batch
 #      (2 x 320x240) and at the 640x512 and 1600x1200 inference sizes: time ratio, peak CUDA memory
