@@ -60,13 +60,9 @@ class HostSyncGuard(TorchFunctionMode):
 
     A tensor counts as on the host when the code made it there: from no tensor and without a
     ``device`` argument or with ``device="cpu"`` (a CPU generator's draw, ``torch.arange(n)``, an
-    optimizer's step count), or from host tensors only
-    (and not moved with ``.to(...)``/``.cuda()``). Every other tensor counts as on the device.
+    optimizer's step count), or from host tensors only (and not moved with ``.to(...)`` or
+    ``.cuda()``). Every other tensor counts as on the device.
     """
-
-    def __init__(self):
-        super().__init__()
-        self.calls: list[str] = []
 
     @staticmethod
     def _on_host(tensor: torch.Tensor) -> bool:
