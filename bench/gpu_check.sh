@@ -4,7 +4,8 @@
 #   1b. the host-path checks (tests/kernel_ops/test_host_path.py, in one process of their own:
 #      sync debug mode and deterministic mode are process-wide): every op's forward and backward
 #      under torch.cuda.set_sync_debug_mode("error"), a training step and an inference view with
-#      no synchronisation from kernels/ (the pipeline's own are listed in the log), the ops on
+#      no synchronisation from kernels/ (any elsewhere are listed in the log) and, in "error" mode,
+#      none at all (unsup_mvsnet and jdacs steps, the inference forward), the ops on
 #      cuda:1 (skips with one GPU), and torch.use_deterministic_algorithms(True),
 #   2. every op of kernels/ against its torch reference, forward + backward, at the training batch
 #      (2 x 320x240) and at the 640x512 and 1600x1200 inference sizes: time ratio, peak CUDA memory
@@ -21,7 +22,8 @@
 #   bash bench/gpu_check.sh                 # on the GPU machine
 #   bash bench/gpu_check.sh --smoke         # stages 2-4 on the CPU at tiny sizes (seconds; tests/test_bench_gpu_lib.py)
 #   DATA=.devcarry bash bench/gpu_check.sh --end-to-end   # then also, outside the 8-minute budget:
-#      E1. `selfmvs infer` on DATA/s640.h5 twice (the first compiles), E2. `selfmvs train` steps in fp32,
+#      E1. `selfmvs infer` on DATA/s640.h5 twice (the first compiles) and a third time with
+#      --no-cuda-graph (the forward eager: the s/view of runs 2 and 3 compare infer.cuda_graph on and off), E2. `selfmvs train` steps in fp32,
 #      bf16 and fp16 autocast on DATA/demo_scene.h5, E3. the self-training chain of rule train_self
 #      (infer with the committed base weights, fuse --masks, pseudo-labels, `train --labels --init`).
 # Needs pytest-xdist for stage 1 (the GPU image has it; `-n 4` spreads the tests over 4 workers).
@@ -140,12 +142,15 @@ log "stages 1-4 done in $(elapsed "$STARTED") s; failed: ${FAILED[*]:-none}"
 
 if [ "$END_TO_END" = 1 ]; then  # (not indented: its heredocs end in column 0)
 log "E1. selfmvs infer on $DATA/s640.h5 (cuda)"
-for run in 1 2; do
+for run in 1 2 3; do
+    graph=$([ $run = 3 ] && echo --no-cuda-graph || echo --cuda-graph)  # 3: eager forward, against 2
     start=$(date +%s.%N)
     timeout 45 $PY -m pipeline infer "$DATA/s640.h5" pipeline/checkpoints/selfmvs_synthetic.pt /tmp/depth_$run.h5 \
-        --device cuda >> "$OUT/infer-e2e-$TAG.log" 2>&1
+        --device cuda $graph > "$OUT/infer-e2e-$run-$TAG.log" 2>&1
     rc=$?
-    echo "run $run rc=$rc wall $(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s" | tee -a "$SUMMARY"
+    cat "$OUT/infer-e2e-$run-$TAG.log" >> "$OUT/infer-e2e-$TAG.log"
+    echo "run $run ($graph) rc=$rc wall $(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s;" \
+        "$(grep -o '([0-9.]* s/view)' "$OUT/infer-e2e-$run-$TAG.log" | tail -n 1)" | tee -a "$SUMMARY"
 done
 $PY - <<'EOF' 2>&1 | tee -a "$SUMMARY"
 import h5py, numpy as np

@@ -238,6 +238,7 @@ def _infer(parser: argparse.ArgumentParser) -> Callable:
     _config_option(parser, "--device", "infer.device")
     _config_option(parser, "--max-size", "infer.max_size")
     _config_option(parser, "--flip-average", "infer.flip_average")
+    _config_option(parser, "--cuda-graph", "infer.cuda_graph")
     _config_option(parser, "--plane-fill", "infer.plane_fill.enabled")
     parser.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
                         help="replace a model option of the checkpoint for this run (YAML value), e.g. "

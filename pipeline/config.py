@@ -521,6 +521,11 @@ class InferConfig:
         "tuning): DTU scan 24 sparse median error 0.1116 % against 0.1285 % with one pass, held-out synthetic "
         "scenes 83.60 % within 1 % against 82.84 % (docs/benchmarks.md, 2026-11-28). false: one pass (the setting of the speed "
         "and memory targets against PatchmatchNet).")
+    cuda_graph: bool = option(True,
+        "CUDA inference: capture the network's forward of a view (given the cached features) as a CUDA graph "
+        "once per input shape and replay it for every view of that shape, instead of launching its kernels one "
+        "by one from Python (pipeline.inference.graph). A capture that fails logs a WARNING and the forward "
+        "stays eager. Costs about one forward's peak memory per captured shape. No effect on the CPU.")
     plane_fill: PlaneFillConfig = option(PlaneFillConfig(),
         "Planar in-fill of low-texture regions (pipeline.scene.planar_fill, a planar prior as in ACMP): where the"
         " image has no texture, matching says nothing about depth; each such region whose textured surroundings "

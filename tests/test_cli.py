@@ -61,6 +61,7 @@ def _help(capsys, monkeypatch, verb: str) -> str:
     ("infer", "--num-sources", InferConfig, "infer.num_sources", "6"),
     ("infer", "--max-size", InferConfig, "infer.max_size", "null"),
     ("infer", "--flip-average", InferConfig, "infer.flip_average", "true"),
+    ("infer", "--cuda-graph", InferConfig, "infer.cuda_graph", "true"),
     ("prepare", "--max-image-size", PrepareConfig, "prepare.max_image_size", "800"),
     ("render-scene", "--num-views", DemoConfig, "demo.num_views", "10"),
     ("render-scene", "--distortion", DemoConfig, "demo.distortion", "false"),

@@ -535,3 +535,148 @@ def test_mirrored_pass_of_the_shipped_network_is_as_good_as_the_direct_one(tmp_p
     assert within["direct"] > 0.6, within  # 0.74 when written
     assert within["mirrored"] > within["direct"] - 0.05, within
     assert within["combined"] > within["direct"] - 0.02, within
+
+
+# ------------------------------------------------------------------------------------------------
+# infer.cuda_graph: the per-view forward captured once per input shape and replayed
+
+
+class _EagerCapture:
+    """Stands in for :class:`pipeline.inference.graph.CudaGraphCapture` on the CPU: "capture" runs
+    the forward once, "replay" runs it again on the same static inputs and writes the results into
+    the first run's output tensors, as a graph's replay does."""
+
+    def __init__(self, fail: bool = False):
+        self.fail = fail
+        self.attempts = 0
+
+    def supports(self, device):
+        return device.type == "cpu"
+
+    def capture(self, run, device):
+        self.attempts += 1
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        outputs = run()
+
+        def replay():
+            fresh = run()
+            for into, value in zip(_output_tensors(outputs), _output_tensors(fresh)):
+                into.copy_(value)
+
+        return outputs, replay
+
+
+def _output_tensors(output):
+    stages = [d for stage in sorted(output.stage_depths) for d in output.stage_depths[stage]]
+    return [output.depth, output.confidence, output.view_weights, *stages]
+
+
+def _estimate_all(forward, model, scene_path, plan):
+    from pipeline.formats.scene_file import read_view
+    from pipeline.inference import ViewCache, estimate_view
+
+    cache = ViewCache(model, scene_path, torch.device("cpu"), capacity=4)
+    with torch.inference_mode():
+        return [estimate_view(forward, read_view(scene_path, ref), [cache.get(s) for s in sources], cache)
+                for ref, sources in plan]
+
+
+def test_cuda_graph_option_is_parsed_and_defaults_on():
+    from pipeline import config as cfg
+
+    assert InferConfig().cuda_graph is True
+    loaded = cfg.load_config(None, overrides={"infer": {"cuda_graph": False}})
+    assert cfg.section(loaded, "infer", InferConfig).cuda_graph is False
+    with pytest.raises(ValueError, match="cuda_graph"):
+        cfg.load_config(None, overrides={"infer": {"cuda_graph": "sometimes"}})
+
+
+def test_graphed_forward_captures_once_per_shape_and_replays_the_new_inputs(tmp_path, checkpoint):
+    """Every view gets the depth of the plain forward on its own inputs (the static buffers take each
+    view's values), one capture per input shape (views 10, 11, 13 are 24x32, view 12 is 20x30)."""
+    from pipeline.inference.graph import GraphedForward
+    from pipeline.model import load_checkpoint
+
+    make_scene(tmp_path / "scene.h5", with_mask=False)
+    model, _ = load_checkpoint(checkpoint)
+    model.eval()
+    plan = [(10, [11, 12]), (11, [10, 12]), (13, [11, 12]), (12, [10, 11]), (10, [11, 13])]
+    expected = _estimate_all(model, model, tmp_path / "scene.h5", plan)
+    capture = _EagerCapture()
+    graphed = GraphedForward(model, True, capture)
+    got = _estimate_all(graphed, model, tmp_path / "scene.h5", plan)
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a.depth, b.depth)
+        np.testing.assert_array_equal(a.confidence, b.confidence)
+    assert len({view.depth.tobytes() for view in got}) == len(plan)  # each view its own result
+    # 10, 11, 13 with sources of 24x32 and 20x30 share a graph; 12 (20x30) and the last (sources
+    # 24x32, 24x32) have shapes of their own
+    assert (graphed.captures, capture.attempts, graphed.replays, graphed.failed) == (3, 3, 5, None)
+
+
+def test_graphed_forward_does_nothing_on_the_cpu_or_when_off(tmp_path, checkpoint):
+    from pipeline.inference.graph import GraphedForward
+    from pipeline.model import load_checkpoint
+
+    make_scene(tmp_path / "scene.h5", with_mask=False)
+    model, _ = load_checkpoint(checkpoint)
+    model.eval()
+    plan = [(10, [11, 12]), (11, [10, 12])]
+    expected = _estimate_all(model, model, tmp_path / "scene.h5", plan)
+    for graphed in (GraphedForward(model, True), GraphedForward(model, False, _EagerCapture())):
+        got = _estimate_all(graphed, model, tmp_path / "scene.h5", plan)
+        assert (graphed.captures, graphed.replays) == (0, 0)
+        for a, b in zip(got, expected):
+            np.testing.assert_array_equal(a.depth, b.depth)
+
+
+def test_graphed_forward_stays_eager_after_a_failed_capture(tmp_path, checkpoint, caplog):
+    import logging
+
+    from pipeline.inference.graph import GraphedForward
+    from pipeline.model import load_checkpoint
+
+    make_scene(tmp_path / "scene.h5", with_mask=False)
+    model, _ = load_checkpoint(checkpoint)
+    model.eval()
+    plan = [(10, [11, 12]), (11, [10, 12]), (12, [10, 11])]
+    expected = _estimate_all(model, model, tmp_path / "scene.h5", plan)
+    capture = _EagerCapture(fail=True)
+    graphed = GraphedForward(model, True, capture)
+    with caplog.at_level(logging.WARNING, logger="selfmvs.infer"):
+        got = _estimate_all(graphed, model, tmp_path / "scene.h5", plan)
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a.depth, b.depth)
+    assert capture.attempts == 1 and (graphed.captures, graphed.replays) == (0, 0)
+    assert "operation not permitted" in graphed.failed
+    assert [r.levelname for r in caplog.records].count("WARNING") == 1
+    assert "infer.cuda_graph: capturing the forward failed" in caplog.text
+
+
+def test_infer_on_the_cpu_is_the_same_with_and_without_cuda_graph(tmp_path, checkpoint):
+    make_scene(tmp_path / "scene.h5")
+    outputs = {}
+    for flag in (True, False):
+        config = InferConfig(num_sources=2, device="cpu", cuda_graph=flag)
+        outputs[flag] = read_depth_file(run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / f"{flag}.h5", config))
+    for image_id, view in outputs[True].items():
+        np.testing.assert_array_equal(view.depth, outputs[False][image_id].depth)
+
+
+@pytest.mark.cuda
+def test_cuda_graph_gives_the_eager_depth_on_a_gpu(tmp_path, checkpoint, caplog):
+    """Graph replay against the eager forward on a GPU (same kernels: equal up to atomics' order)."""
+    import logging
+
+    make_scene(tmp_path / "scene.h5", sizes=((24, 32), (24, 32), (24, 32), (24, 32)))
+    outputs = {}
+    with caplog.at_level(logging.INFO, logger="selfmvs.infer"):
+        for flag in (True, False):
+            config = InferConfig(num_sources=2, device="cuda", cuda_graph=flag)
+            outputs[flag] = read_depth_file(run_infer(tmp_path / "scene.h5", checkpoint, tmp_path / f"{flag}.h5", config))
+    assert "capturing the forward failed" not in caplog.text
+    assert "forwards replayed from" in caplog.text  # the direct and mirrored passes share the graphs
+    for image_id, view in outputs[True].items():
+        np.testing.assert_allclose(view.depth, outputs[False][image_id].depth, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(view.confidence, outputs[False][image_id].confidence, rtol=1e-5, atol=1e-5)

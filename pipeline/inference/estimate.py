@@ -12,12 +12,13 @@ from pipeline.config import PlaneFillConfig
 from pipeline.formats.depth_file import DepthView
 from pipeline.formats.scene_file import SceneView
 from pipeline.inference.cache import PreparedView, ViewCache, prepare_view
+from pipeline.inference.graph import GraphedForward
 from pipeline.model import PatchmatchNet
 from pipeline.scene.mirror import mirror_intrinsics
 
 
 def estimate_view(
-    model: PatchmatchNet,
+    model: PatchmatchNet | GraphedForward,
     ref: SceneView,
     sources: list[PreparedView],
     cache: ViewCache,
@@ -26,7 +27,8 @@ def estimate_view(
     """Run the network on one reference view (read with its image and mask) and its sources.
 
     With a mirroring ``cache`` (and sources from it) the network sees the mirrored scene; its maps
-    are flipped back, so the result is in the view's own frame either way.
+    are flipped back, so the result is in the view's own frame either way. ``model``: the network,
+    or its forward as a CUDA graph (:class:`pipeline.inference.graph.GraphedForward`).
 
     Returns:
         the reference's DepthView: depth and confidence (h, w) float32, K at that resolution.
@@ -39,12 +41,13 @@ def estimate_view(
     views = [cache.get(ref.image_id, ref), *sources]
     device = cache.device
     ref_image, _ = prepare_view(ref, cache.max_size, device, cache.mirror)  # the cached view keeps no pixels
+    depth_range = torch.tensor([[near], [far]], dtype=torch.float32).to(device, non_blocking=True)
     output = model(
         [ref_image, *(v.image for v in views[1:])],
         [v.intrinsics for v in views],
         [v.cam_from_world for v in views],
-        torch.tensor([near], dtype=torch.float32, device=device),
-        torch.tensor([far], dtype=torch.float32, device=device),
+        depth_range[0],
+        depth_range[1],
         features=[v.features for v in views],
     )
     depth = output.depth[0, 0].float().cpu().numpy()

@@ -17,6 +17,7 @@ from pipeline.formats.depth_file import DepthView, DepthWriter
 from pipeline.formats.scene_file import Scene, cap_num_sources, read_scene, read_view
 from pipeline.inference.cache import ViewCache
 from pipeline.inference.estimate import estimate_view, fill_low_texture
+from pipeline.inference.graph import GraphedForward
 from pipeline.inference.memory import MAX_MMAP_THRESHOLD_KIB, set_mmap_threshold
 from pipeline.inference.mirror import combine_mirrored
 from pipeline.formats.paths import file_sha256
@@ -184,9 +185,11 @@ def _run_locked(
         caches = [ViewCache(model, scene_path, device, config.max_size, capacity, schedule=schedule)]
         if config.flip_average:
             caches.append(ViewCache(model, scene_path, device, config.max_size, capacity, schedule=schedule, mirror=True))
+        # One graph per input shape, shared by the direct and the mirrored pass (same sizes); CPU: the model.
+        forward = GraphedForward(model, config.cuda_graph)
         for image_id, source_ids in tqdm(plan, desc="infer", unit="view", disable=None):
             ref = read_view(scene_path, image_id)
-            estimates = [estimate_view(model, ref, [c.get(s) for s in source_ids], c, config.mask_invalid) for c in caches]
+            estimates = [estimate_view(forward, ref, [c.get(s) for s in source_ids], c, config.mask_invalid) for c in caches]
             estimate = estimates[0] if len(estimates) == 1 else combine_mirrored(*estimates)
             if config.plane_fill.enabled:
                 estimate = fill_low_texture(estimate, ref, config.plane_fill)
@@ -198,10 +201,13 @@ def _run_locked(
             del ref, estimates
     elapsed = time.perf_counter() - started
     hits, reads = sum(c.hits for c in caches), sum(c.hits + c.misses for c in caches)
+    graphs = ""
+    if plan and forward.captures:
+        graphs = f"; {forward.replays} forwards replayed from {forward.captures} CUDA graph(s)"
     log.info(
-        "%s: %d views computed in %.1f s (%.2f s/view) on %s%s; %d of %d view reads from the cache",
+        "%s: %d views computed in %.1f s (%.2f s/view) on %s%s; %d of %d view reads from the cache%s",
         out_path, computed, elapsed, elapsed / max(computed, 1), device,
-        ", each also mirrored" if config.flip_average else "", hits, reads,
+        ", each also mirrored" if config.flip_average else "", hits, reads, graphs,
     )
     if total_pixels:
         log.info("%s: %.1f %% of the computed pixels took a low-texture region's plane (infer.plane_fill)",

@@ -42,12 +42,13 @@ def augment_images(
     if images.dim() != 5 or images.shape[2] != 3:
         raise ValueError(f"images: expected (B, V, 3, H, W), got {tuple(images.shape)}")
     batch, _, _, height, width = images.shape
-    like = dict(device=images.device, dtype=images.dtype)
-    brightness = _uniform(generator, (batch,), -params.brightness, params.brightness).to(**like)
-    contrast = _uniform(generator, (batch,), 1 - params.contrast, 1 + params.contrast).to(**like)
-    saturation = _uniform(generator, (batch,), 1 - params.saturation, 1 + params.saturation).to(**like)
+    brightness = _uniform(generator, (batch,), -params.brightness, params.brightness)
+    contrast = _uniform(generator, (batch,), 1 - params.contrast, 1 + params.contrast)
+    saturation = _uniform(generator, (batch,), 1 - params.saturation, 1 + params.saturation)
     log_gamma = _uniform(generator, (batch,), -1.0, 1.0) * torch.log(torch.tensor(max(params.gamma, 1.0), dtype=torch.float64))
-    gamma = torch.exp(log_gamma).to(**like)
+    # The draws go to the device in one copy the host does not wait for.
+    drawn = torch.stack((brightness, contrast, saturation, torch.exp(log_gamma))).to(images.dtype)
+    brightness, contrast, saturation, gamma = drawn.to(images.device, non_blocking=True)
 
     view = lambda t: t.view(batch, 1, 1, 1, 1)  # noqa: E731
     out = images.clamp(0, 1) ** view(gamma)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.checks import require
 from pipeline.losses.vgg16 import VGG16Features
 from pipeline.losses.view_synthesis import check_image
 
@@ -39,12 +40,14 @@ def nmf(
     """
     if matrix.dim() != 3:
         raise ValueError(f"matrix: expected (B, N, C), got {tuple(matrix.shape)}")
-    if (matrix < 0).any():
-        raise ValueError("matrix: NMF needs non-negative input")
+    require(~(matrix < 0), "matrix: NMF needs non-negative input")  # queued on a GPU, not read back
     batch, rows, cols = matrix.shape
     scale = matrix.mean().clamp(min=eps).sqrt() / max(num_segments, 1) ** 0.5
-    left = torch.rand(batch, rows, num_segments, generator=generator, dtype=torch.float64).to(matrix) * scale + eps
-    right = torch.rand(batch, num_segments, cols, generator=generator, dtype=torch.float64).to(matrix) * scale + eps
+    # Drawn on the host (the generator's), sent in copies the host does not wait for.
+    left = torch.rand(batch, rows, num_segments, generator=generator, dtype=torch.float64)
+    right = torch.rand(batch, num_segments, cols, generator=generator, dtype=torch.float64)
+    left = left.to(matrix, non_blocking=True) * scale + eps
+    right = right.to(matrix, non_blocking=True) * scale + eps
     for _ in range(iterations):
         right = right * (left.transpose(1, 2) @ matrix) / (left.transpose(1, 2) @ left @ right + eps)
         left = left * (matrix @ right.transpose(1, 2)) / (left @ (right @ right.transpose(1, 2)) + eps)

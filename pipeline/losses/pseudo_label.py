@@ -38,8 +38,10 @@ def pseudo_label_loss(depth: torch.Tensor, label: torch.Tensor, *, beta: float =
     if label.shape[2:] != depth.shape[2:]:
         label = F.interpolate(label, size=depth.shape[2:], mode="nearest")
     keep = torch.isfinite(label) & (label > 0)
-    if not bool(keep.any()):
-        return depth.sum() * 0
-    target = label[keep]
-    relative = 100 * (depth[keep] - target).abs() / target
-    return F.smooth_l1_loss(relative, torch.zeros_like(relative), beta=beta)
+    # Every pixel computed, the unlabelled ones weighted out: no mask indexing and no test of
+    # whether any pixel is labelled, both of which would read the mask back from a GPU.
+    target = torch.where(keep, label, torch.ones_like(label))
+    relative = 100 * (depth - target).abs() / target
+    per_pixel = F.smooth_l1_loss(relative, torch.zeros_like(relative), beta=beta, reduction="none")
+    count = keep.sum(dtype=per_pixel.dtype)
+    return torch.where(keep, per_pixel, torch.zeros_like(per_pixel)).sum() / count.clamp_min(1)

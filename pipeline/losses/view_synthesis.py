@@ -159,5 +159,5 @@ def scale_intrinsics(K: torch.Tensor, scale_x: float, scale_y: float | None = No
         - K: (..., 3, 3) -> same
     """
     scale_y = scale_x if scale_y is None else scale_y
-    scale = K.new_tensor([[scale_x], [scale_y], [1.0]])
-    return K * scale
+    # Row by row, without a tensor of factors (a host-to-device copy per call).
+    return torch.cat((K[..., :1, :] * scale_x, K[..., 1:2, :] * scale_y, K[..., 2:, :]), dim=-2)

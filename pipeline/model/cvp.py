@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
+from kernels.geometry import invert_intrinsics
 
 from .config import ModelConfig
 from .feature import ConvBnReLU
@@ -99,7 +100,8 @@ def residual_depth_step(
     cols = torch.arange(width, dtype=dtype, device=device) + 0.5
     y, x = torch.meshgrid(rows, cols, indexing="ij")
     pixel = torch.stack((x, y, torch.ones_like(x))).view(1, 3, -1)
-    rays = torch.linalg.solve(ref_K.to(dtype), pixel.expand(batch, 3, -1))  # (B, 3, HW)
+    # K is upper triangular: its closed-form inverse (a checked solve would wait for the GPU).
+    rays = invert_intrinsics(ref_K.to(dtype)) @ pixel  # (B, 3, HW)
     flat_depth = depth.reshape(batch, 1, -1)
     step = torch.full_like(flat_depth, float("inf"))
     for src_K, src_from_ref in zip(src_Ks, src_from_refs):
@@ -262,10 +264,7 @@ class CVPMVSNet(FreezableBatchNorm):
         features: list[dict[int, torch.Tensor]] | None = None,
     ) -> PatchmatchOutput:
         """Depth of the reference view (view 0); arguments and shapes as :meth:`PatchmatchNet.forward`."""
-        try:
-            _check_inputs(images, intrinsics, cam_from_world, depth_min, depth_max)
-        except ValueError as error:  # the same checks as PatchmatchNet's; the message names this network
-            raise ValueError(str(error).replace("PatchmatchNet:", "CVPMVSNet:", 1)) from None
+        _check_inputs(images, intrinsics, cam_from_world, depth_min, depth_max, network="CVPMVSNet")
         if features is not None and len(features) != len(images):
             raise ValueError(f"CVPMVSNet: got features of {len(features)} views for {len(images)} images")
         cfg = self.config

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.checks import require
+
 from .config import ModelConfig
 from .feature import FeaturePyramid
 from .patchmatch import PatchMatch
@@ -49,8 +51,8 @@ def scale_intrinsics(K: torch.Tensor, scale: float) -> torch.Tensor:
 
     Shape: (..., 3, 3) -> (..., 3, 3).
     """
-    factors = torch.tensor([scale, scale, 1.0], dtype=K.dtype, device=K.device).view(3, 1)
-    return K * factors
+    # Rows 0 and 1 times the scale, without a tensor of factors (a host-to-device copy per call).
+    return torch.cat((K[..., :2, :] * scale, K[..., 2:, :]), dim=-2)
 
 
 def rigid_inverse(transform: torch.Tensor) -> torch.Tensor:
@@ -85,37 +87,37 @@ def _ceil_div(value: int, divisor: int) -> int:
     return -(-value // divisor)
 
 
-def _check_inputs(images, intrinsics, cam_from_world, depth_min, depth_max) -> None:
+def _check_inputs(images, intrinsics, cam_from_world, depth_min, depth_max, network: str = "PatchmatchNet") -> None:
     if not isinstance(images, (list, tuple)) or len(images) < 2:
         raise ValueError(
-            f"PatchmatchNet: expected a list of >= 2 images (reference first), got "
+            f"{network}: expected a list of >= 2 images (reference first), got "
             f"{type(images).__name__} of length {len(images) if hasattr(images, '__len__') else '?'}"
         )
     if len(intrinsics) != len(images) or len(cam_from_world) != len(images):
         raise ValueError(
-            f"PatchmatchNet: expected as many intrinsics and cam_from_world as images ({len(images)}), "
+            f"{network}: expected as many intrinsics and cam_from_world as images ({len(images)}), "
             f"got {len(intrinsics)} and {len(cam_from_world)}"
         )
     batch = images[0].shape[0] if images[0].dim() == 4 else None
     for index, (image, K, pose) in enumerate(zip(images, intrinsics, cam_from_world)):
         if image.dim() != 4 or image.shape[1] != 3 or image.shape[0] != batch:
-            raise ValueError(f"PatchmatchNet: images[{index}]: expected ({batch}, 3, H, W), got {tuple(image.shape)}")
+            raise ValueError(f"{network}: images[{index}]: expected ({batch}, 3, H, W), got {tuple(image.shape)}")
         if image.shape[-1] < 2 or image.shape[-2] < 2:
-            raise ValueError(f"PatchmatchNet: images[{index}]: too small, got {tuple(image.shape)}")
+            raise ValueError(f"{network}: images[{index}]: too small, got {tuple(image.shape)}")
         if tuple(K.shape) != (batch, 3, 3):
-            raise ValueError(f"PatchmatchNet: intrinsics[{index}]: expected ({batch}, 3, 3), got {tuple(K.shape)}")
+            raise ValueError(f"{network}: intrinsics[{index}]: expected ({batch}, 3, 3), got {tuple(K.shape)}")
         if pose.dim() != 3 or pose.shape[0] != batch or tuple(pose.shape[1:]) not in ((4, 4), (3, 4)):
             raise ValueError(
-                f"PatchmatchNet: cam_from_world[{index}]: expected ({batch}, 4, 4), got {tuple(pose.shape)}"
+                f"{network}: cam_from_world[{index}]: expected ({batch}, 4, 4), got {tuple(pose.shape)}"
             )
     for name, value in (("depth_min", depth_min), ("depth_max", depth_max)):
         if tuple(value.shape) != (batch,):
-            raise ValueError(f"PatchmatchNet: {name}: expected ({batch},), got {tuple(value.shape)}")
-    if not bool(torch.all(depth_min > 0)) or not bool(torch.all(depth_max > depth_min)):
-        raise ValueError(
-            f"PatchmatchNet: expected 0 < depth_min < depth_max, got depth_min={depth_min.tolist()} "
-            f"depth_max={depth_max.tolist()}"
-        )
+            raise ValueError(f"{network}: {name}: expected ({batch},), got {tuple(value.shape)}")
+    # Read at once on CPU tensors; queued on a GPU (the scene's ranges are checked on the host when read).
+    require(
+        (depth_min > 0) & (depth_max > depth_min), f"{network}: expected 0 < depth_min < depth_max",
+        lambda: f", got depth_min={depth_min.tolist()} depth_max={depth_max.tolist()}",
+    )
 
 
 def _source_layout(feature: torch.Tensor) -> torch.Tensor:

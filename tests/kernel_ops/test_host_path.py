@@ -255,15 +255,11 @@ def _syncs_outside_kernels(run) -> tuple[list[str], list[str]]:
     return inside, outside
 
 
-@pytest.mark.cuda
-@pytest.mark.parametrize("what", ["train_step", "infer_view"])
-def test_cuda_training_step_and_inference_view_kernels_never_synchronise(what):
-    """One training step and one inference view, under ``set_sync_debug_mode("warn")``: no
-    synchronisation from the kernels package (the ones the pipeline makes are printed)."""
-    if not torch.cuda.is_available():
-        pytest.skip("CUDA not available")
+def _pipeline_run(what, recipe="unsup_mvsnet"):
+    """A function that runs one training step (``recipe``) or one inference forward on the GPU."""
     from pipeline.config import AugmentationConfig
     from pipeline.losses import SelfSupervisedLoss, get_recipe
+    from pipeline.losses.cosegmentation import CoSegmentation
     from pipeline.model import ModelConfig, PatchmatchNet
     from pipeline.training.step import train_step
 
@@ -276,7 +272,9 @@ def test_cuda_training_step_and_inference_view_kernels_never_synchronise(what):
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         scaler = torch.amp.GradScaler("cuda", enabled=False)
-        objective = SelfSupervisedLoss(get_recipe("unsup_mvsnet")).to(device)
+        loss_recipe = get_recipe(recipe)
+        coseg = CoSegmentation("relu2_2", 4, 3) if "cosegmentation" in loss_recipe.weights else None
+        objective = SelfSupervisedLoss(loss_recipe, cosegmentation=coseg).to(device)
 
         def run():
             generator = torch.Generator(device="cpu").manual_seed(0)
@@ -291,10 +289,40 @@ def test_cuda_training_step_and_inference_view_kernels_never_synchronise(what):
                       [batch["cam_from_world"][:, v].float() for v in range(views)],
                       batch["depth_range"][:, 0, 0].float(), batch["depth_range"][:, 0, 1].float())
 
+    return run
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("what", ["train_step", "infer_view"])
+def test_cuda_training_step_and_inference_view_kernels_never_synchronise(what):
+    """One training step and one inference view, under ``set_sync_debug_mode("warn")``: no
+    synchronisation from the kernels package (the ones elsewhere are printed)."""
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA not available")
+    run = _pipeline_run(what)
     run()  # compile / load the kernels
     inside, outside = _syncs_outside_kernels(run)
     print(f"{what}: synchronisations outside kernels/:", *outside, sep="\n  ")
     assert not inside, inside
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("what, recipe", [("train_step", "unsup_mvsnet"), ("train_step", "jdacs"), ("infer_view", None)])
+def test_cuda_training_step_and_inference_view_never_synchronise(what, recipe):
+    """The whole step (network, losses, backward, optimizer) and the whole inference forward under
+    ``set_sync_debug_mode("error")``: no synchronisation anywhere (tests/test_host_sync.py checks
+    the same on the CPU)."""
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA not available")
+    run = _pipeline_run(what, recipe)
+    run()  # compile / load the kernels, make the optimizer's state
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        run()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
 
 
 @pytest.mark.cuda
