@@ -71,7 +71,7 @@ def build_objective(
                         f"train --resume: the checkpoint's feature_reference (the feature term's frozen copy of the "
                         f"network's features) does not fit this network: {error}"
                     ) from None
-            elif from_scratch:
+            if from_scratch:
                 log.warning(
                     "feature-wise consistency (M3VSNet): the frozen features are the network's seeded random "
                     "initialisation, a fixed random projection of the image (no --init, no train.vgg16_weights); "
