@@ -7,8 +7,9 @@ Systems (``--systems``; ``pipeline.losses.recipes`` names the terms of each):
   mvs2          PatchmatchNet, recipe mvs2 (+ symmetric multi-view consistency: every view the reference in turn)
   mvs2_spn      the same with ``train.model: {refinement: spn}`` (MVS^2's spatial propagation refinement)
   m3vsnet       PatchmatchNet, recipe m3vsnet (+ feature-wise + depth-normal consistency). The feature term
-                needs ImageNet VGG16 weights (``--vgg16-weights``); without them it is OFF (a WARNING in the
-                training log) and the system trains on the pixel-wise and depth-normal terms only.
+                uses ImageNet VGG16 weights (``--vgg16-weights``) when given; without them it compares a
+                frozen copy of the network's initial feature pyramid (from scratch a fixed random
+                projection; a WARNING in the training log).
   jdacs         PatchmatchNet, recipe jdacs (+ augmentation consistency; co-segmentation needs the same VGG16
                 file and is OFF without it)
   jdacs_ms      CVP-MVSNet (the recipe's backbone), recipe jdacs_ms
@@ -350,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--init", type=Path, help="checkpoint every system of its backbone starts from (the others "
                         "from scratch); default: all from scratch")
     parser.add_argument("--vgg16-weights", type=Path, help="torchvision VGG16 ImageNet state dict for m3vsnet's "
-                        "feature term and jdacs' co-segmentation (default: none, those terms OFF)")
+                        "feature term and jdacs' co-segmentation (default: none; co-segmentation OFF, the feature "
+                        "term on the network's frozen initial features)")
     parser.add_argument("--heldout-seeds", type=_seeds, default=[2000, 2001, 2002, 2003])
     parser.add_argument("--heldout-views", type=int, default=12)
     parser.add_argument("--heldout-size", type=_size, default=(400, 300))

@@ -338,7 +338,8 @@ class LossWeightsConfig:
     cross_view: float | None = option(None, "MVS^2 cross-view depth consistency term (cross_view_max_error)")
     depth_normal: float | None = option(None, "M3VSNet depth-normal consistency term")
     feature: float | None = option(None,
-        "M3VSNet feature-wise consistency term (frozen ImageNet VGG16 from train.vgg16_weights; off without it)")
+        "M3VSNet feature-wise consistency term (frozen ImageNet VGG16 from train.vgg16_weights; without it a "
+        "frozen copy of the network's own feature maps at the start of training)")
     pseudo_label: float | None = option(None,
         "self-training on label files (`selfmvs pseudo-labels`, passed with `selfmvs train --labels`); in no "
         "recipe, off unless set")
@@ -443,7 +444,8 @@ class TrainConfig:
     find_unused_parameters: bool = option(False, "DistributedDataParallel option")
     vgg16_weights: str | None = option(None,
         "Local torchvision-format VGG16 ImageNet state dict for the co-segmentation and feature terms; null turns "
-        "those terms off (logged).")
+        "co-segmentation off (logged) and gives the feature term a frozen copy of the network's own feature maps "
+        "at the start of training (the --init weights', or from scratch a fixed random projection; logged).")
     model: dict = option(factory=dict, description=
         "ModelConfig overrides (pipeline.model.ModelConfig fields): of a network trained from scratch, or of the "
         "--init weights' stored config (refinement: spn on weights without an SPN adds a fresh one, which "

@@ -193,6 +193,8 @@ def test_other_recipes_train(recipe, scene_path, tmp_path, caplog):
     assert math.isfinite(float(row[extra])) and float(row["loss"]) > 0
     if recipe.startswith("jdacs"):
         assert "cosegmentation" not in row and "co-segmentation consistency is OFF" in caplog.text
+    if recipe == "m3vsnet":  # no VGG16 weights: the network's own frozen features
+        assert math.isfinite(float(row["feature"])) and "is OFF" not in caplog.text
 
 
 def test_bad_arguments(scene_path, tmp_path):
@@ -587,23 +589,69 @@ def test_mvs2_refuses_one_reference_terms(scene_path, tmp_path):
 
 
 def test_m3vsnet_feature_term_from_the_vgg16_file(scene_path, tmp_path, caplog):
-    """With train.vgg16_weights the feature term is on (a column of losses.csv); without, off with a WARNING."""
+    """With train.vgg16_weights the feature term uses VGG16 (a column of losses.csv); without, it is on
+    as well, on the network's own frozen features (from scratch a random projection: a WARNING)."""
     weights_path = _vgg_file(tmp_path / "vgg16.pth")
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("INFO"):
         run_train(tiny_config(steps=1, vgg16_weights=str(weights_path), loss={"recipe": "m3vsnet"}),
                   tmp_path / "on", [scene_path])
-    assert "is OFF" not in caplog.text
+    assert "is OFF" not in caplog.text and "frozen copy of the network" not in caplog.text
     row = read_rows(tmp_path / "on")[0]
     assert all(math.isfinite(float(row[t])) for t in ("photometric", "ssim", "smoothness", "depth_normal", "feature"))
     assert float(row["feature"]) > 0
+    assert "feature_reference" not in torch.load(tmp_path / "on" / "last.pt", weights_only=True)["extra"]
     caplog.clear()
-    with caplog.at_level("WARNING"):
-        run_train(tiny_config(steps=1, loss={"recipe": "m3vsnet"}), tmp_path / "off", [scene_path])
-    assert "feature-wise" in caplog.text and "vgg16_weights" in caplog.text
-    assert "feature" not in read_rows(tmp_path / "off")[0]
+    with caplog.at_level("INFO"):
+        run_train(tiny_config(steps=1, loss={"recipe": "m3vsnet"}), tmp_path / "own", [scene_path])
+    assert "is OFF" not in caplog.text
+    assert "frozen copy of the network's own feature maps" in caplog.text and "random projection" in caplog.text
+    row = read_rows(tmp_path / "own")[0]
+    assert math.isfinite(float(row["feature"])) and float(row["feature"]) > 0
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         run_train(tiny_config(steps=1, vgg16_weights=str(tmp_path / "missing.pth"), loss={"recipe": "m3vsnet"}),
                   tmp_path / "bad", [scene_path])
+
+
+@pytest.mark.parametrize("backbone", ["patchmatchnet", "cvp"])
+def test_m3vsnet_own_features_are_those_of_the_start(backbone, scene_path, tmp_path, caplog):
+    """Without VGG16 weights the feature term's frozen copy is the network before its first step:
+    checkpoints keep it, a resumed run restores it (not the resumed weights), and an --init run
+    copies the init's features (no random-projection WARNING)."""
+    from pipeline.losses import FrozenNetworkFeatures
+    from pipeline.model.checkpoint import read_checkpoint
+    from pipeline.training.data import build_model
+
+    model = {"backbone": "cvp", "cvp_levels": 2} if backbone == "cvp" else tiny_config().model
+    config = tiny_config(steps=2, checkpoint_every=1, model=model, loss={"recipe": "m3vsnet"})
+
+    def reference(path):
+        return read_checkpoint(path)["extra"]["feature_reference"]
+
+    def frozen_state(network):
+        return FrozenNetworkFeatures(network.multiscale_features()).state_dict()
+
+    def same(a, b):
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    torch.manual_seed(config.seed)
+    initial = frozen_state(build_model(config, None))  # what the run builds from its seed
+    folder = tmp_path / "run"
+    first = run_train(config, folder, [scene_path], stop_at=1, resume=True)
+    assert "feature" in read_rows(folder)[0]
+    assert same(reference(first), initial)
+    after_one, _ = load_checkpoint(first)
+    assert not same(frozen_state(after_one), initial)  # the network's own features did train
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        resumed = run_train(config, folder, [scene_path], resume=True)
+    assert read_checkpoint(resumed)["extra"]["step"] == 2
+    assert same(reference(resumed), initial) and "holds no initial feature maps" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        tuned = run_train(tiny_config(steps=1, model=model, loss={"recipe": "m3vsnet"}), tmp_path / "init",
+                          [scene_path], init=resumed)
+    resumed_model, _ = load_checkpoint(resumed)
+    assert same(reference(tuned), frozen_state(resumed_model)) and "random projection" not in caplog.text
 
 
 SPN_MODEL = {"num_initial_hypotheses": 8, "num_perturbation_hypotheses": [2, 2, 4], "iterations": [1, 1, 2],

@@ -9,7 +9,8 @@
 - :mod:`~pipeline.losses.cross_view`: one-way depth consistency of a reference with one source.
 - :mod:`~pipeline.losses.multi_view`: symmetric depth consistency of every pair of views (MVS^2).
 - :mod:`~pipeline.losses.depth_normal`: depth-normal consistency (M3VSNet).
-- :mod:`~pipeline.losses.feature` (+ :mod:`~pipeline.losses.vgg16`): feature-wise consistency (M3VSNet).
+- :mod:`~pipeline.losses.feature` (+ :mod:`~pipeline.losses.vgg16`): feature-wise consistency (M3VSNet),
+  on ImageNet VGG16 features or a frozen copy of the network's own.
 - :mod:`~pipeline.losses.pseudo_label`: self-training on fused, multi-view-consistent depth (KD-MVS).
 - :mod:`~pipeline.losses.recipes`: named recipes; :mod:`~pipeline.losses.objective`: their weighted sum.
 """
@@ -18,7 +19,13 @@ from pipeline.losses.augmentation import augment_images, augmentation_loss, augm
 from pipeline.losses.cosegmentation import CoSegmentation, cosegmentation_loss, make_cosegmentation, nmf
 from pipeline.losses.cross_view import cross_view_loss
 from pipeline.losses.depth_normal import depth_normal_loss
-from pipeline.losses.feature import FEATURE_LAYERS, FeatureExtractor, feature_loss, make_feature_extractor
+from pipeline.losses.feature import (
+    FEATURE_LAYERS,
+    FeatureExtractor,
+    FrozenNetworkFeatures,
+    feature_loss,
+    make_feature_extractor,
+)
 from pipeline.losses.multi_view import multi_view_consistency_loss, pair_consistency
 from pipeline.losses.objective import SelfSupervisedLoss
 from pipeline.losses.photometric import photometric_error_maps, photometric_loss
@@ -32,7 +39,7 @@ from pipeline.losses.view_synthesis import best_k_mean, warp_sources
 __all__ = [
     "augment_images", "augmentation_loss", "augmentation_weight",
     "CoSegmentation", "cosegmentation_loss", "make_cosegmentation", "nmf",
-    "cross_view_loss", "depth_normal_loss", "FEATURE_LAYERS", "FeatureExtractor", "feature_loss",
+    "cross_view_loss", "depth_normal_loss", "FEATURE_LAYERS", "FeatureExtractor", "FrozenNetworkFeatures", "feature_loss",
     "make_feature_extractor", "multi_view_consistency_loss", "pair_consistency", "SelfSupervisedLoss",
     "photometric_error_maps", "photometric_loss", "pseudo_label_loss", "RECIPES", "TERMS", "Recipe", "get_recipe",
     "smoothness_loss", "ssim_error_maps", "ssim_loss", "VGG16Features", "best_k_mean", "warp_sources",

@@ -9,27 +9,34 @@ layer's mean absolute activation, averaged over the layers; per pixel the ``top_
 (:func:`pipeline.losses.view_synthesis.best_k_mean`, as in the pixel-wise term), so a source that
 does not see the pixel is left out there.
 
-The fixed extractor is VGG16 with ImageNet weights, read from the local file that
-``train.vgg16_weights`` names (the same torchvision-format state dict as co-segmentation; nothing
-is ever downloaded), at relu2_2, relu3_3 and relu4_3 (1/2, 1/4, 1/8 of the image). Why VGG16
-and not the network's own feature pyramid, frozen:
+Which extractor (:func:`make_feature_extractor`), both fixed for the whole run:
 
-- it is the paper's extractor: M3VSNet uses a pretrained VGG16, so the recipe is its system;
-- it is fixed: the pyramid, even with no gradient through this term, is trained by every other
-  term, so this term's measure would drift during training and, from scratch, start as a random
-  projection that measures nothing;
-- it keeps the losses apart from the backbones (each has its own feature layout; the losses
-  know tensors, not networks).
+- VGG16 with ImageNet weights (:class:`FeatureExtractor`) when ``train.vgg16_weights`` names a
+  local file (the torchvision-format state dict co-segmentation reads; nothing is ever
+  downloaded), at relu2_2, relu3_3 and relu4_3 (1/2, 1/4, 1/8 of the image): the paper's
+  extractor, so the recipe is its system, and features trained for recognition, not by this run.
+- otherwise the training network's own feature maps as they are at the start of training
+  (:class:`FrozenNetworkFeatures`: a deep copy taken once before the first step; PatchmatchNet's
+  pyramid at 1/2, 1/4, 1/8, CVP-MVSNet's two finest levels at 1 and 1/2): the
+  ``--init`` / fine-tuning checkpoint's features, or from scratch the seeded random
+  initialisation, a fixed random projection of local image patches (still a texture filter,
+  weaker than ImageNet's). Always available, so the term is never off for want of a file.
 
-Without the file the term is OFF, logged at WARNING level like co-segmentation
-(:func:`make_feature_extractor`). The extractor runs under ``torch.no_grad`` with frozen
-weights: the gradient reaches the depth only through the warp's sampling positions.
+Why a frozen copy and not the live network: the network's features are trained by every other
+term, so this term's measure would drift during training; the copy fixes it. Either extractor
+runs under ``torch.no_grad`` with frozen weights in evaluation mode: the gradient reaches the
+depth only through the warp's sampling positions. The losses stay apart from the backbones: a
+backbone hands over a module image -> {stride: maps} (``multiscale_features()`` of
+:class:`pipeline.model.PatchmatchNet` and :class:`pipeline.model.CVPMVSNet`); this module knows
+that interface, not the network.
+
 Dividing by the layer's mean activation (the paper compares raw activations) makes the layers'
 errors comparable whatever their activation scale.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Mapping
@@ -89,23 +96,89 @@ class FeatureExtractor(nn.Module):
         return {layer: out[layer].view(batch, views, *out[layer].shape[1:]) for layer in self.layers}
 
 
-def make_feature_extractor(weights: str | Path | None, layers: tuple[str, ...] = FEATURE_LAYERS) -> FeatureExtractor | None:
-    """The feature extractor with ImageNet VGG16 weights, or None (term OFF) without a file.
+class FrozenNetworkFeatures(nn.Module):
+    """A frozen copy of a network's feature maps at several strides; used like :class:`FeatureExtractor`.
 
-    The OFF case is logged at WARNING level, naming the option to set.
+    Args:
+        network_features: a module image -> {stride: maps} with a ``strides`` attribute (a
+            backbone's ``multiscale_features()``). It is deep-copied here, so training the network
+            afterwards leaves this copy as it was.
+
+    Layers are named ``"stride2"``, ``"stride4"``, ...
+    """
+
+    def __init__(self, network_features: nn.Module):
+        super().__init__()
+        strides = tuple(getattr(network_features, "strides", ()))
+        if not strides or any(not isinstance(s, int) or s < 1 for s in strides):
+            raise ValueError(
+                f"network_features: expected a module with a non-empty 'strides' tuple of positive ints "
+                f"(a backbone's multiscale_features()), got {type(network_features).__name__} with strides {strides!r}"
+            )
+        self.network_strides = strides
+        self.layers = tuple(f"stride{s}" for s in strides)
+        self.features = copy.deepcopy(network_features)
+        self.features.requires_grad_(False)
+        self.features.eval()
+
+    def train(self, mode: bool = True):  # the extractor never trains (BatchNorm keeps its statistics)
+        super().train(mode)
+        self.features.eval()
+        return self
+
+    def strides(self) -> dict[str, int]:
+        """Layer -> its stride in image pixels."""
+        return dict(zip(self.layers, self.network_strides))
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Features of every view; no gradient, whatever the weights' ``requires_grad``.
+
+        Shape:
+            - images: (B, V, 3, H, W) in [0, 1] -> layer -> (B, V, C, H // s, W // s), s its stride
+        """
+        if images.dim() != 5 or images.shape[2] != 3:
+            raise ValueError(f"images: expected (B, V, 3, H, W), got {tuple(images.shape)}")
+        batch, views = images.shape[:2]
+        weight = next(self.features.parameters())
+        flat = images.flatten(0, 1).to(device=weight.device, dtype=weight.dtype)
+        out = self.features(flat)
+        missing = [s for s in self.network_strides if s not in out]
+        if missing:
+            raise ValueError(f"network features: no maps at strides {missing} (got strides {sorted(out)})")
+        return {
+            layer: out[s].view(batch, views, *out[s].shape[1:]) for layer, s in zip(self.layers, self.network_strides)
+        }
+
+
+def make_feature_extractor(
+    weights: str | Path | None,
+    layers: tuple[str, ...] = FEATURE_LAYERS,
+    *,
+    network_features: nn.Module | None = None,
+) -> FeatureExtractor | FrozenNetworkFeatures | None:
+    """The feature term's extractor: VGG16 with the ImageNet weights of ``weights`` when given, else
+    a frozen copy of ``network_features`` (the network's feature maps as they are now, before the
+    first step), else None (term OFF, logged at WARNING level).
 
     Raises:
         FileNotFoundError, ValueError: from :meth:`VGG16Features.load_torchvision_weights`.
     """
-    if weights is None:
-        log.warning(
-            "feature-wise consistency (M3VSNet) is OFF: train.vgg16_weights is not set "
-            "(give a local torchvision-format VGG16 ImageNet state dict to enable it)"
+    if weights is not None:
+        module = FeatureExtractor(layers)
+        module.vgg.load_torchvision_weights(weights)
+        return module
+    if network_features is not None:
+        log.info(
+            "feature-wise consistency (M3VSNet): train.vgg16_weights is not set, so the features are a frozen "
+            "copy of the network's own feature maps as they are at the start of training"
         )
-        return None
-    module = FeatureExtractor(layers)
-    module.vgg.load_torchvision_weights(weights)
-    return module
+        return FrozenNetworkFeatures(network_features)
+    log.warning(
+        "feature-wise consistency (M3VSNet) is OFF: train.vgg16_weights is not set and no network features were "
+        "given (give a local torchvision-format VGG16 ImageNet state dict to enable it)"
+    )
+    return None
 
 
 def feature_error_maps(ref_features: torch.Tensor, warped: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

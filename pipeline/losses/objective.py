@@ -16,8 +16,9 @@ Two entry points:
   (:func:`pipeline.losses.multi_view.multi_view_consistency_loss`).
 
 Built from ``train.loss`` (``config``) and ``train.vgg16_weights``; the modules of the
-co-segmentation and feature terms are made only when the recipe has them (each is None, its term
-off and a WARNING logged, without the weights file)::
+co-segmentation and feature terms are made only when the recipe has them. Without the weights file
+co-segmentation is None (its term off, a WARNING logged) and the feature term takes a frozen copy
+of the network's own feature maps at the start of training (``model``, before its first step)::
 
     recipe = get_recipe(config.loss.recipe, dataclasses.asdict(config.loss.weights))
     objective = SelfSupervisedLoss(
@@ -27,7 +28,9 @@ off and a WARNING logged, without the weights file)::
         cross_view_max_error=config.loss.cross_view_max_error,
         cross_view_max_reprojection_error=config.loss.cross_view_max_reprojection_error,
         cosegmentation=make_cosegmentation(config.vgg16_weights, ...) if "cosegmentation" in recipe.weights else None,
-        feature_extractor=make_feature_extractor(config.vgg16_weights) if "feature" in recipe.weights else None,
+        feature_extractor=make_feature_extractor(
+            config.vgg16_weights, network_features=model.multiscale_features()
+        ) if "feature" in recipe.weights else None,
     ).to(device)
 """
 
@@ -43,7 +46,7 @@ from kernels.geometry import invert_rigid
 from pipeline.losses.augmentation import augmentation_loss
 from pipeline.losses.cosegmentation import CoSegmentation, cosegmentation_loss, resize_segmentation
 from pipeline.losses.depth_normal import depth_normal_loss
-from pipeline.losses.feature import FeatureExtractor, feature_loss
+from pipeline.losses.feature import FeatureExtractor, FrozenNetworkFeatures, feature_loss
 from pipeline.losses.multi_view import multi_view_consistency_loss
 from pipeline.losses.photometric import photometric_loss
 from pipeline.losses.pseudo_label import pseudo_label_loss
@@ -97,8 +100,9 @@ class SelfSupervisedLoss(nn.Module):
         cross_view_max_reprojection_error: forward-backward reprojection error (pixels at the
             image resolution) above which cross-view pairs count as occluded.
         cosegmentation: the co-segmentation module, or None (term off even if the recipe has it).
-        feature_extractor: the frozen VGG16 of the feature term, or None (term off even if the
-            recipe has it; logged at WARNING level).
+        feature_extractor: the frozen extractor of the feature term (ImageNet VGG16 or a frozen
+            copy of the network's features, :func:`pipeline.losses.feature.make_feature_extractor`),
+            or None (term off even if the recipe has it; logged at WARNING level).
     """
 
     def __init__(
@@ -114,7 +118,7 @@ class SelfSupervisedLoss(nn.Module):
         cross_view_max_error: float = 0.05,
         cross_view_max_reprojection_error: float = 2.0,
         cosegmentation: CoSegmentation | None = None,
-        feature_extractor: FeatureExtractor | None = None,
+        feature_extractor: FeatureExtractor | FrozenNetworkFeatures | None = None,
     ):
         super().__init__()
         self.recipe = recipe
@@ -130,7 +134,8 @@ class SelfSupervisedLoss(nn.Module):
         self.feature_extractor = feature_extractor
         if "feature" in recipe.weights and feature_extractor is None:
             log.warning(
-                "recipe %s: the feature-wise term is OFF (no feature extractor: set train.vgg16_weights)", recipe.name
+                "recipe %s: the feature-wise term is OFF (no feature extractor given: VGG16 from train.vgg16_weights "
+                "or the network's frozen features, pipeline.losses.feature.make_feature_extractor)", recipe.name
             )
 
     @property

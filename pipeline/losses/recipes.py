@@ -78,10 +78,12 @@ RECIPES: dict[str, Recipe] = {
         "m3vsnet", {**_BASE, "feature": 1.0, "depth_normal": 1.0}, frozenset({"feature", "depth_normal"}),
         doc="Huang et al., 'M3VSNet: Unsupervised Multi-metric Multi-view Stereo Network', 2021 "
         "(arXiv:2005.00363): pixel-wise (photometric + SSIM + smoothness, every output) + feature-wise "
-        "consistency (feature: frozen ImageNet VGG16 at relu2_2, relu3_3, relu4_3; weight 1.0, ours) + "
-        "normal-depth consistency (depth_normal; weight 1.0, ours), these two on the refined depth. The feature "
-        "term needs train.vgg16_weights and is off (with a WARNING) without it. Differs: feature errors are "
-        "divided by each layer's mean activation (the paper compares raw activations); the backbone is ours.",
+        "consistency (feature: frozen ImageNet VGG16 at relu2_2, relu3_3, relu4_3 from train.vgg16_weights; "
+        "weight 1.0, ours) + normal-depth consistency (depth_normal; weight 1.0, ours), these two on the refined "
+        "depth. Without train.vgg16_weights the feature term compares the network's own feature maps (PatchmatchNet: "
+        "1/2, 1/4, 1/8; CVP-MVSNet: 1, 1/2), a frozen copy taken before the first step (the --init weights'; from "
+        "scratch a fixed random projection, with a WARNING). Differs: feature errors are divided by each layer's mean activation (the "
+        "paper compares raw activations); the backbone is ours.",
     ),
     "jdacs": Recipe(
         "jdacs", {**_BASE, "augmentation": 0.01, "cosegmentation": 0.1}, frozenset({"augmentation", "cosegmentation"}),

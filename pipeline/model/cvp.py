@@ -150,6 +150,35 @@ class FeatureExtractor(nn.Module):
         return self.output(self.layers(image))
 
 
+class LevelFeatureMaps(nn.Module):
+    """CVP-MVSNet's feature network as image -> {stride: feature maps}, the interface of
+    :meth:`CVPMVSNet.multiscale_features`: the network run on the image averaged down by each
+    stride (2x2 means, as its image pyramid is made).
+
+    Strides 1 and 2 by default (the pyramid's two finest levels, whatever ``cvp_levels`` is): the
+    features are local (receptive field 19 pixels at every level), so on a training crop averaged
+    down to 1/4 or 1/8 they see mostly the crop's border, and on the rendered test planes their
+    consistency was lowest off the true depth there (tests/test_feature_loss.py scans it).
+
+    It holds the feature network itself, not a copy: ``copy.deepcopy`` of this module copies it alone.
+
+    Shape:
+        image: (N, 3, H, W) in [0, 1] -> stride s in :attr:`strides` -> (N, C, H // s, W // s)
+    """
+
+    def __init__(self, feature: FeatureExtractor, strides: tuple[int, ...] = (1, 2)) -> None:
+        super().__init__()
+        if not strides or any(s < 1 or s & (s - 1) for s in strides):
+            raise ValueError(f"LevelFeatureMaps: strides must be powers of 2, got {strides!r}")
+        self.feature = feature
+        self.strides = tuple(strides)
+
+    def forward(self, image: torch.Tensor) -> dict[int, torch.Tensor]:
+        if image.dim() != 4 or image.shape[1] != 3:
+            raise ValueError(f"LevelFeatureMaps: expected (N, 3, H, W), got {tuple(image.shape)}")
+        return {s: self.feature(F.avg_pool2d(image, s) if s > 1 else image) for s in self.strides}
+
+
 class _ConvBnReLU3d(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, momentum: float = 0.1) -> None:
         super().__init__(
@@ -234,6 +263,11 @@ class CVPMVSNet(FreezableBatchNorm):
     def levels(self) -> tuple[int, ...]:
         """Pyramid levels, coarse to fine; level s is at 1 / 2**s per side."""
         return tuple(range(self.config.cvp_levels - 1, -1, -1))
+
+    def multiscale_features(self) -> LevelFeatureMaps:
+        """The feature network as a module image -> {stride: maps} at strides 1 and 2, its two finest
+        levels (sharing this network's weights; deep-copy it for a frozen copy)."""
+        return LevelFeatureMaps(self.feature)
 
     def extract_features(self, image: torch.Tensor) -> dict[int, torch.Tensor]:
         """Features of every pyramid level of one image, padded (bottom and right) to a multiple of

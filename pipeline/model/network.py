@@ -132,6 +132,32 @@ def _source_layout(feature: torch.Tensor) -> torch.Tensor:
     return feature
 
 
+class PyramidFeatureMaps(nn.Module):
+    """PatchmatchNet's feature pyramid as image -> {stride: feature maps}, the interface of
+    :meth:`PatchmatchNet.multiscale_features` (a loss can use the network's features without
+    knowing its layout: :class:`pipeline.losses.feature.FrozenNetworkFeatures`).
+
+    It holds the pyramid itself, not a copy: ``copy.deepcopy`` of this module copies the pyramid alone.
+
+    Shape:
+        image: (N, 3, H, W) in [0, 1] -> stride s in :attr:`strides` -> (N, C_s, H // s, W // s)
+        (the image padded to a multiple of 8 for the pyramid, the maps cropped back).
+    """
+
+    strides = tuple(2**stage for stage in reversed(STAGES))  # (2, 4, 8)
+
+    def __init__(self, pyramid: FeaturePyramid) -> None:
+        super().__init__()
+        self.pyramid = pyramid
+
+    def forward(self, image: torch.Tensor) -> dict[int, torch.Tensor]:
+        if image.dim() != 4 or image.shape[1] != 3:
+            raise ValueError(f"PyramidFeatureMaps: expected (N, 3, H, W), got {tuple(image.shape)}")
+        height, width = image.shape[-2:]
+        maps = self.pyramid(_pad_to_multiple(image, 8))
+        return {2**stage: maps[stage][..., : height // 2**stage, : width // 2**stage] for stage in reversed(STAGES)}
+
+
 class FreezableBatchNorm(nn.Module):
     """A network whose BatchNorm layers can stay in evaluation mode under ``train()`` (both backbones)."""
 
@@ -195,6 +221,11 @@ class PatchmatchNet(FreezableBatchNorm):
         self.refinement = Refinement(cfg.refinement_channels, momentum, cfg.refinement_upsampling)
         if cfg.refinement == "spn":  # only then: checkpoints of the other modes keep their keys
             self.spn = SPNRefinement(cfg.spn_channels, cfg.spn_steps, momentum)
+
+    def multiscale_features(self) -> PyramidFeatureMaps:
+        """The feature pyramid as a module image -> {stride: maps} at strides 2, 4, 8 (sharing this
+        network's weights; deep-copy it for a frozen copy)."""
+        return PyramidFeatureMaps(self.feature)
 
     def extract_features(self, image: torch.Tensor) -> dict[int, torch.Tensor]:
         """Features of one image, padded to a multiple of 8 (the padding is not cropped here).

@@ -30,7 +30,7 @@ from pipeline.model.device import resolve_device
 from pipeline.training.checkpoints import CheckpointFolder
 from pipeline.training.data import build_model, init_sha256, read_labels
 from pipeline.training.distributed import Distributed
-from pipeline.training.objective import build_objective, trains_symmetric
+from pipeline.training.objective import build_objective, feature_reference, trains_symmetric
 from pipeline.training.sampler import ViewSampler, mix_seed
 from pipeline.training.schedule import finetune_steps, lr_multiplier
 from pipeline.training.step import symmetric_train_step, train_step
@@ -131,7 +131,18 @@ def train(
         net = dist.wrap(model, device, config.find_unused_parameters)
 
         # ---- objective, then the labels it needs
-        recipe, objective, aug_params = build_objective(config, mode, label_paths is not None, device)
+        # The feature term's fallback extractor is a frozen copy of the network as it is now, before
+        # the first step; a resumed run restores the copy its checkpoint holds (the run's start).
+        from_scratch = (init_digest if not resume else checkpoint_extra.get("init_sha256", init_digest)) is None
+        initial_features = checkpoint_extra.get("feature_reference") if resume else None
+        recipe, objective, aug_params = build_objective(
+            config, mode, label_paths is not None, device, model,
+            from_scratch=from_scratch, initial_features=initial_features,
+        )
+        reference_state = feature_reference(objective)
+        if resume and reference_state is not None and initial_features is None:
+            log.warning("train --resume: %s holds no initial feature maps of the feature term (a run that did not "
+                        "train it); its frozen copy is taken from the resumed weights", out.last)
         terms = objective.active_terms
         if "pseudo_label" in terms and label_paths is None:
             raise ValueError("train.loss.weights.pseudo_label is set but no label files were given (--labels)")
@@ -177,6 +188,8 @@ def train(
                 "init_sha256": checkpoint_extra.get("init_sha256", init_digest),  # a resumed run keeps its own
                 "stopped_early": stopped_early,
             }
+            if reference_state is not None:
+                extra["feature_reference"] = reference_state
             out.save(step, model, extra, rows, columns, terms)
 
         # ---- loop

@@ -8,18 +8,30 @@ import logging
 from pipeline.config import TrainConfig
 from pipeline.losses import SelfSupervisedLoss, get_recipe
 from pipeline.losses.cosegmentation import make_cosegmentation
-from pipeline.losses.feature import make_feature_extractor
+from pipeline.losses.feature import FrozenNetworkFeatures, make_feature_extractor
 
 log = logging.getLogger("selfmvs.train")
 
 
-def build_objective(config: TrainConfig, mode: str, have_labels: bool, device):
+def build_objective(
+    config: TrainConfig, mode: str, have_labels: bool, device, model=None, *,
+    from_scratch: bool = True, initial_features: dict | None = None,
+):
     """The recipe, the loss module and the augmentation ranges of a run.
 
     Fine-tuning with ``train.finetune.objective: labels`` keeps the pseudo-label term alone, at
-    ``train.finetune.label_weight``. The co-segmentation and feature terms get their frozen VGG16
-    from the local file ``train.vgg16_weights`` (never downloaded); without it they are off, with
-    a WARNING.
+    ``train.finetune.label_weight``. The co-segmentation term gets its frozen VGG16 from the local
+    file ``train.vgg16_weights`` (never downloaded); without it the term is off, with a WARNING.
+    The feature term takes the same VGG16 when the file is given, else a frozen copy of ``model``'s
+    feature maps (``model.multiscale_features()``) as they are now, before the first step
+    (:func:`pipeline.losses.feature.make_feature_extractor`).
+
+    Args:
+        model: the network about to be trained (unwrapped, on ``device``, its starting weights).
+        from_scratch: the run started from the seeded random initialisation (no ``--init``): the
+            frozen copy is then a fixed random projection, logged at WARNING level.
+        initial_features: :func:`feature_reference` of the checkpoint a resumed run continues:
+            the frozen copy as it was at the run's start, not the resumed weights'.
 
     Returns:
         ``(recipe, objective, augmentation_params)``.
@@ -48,7 +60,23 @@ def build_objective(config: TrainConfig, mode: str, have_labels: bool, device):
             cosegmentation = cosegmentation.to(device)
     feature_extractor = None
     if "feature" in recipe.weights:
-        feature_extractor = make_feature_extractor(config.vgg16_weights)
+        network_features = model.multiscale_features() if model is not None else None
+        feature_extractor = make_feature_extractor(config.vgg16_weights, network_features=network_features)
+        if isinstance(feature_extractor, FrozenNetworkFeatures):
+            if initial_features is not None:
+                try:
+                    feature_extractor.load_state_dict(initial_features)
+                except RuntimeError as error:
+                    raise ValueError(
+                        f"train --resume: the checkpoint's feature_reference (the feature term's frozen copy of the "
+                        f"network's features) does not fit this network: {error}"
+                    ) from None
+            if from_scratch:
+                log.warning(
+                    "feature-wise consistency (M3VSNet): the frozen features are the network's seeded random "
+                    "initialisation, a fixed random projection of the image (no --init, no train.vgg16_weights); "
+                    "give train.vgg16_weights for the paper's ImageNet VGG16"
+                )
         if feature_extractor is not None:
             feature_extractor = feature_extractor.to(device)
     objective = SelfSupervisedLoss(
@@ -61,6 +89,16 @@ def build_objective(config: TrainConfig, mode: str, have_labels: bool, device):
     )
     aug_params = loss_config.augmentation  # the config section is the augmentation's parameters
     return recipe, objective, aug_params
+
+
+def feature_reference(objective) -> dict | None:
+    """The state of the feature term's frozen copy of the network's features (CPU tensors), which a
+    checkpoint keeps so that a resumed run compares with the features of the run's start; None
+    with VGG16 or without the term."""
+    extractor = getattr(objective, "feature_extractor", None)
+    if not isinstance(extractor, FrozenNetworkFeatures):
+        return None
+    return {key: value.detach().cpu() for key, value in extractor.state_dict().items()}
 
 
 # Terms defined for one reference (its augmented copy, its label map): not part of a symmetric step.
