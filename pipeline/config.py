@@ -471,15 +471,15 @@ class PlaneFillConfig:
     ring: int = option(4, "width of the textured ring around a region the plane is fitted to, pixels")
     inlier_tolerance: float = option(0.01,
         "a ring pixel fits the plane when their inverse depths agree within this fraction")
-    min_inlier_fraction: float = option(0.5,
-        "a region is filled only when at least this fraction of its ring fits one plane (chosen on the object"
-        " training scenes). 0.3 fills more walls: held-out indoor rooms 38.3 -> 46.4 % within 1 %, F-score at"
-        " 0.5 % 53.2 -> 60.3, held-out object scenes 87.40 -> 87.50 %, but on the DTU photos the fused points"
-        " inside the object masks drop from 90.1 to 87.2 % (more background planes; sparse agreement "
-        "unchanged), so the default stays 0.5; set 0.3 for rooms (docs/benchmarks.md, 2026-12-07)")
-    max_brightness: float = option(1.0,
+    min_inlier_fraction: float = option(0.3,
+        "a region is filled only when at least this fraction of its ring fits one plane. 0.3 (with max_brightness"
+        " 0.97) against 0.5: validation rooms 3200-3202 29.6 -> 32.7 % within 1 %, object scenes 1000-1001 unchanged"
+        " (+0.1), DTU photos: fused points inside the object masks 90.1 -> 96.0 %, sparse agreement unchanged"
+        " (docs/benchmarks.md, 2026-12-07)")
+    max_brightness: float = option(0.97,
         "a low-texture region whose median grey value (image values in [0, 1]) is at least this is left alone: "
-        "clipped to white, nothing was measured there (1: every region may be filled)")
+        "clipped to white, nothing was measured there (the white backdrop of the DTU photos); 1: every region may be "
+        "filled")
     max_planes: int = option(1,
         "planes fitted to a region's ring (each next one to the ring pixels the earlier ones leave); with more than "
         "one, min_inlier_fraction counts the ring pixels any of them fits and each pixel of the region takes the plane "

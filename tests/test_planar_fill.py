@@ -78,18 +78,18 @@ def test_a_uniform_patch_of_a_slanted_plane_takes_the_plane_of_its_surroundings(
 
 
 def test_a_region_clipped_to_white_is_left_alone_with_max_brightness():
-    """A uniform patch at the sensor's white level (a lit backdrop, as behind the DTU objects) is filled
-    by default and left alone once its median grey reaches max_brightness; a grey patch is filled either way."""
+    """A uniform patch at the sensor's white level (a lit backdrop, as behind the DTU objects) is left alone
+    by default (max_brightness 0.97) and filled with max_brightness 1; a grey patch is filled either way."""
     rng = np.random.default_rng(2)
     truth = plane_depth([0.2, -0.5, 1.0], 4.0)
     estimate = truth.copy()
     white = textured_image(rng, PATCH)
     white[PATCH] = 255
-    assert planar_fill(estimate, white, (1.0, 20.0)).planes == 1
-    clipped = planar_fill(estimate, white, (1.0, 20.0), PlaneFillConfig(max_brightness=0.97))
+    assert planar_fill(estimate, white, (1.0, 20.0), PlaneFillConfig(max_brightness=1.0)).planes == 1
+    clipped = planar_fill(estimate, white, (1.0, 20.0))
     assert clipped.regions == 1 and clipped.planes == 0 and not clipped.filled.any()
     np.testing.assert_array_equal(clipped.depth, estimate)
-    grey = planar_fill(estimate, textured_image(rng, PATCH), (1.0, 20.0), PlaneFillConfig(max_brightness=0.97))
+    grey = planar_fill(estimate, textured_image(rng, PATCH), (1.0, 20.0))
     assert grey.planes == 1 and grey.filled.any()
 
 
