@@ -17,7 +17,7 @@ demo: $(STAMP)
 	.venv/bin/snakemake --cores $(CORES)
 
 test: $(STAMP) system-deps-browser slurm-packages
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 # Headless Chromium renders the report's 3-D cloud in tests/test_report.py, which skips without it.
 # Installed (Debian's package) only when missing and we are root; apt failing leaves the suite running.
