@@ -28,14 +28,15 @@ order whatever the thread count).
 
 Measured (bench/results/adaptive-aggregation-cpu-2core-2026-12-07.json): forward + backward
 (gradients to all three inputs) against :func:`adaptive_aggregation_reference` at the benchmark's
-four stage sizes (batch 1, 640x512 image, K=9), reference, this kernel and the previous kernel
-interleaved round by round on the shared 2-core machine (load average ~8). Wall time with 2
-threads, median of per-round ratios reference / kernel: 3.7x (stage 3, D=48), 4.4x (stage 3,
-D=16), 3.7x (stage 2), 2.7x (stage 1); previous kernel 3.5x, 3.7x, 2.9x, 2.3x. Those rounds fell
-in a phase where the reference's many 2-thread torch calls stall, which inflates the ratios. CPU
-time with 1 thread (the work done, less sensitive to the other jobs): 1.77x, 1.12x, 1.72x,
-1.96x (previous kernel 1.58x, 0.97x, 1.47x, 1.46x): half the reference's work is not reached at
-any stage, and at stage 3 with D=16 the kernel does about as much work as the reference. The inner loops stay scalar: LLVM does not vectorise the bilinear gathers.
+four stage sizes (batch 1, 640x512 image, K=9), reference, this kernel and the kernel before the
+zero border interleaved round by round on the shared 2-core machine (load average ~8). Wall time
+with 2 threads, median of per-round ratios reference / kernel: 3.5x (stage 3, D=48), 4.1x
+(stage 3, D=16), 3.6x (stage 2), 3.1x (stage 1); before 3.4x, 3.5x, 3.3x, 2.6x. Most of those
+rounds fell in a phase where the reference's 2-thread torch calls stall, which inflates the
+ratios. CPU time with 1 thread (the work done, less sensitive to the other jobs): 1.4x, 1.07x,
+1.9x, 1.9x (before 1.3x, 0.9x, 1.5x, 1.4x; about 20% spread between runs): half the reference's
+work is not reached at any stage, and at stage 3 with D=16 the kernel does about as much work as
+the reference. What remains is the scalar gathers and the scatter of the cost gradient.
 """
 
 from __future__ import annotations
