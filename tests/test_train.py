@@ -470,7 +470,9 @@ def test_refactor_keeps_the_weights(scene_path, tmp_path):
 
     Pinned at commit 750a40a and kept through the move into pipeline.training; changed once since, on
     2026-12-07, when the CPU backward of kernels.adaptive_aggregation stopped summing per-thread gradient
-    copies (a different float summation order, now the same at any thread count)."""
+    copies (a different float summation order, now the same at any thread count), and again that day when
+    its backward took the forward's sum of weights (summed over the neighbours in order) instead of
+    recomputing it with torch's ``sum(dim=1)`` (whose vectorised reduction orders the terms otherwise)."""
     import hashlib
 
     def digest(path):
@@ -488,8 +490,8 @@ def test_refactor_keeps_the_weights(scene_path, tmp_path):
     trained = run_train(tiny_config(steps=3, checkpoint_every=2), tmp_path / "train", [scene])
     tuned = run_train(tiny_config(finetune={"steps": 2, "objective": "photometric", "full_resolution": True}),
                       tmp_path / "ft", finetune=scene, init=trained)
-    assert digest(trained) == "226cd1389e13838598ab67e568818e859fd15e9155170ed7d0bfb7af77771fde"
-    assert digest(tuned) == "952f93c527ccabc4166f33cfea861523cc086b7d2c5313ac6e109c12fc7e3ce3"
+    assert digest(trained) == "0133c192e9ea3175fd6c1287638e5574d85743a0918a7100c6ea81bf63b147de"
+    assert digest(tuned) == "5ceb66dd1121ff3a829f3af82184f23ed326707a670f74ea06cd9d7cff1cd9e2"
 
 
 # ------------------------------------------------------------------------------------------------
