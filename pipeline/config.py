@@ -293,7 +293,10 @@ class LRScheduleConfig:
 class FinetuneConfig:
     """``train.finetune``: per-scene self-supervised fine-tuning."""
 
-    enabled: bool = option(True, "workflow: fine-tune the checkpoint on each scene before infer")
+    enabled: bool = option(False,
+        "workflow: fine-tune the checkpoint on each scene before infer. Off by default: 27 steps on the 640x480 "
+        "validation rooms 3200 / 3201 gained 1.7 / 1.0 points within 1 % and took 4-10x the time of the scene's inference "
+        "(docs/benchmarks.md, 2026-12-07)")
     steps: int | None = option(None, "optimizer steps; null = scaled to the scene by megapixel_steps")
     megapixel_steps: float = option(16.5,
         "with steps null: steps = megapixel_steps / (megapixels of a step's reference images: batch size x "

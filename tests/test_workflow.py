@@ -37,7 +37,8 @@ def test_slurm_profile_dry_run_resolves_resources(tmp_path):
     photos = tmp_path / "garden"
     photos.mkdir()
     (photos / "images").symlink_to(scene / "images", target_is_directory=True)
-    (tmp_path / "my.yaml").write_text(yaml.safe_dump({"scenes": {"statue": str(scene), "garden": str(photos)}}))
+    (tmp_path / "my.yaml").write_text(yaml.safe_dump({"scenes": {"statue": str(scene), "garden": str(photos)},
+                                                      "train": {"finetune": {"enabled": True}}}))
     result = snakemake(
         "--workflow-profile", str(REPO / "profiles" / "slurm"), "-n", "--configfile", str(tmp_path / "my.yaml"),
         "--directory", str(tmp_path / "run"),
