@@ -294,9 +294,10 @@ class FinetuneConfig:
     """``train.finetune``: per-scene self-supervised fine-tuning."""
 
     enabled: bool = option(False,
-        "workflow: fine-tune the checkpoint on each scene before infer. Off by default: 27 steps on the 640x480 "
-        "validation rooms 3200 / 3201 gained 1.7 / 1.0 points within 1 % and took 4-10x the time of the scene's inference "
-        "(docs/benchmarks.md, 2026-12-07)")
+        "workflow: fine-tune the checkpoint on each scene before infer. Off by default: on 640x480 rooms 54 steps "
+        "gained 8-9.5 points within 1 % on validation rooms and 4.3 on the held-out ones, but lowered the cloud's "
+        "precision at 0.5 % there (82.8 -> 80.1) and made photos -> cloud ~6x one network pass plus fusion instead "
+        "of 1.9x (docs/benchmarks.md, 2026-12-07)")
     steps: int | None = option(None, "optimizer steps; null = scaled to the scene by megapixel_steps")
     megapixel_steps: float = option(16.5,
         "with steps null: steps = megapixel_steps / (megapixels of a step's reference images: batch size x "

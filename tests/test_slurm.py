@@ -30,8 +30,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 TINY = {
     "demo": {"name": "tiny", "seed": 7, "num_views": 3, "width": 64, "height": 48},
-    "train": {"batch_size": 1, "width": 64, "height": 48, "progress": False, "num_threads": 1,
-              "finetune": {"enabled": True, "steps": 2}},
+    "train": {"batch_size": 1, "width": 64, "height": 48, "progress": False, "num_threads": 1},
     "fuse": {"min_consistent_views": 1},
 }
 
@@ -183,8 +182,9 @@ def test_tiny_demo_on_a_one_node_slurm_cluster(slurm_cluster, tmp_path):
     # by rule and job id), and SLURM recorded each of those jobs as COMPLETED in its partition.
     logs = {path.stem: path.relative_to(cluster_run / ".snakemake" / "slurm_logs").parts[0].removeprefix("rule_")
             for path in (cluster_run / ".snakemake" / "slurm_logs").rglob("*.log")}
-    expected = {"demo_scene", "prepare", "finetune_source_infer", "finetune_source_fuse", "finetune_labels", "finetune",
-                "infer", "fuse", "evaluate", "report"}
+    # The workflow's defaults (no per-scene fine-tuning; the fine-tuning rules' GPU requests are checked
+    # by tests/test_workflow.py's dry run of this profile).
+    expected = {"demo_scene", "prepare", "infer", "fuse", "evaluate", "report"}
     assert set(logs.values()) == expected, logs
     completed = {}
     for line in (slurm_cluster["root"] / "jobcomp.log").read_text().splitlines():
@@ -193,7 +193,7 @@ def test_tiny_demo_on_a_one_node_slurm_cluster(slurm_cluster, tmp_path):
     for job_id, rule in logs.items():
         state, partition = completed[job_id]
         assert state == "COMPLETED", (rule, state)
-        wants_gpu_partition = rule in ("infer", "finetune", "finetune_source_infer")
+        wants_gpu_partition = rule == "infer"
         assert partition == ("gpu" if wants_gpu_partition else "cpu"), (rule, partition)
 
     # The same results as the local run: depth maps and fused points byte for byte.

@@ -51,7 +51,7 @@ def test_slurm_profile_dry_run_resolves_resources(tmp_path):
     # Exactly one registration: only the photos-only scene needs it.
     assert out.count("rule sfm:") == 1 and "results/garden/sfm" in out
     # The GPU stages carry the profile's GPU request.
-    for rule in ("infer", "finetune_source_infer"):
+    for rule in ("infer", "finetune_source_infer", "finetune"):
         block = out[out.index(f"rule {rule}:"):][:1500]
         assert "gpu=1" in block and "slurm_partition=gpu" in block, block
     # Memory, CPUs and run time come from the SLURM profile (the rules carry only `threads:` defaults).

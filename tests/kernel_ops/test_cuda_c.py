@@ -18,7 +18,7 @@ import torch
 
 from kernels import _cuda_c
 from kernels._cuda_c import SOURCES, kernel_names_in_source, kernel_params, source_text
-from tests.conftest import TOLERANCES
+from conftest import TOLERANCES  # tests/ is on sys.path (rootdir conftest, prepend import mode)
 
 REPO = Path(__file__).resolve().parents[2]
 DTYPES = {"float32": torch.float32, "float64": torch.float64}

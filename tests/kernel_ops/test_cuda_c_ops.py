@@ -20,7 +20,7 @@ from kernels import adaptive_aggregation, spn_propagate, ssim
 from kernels.adaptive_aggregation import adaptive_aggregation_reference
 from kernels.spn_propagation import spn_propagate_reference
 from kernels.ssim import ssim_reference
-from tests.conftest import TOLERANCES
+from conftest import TOLERANCES  # tests/ is on sys.path (rootdir conftest, prepend import mode)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
