@@ -26,29 +26,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(REPO))  # run as a script from anywhere: the pipeline package of this checkout
 
 
 def timed(*command: str, cwd: Path | None = None) -> float:
     started = time.perf_counter()
     subprocess.run(command, check=True, cwd=cwd, stdout=subprocess.DEVNULL)
     return time.perf_counter() - started
-
-
-def parse_set(items: list[str]) -> dict:
-    """``a.b=VALUE`` (VALUE in YAML) -> nested dict."""
-    import yaml
-
-    tree: dict = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. train.finetune.enabled=false")
-        node = tree
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return tree
 
 
 def rule_seconds(benchmarks: Path, scene: str) -> dict[str, float]:
@@ -73,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    from pipeline.config import parse_assignments
+
+    try:
+        overrides = parse_assignments(args.set)
+    except ValueError as error:
+        raise SystemExit(f"--set: {error}, e.g. train.finetune.enabled=false") from None
     scene_dir = args.scene.resolve()
     if not (scene_dir / "images").is_dir():
         raise SystemExit(f"{scene_dir}: no images/ folder")
@@ -91,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     chain = work / "chain"
     chain.mkdir()
-    config = {"scenes": {name: str(scene_dir)}, **parse_set(args.set)}
+    config = {"scenes": {name: str(scene_dir)}, **overrides}
     (chain / "config.yaml").write_text(json.dumps(config))
     chain_s = timed(str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(chain),
                     "--configfile", str(chain / "config.yaml"), "--cores", str(args.cores), "--quiet=all",

@@ -98,7 +98,7 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def numba_cache_dir() -> tuple[Path, float]:
     """This run's numba cache folder and the time it was created."""
     return Path(NUMBA_CACHE_DIR), NUMBA_CACHE_CREATED
