@@ -39,6 +39,7 @@ from .._backend import (
     numba_stream,
     scalar_type,
 )
+from ._layout import sum_corner_terms
 from .reference import MIN_SRC_DEPTH
 
 
@@ -330,7 +331,6 @@ def _deterministic_source_gradient(grad_correlation, ref, proj, centres, depth, 
     differs. Memory: ``B*D*H*W*4*C`` values and ``B*D*H*W*4`` int64 indices."""
     B, C, H, W = ref.shape
     D = depth.shape[1]
-    G = grad_correlation.shape[1]
     Hs, Ws = src_shape
     dtype, device = ref.dtype, ref.device
     corner_weight = torch.empty((B, D, H, W, 4), dtype=dtype, device=device)
@@ -341,13 +341,7 @@ def _deterministic_source_gradient(grad_correlation, ref, proj, centres, depth, 
         *(as_numba_array(t) for t in (proj, centres, depth, corner_weight, corner_index)),
         Hs, Ws, half, min_z, xmax, ymax,
     )
-    # (B, C, D, H, W); expand, not repeat_interleave (whose tensor form reads its output size on the host)
-    per_group = (grad_correlation * inv_cg).unsqueeze(2).expand(B, G, C // G, D, H, W).reshape(B, C, D, H, W)
-    per_channel = per_group * ref.unsqueeze(2)
-    terms = corner_weight.unsqueeze(-1) * per_channel.permute(0, 2, 3, 4, 1).unsqueeze(4)  # (B, D, H, W, 4, C)
-    flat = torch.zeros((B * Hs * Ws + 1, C), dtype=dtype, device=device)  # + the spare row
-    flat.index_add_(0, corner_index.view(-1), terms.view(-1, C))
-    return flat[:-1].view(B, Hs, Ws, C).permute(0, 3, 1, 2).contiguous()
+    return sum_corner_terms(grad_correlation, ref, corner_weight, corner_index, src_shape, inv_cg)
 
 
 def backward(saved, grad_correlation, need_ref: bool, need_src: bool):

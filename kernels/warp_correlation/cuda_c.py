@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from .._cuda_c import check_int32_sizes, launch, launch_config_1d
+from ._layout import sum_corner_terms
 from .reference import MIN_SRC_DEPTH
 
 OP = "warp_correlation"
@@ -59,14 +60,7 @@ def _deterministic_source_gradient(grad_correlation, ref, proj, depth, src_shape
     grid, block = launch_config_1d(B * D * H * W)
     launch(OP, "warp_correlation_bwd_src_corners", dtype, grid, block, proj, depth, corner_weight, corner_index,
            B, H, W, Hs, Ws, D, MIN_SRC_DEPTH)
-    inv_cg = 1.0 / (C // G)
-    # (B, C, D, H, W); expand, not repeat_interleave (whose tensor form reads its output size on the host)
-    per_group = (grad_correlation * inv_cg).unsqueeze(2).expand(B, G, C // G, D, H, W).reshape(B, C, D, H, W)
-    per_channel = per_group * ref.unsqueeze(2)
-    terms = corner_weight.unsqueeze(-1) * per_channel.permute(0, 2, 3, 4, 1).unsqueeze(4)  # (B, D, H, W, 4, C)
-    flat = torch.zeros((B * Hs * Ws + 1, C), dtype=dtype, device=device)  # + the spare row
-    flat.index_add_(0, corner_index.view(-1), terms.reshape(-1, C))
-    return flat[:-1].view(B, Hs, Ws, C).permute(0, 3, 1, 2).contiguous()
+    return sum_corner_terms(grad_correlation, ref, corner_weight, corner_index, src_shape, 1.0 / (C // G))
 
 
 def backward(saved, grad_correlation, need_ref: bool, need_src: bool):
