@@ -44,6 +44,26 @@ __device__ __forceinline__ Sample source_sample(const scalar_t* __restrict__ pro
     return s;
 }
 
+// A valid sample's 4 bilinear tap weights and their offsets in one (src_h, src_w) plane.
+struct Taps {
+    scalar_t w00, w01, w10, w11;
+    int i00, i01, i10, i11;
+};
+
+__device__ __forceinline__ Taps sample_taps(const Sample& s, int src_w) {
+    const scalar_t one = scalar_t(1);
+    Taps t;
+    t.w00 = (one - s.wx) * (one - s.wy);
+    t.w01 = s.wx * (one - s.wy);
+    t.w10 = (one - s.wx) * s.wy;
+    t.w11 = s.wx * s.wy;
+    t.i00 = s.y0 * src_w + s.x0;
+    t.i01 = s.y0 * src_w + s.x1;
+    t.i10 = s.y1 * src_w + s.x0;
+    t.i11 = s.y1 * src_w + s.x1;
+    return t;
+}
+
 // One thread per (b, d, i, j): G correlations and the valid flag.
 extern "C" __global__ void warp_correlation_fwd(const scalar_t* __restrict__ ref, const scalar_t* __restrict__ src,
                                                 const scalar_t* __restrict__ proj, const scalar_t* __restrict__ depth,
@@ -68,14 +88,8 @@ extern "C" __global__ void warp_correlation_fwd(const scalar_t* __restrict__ ref
         return;
     }
     valid[n] = 1;
-    const scalar_t one = scalar_t(1);
-    const scalar_t w00 = (one - s.wx) * (one - s.wy);
-    const scalar_t w01 = s.wx * (one - s.wy);
-    const scalar_t w10 = (one - s.wx) * s.wy;
-    const scalar_t w11 = s.wx * s.wy;
+    const Taps t = sample_taps(s, src_w);
     const int src_plane = src_h * src_w;
-    const int i00 = s.y0 * src_w + s.x0, i01 = s.y0 * src_w + s.x1;
-    const int i10 = s.y1 * src_w + s.x0, i11 = s.y1 * src_w + s.x1;
     const scalar_t* r = ref + b * channels * plane + ij;
     const scalar_t* f = src + b * channels * src_plane;
     const int per_group = channels / groups;
@@ -84,7 +98,7 @@ extern "C" __global__ void warp_correlation_fwd(const scalar_t* __restrict__ ref
         scalar_t acc = scalar_t(0);
         for (int k = 0; k < per_group; ++k, ++c) {
             const scalar_t* fc = f + c * src_plane;
-            const scalar_t sample = w00 * fc[i00] + w01 * fc[i01] + w10 * fc[i10] + w11 * fc[i11];
+            const scalar_t sample = t.w00 * fc[t.i00] + t.w01 * fc[t.i01] + t.w10 * fc[t.i10] + t.w11 * fc[t.i11];
             acc += r[c * plane] * sample;
         }
         out[g * group_stride] = acc * inv_cg;
@@ -140,14 +154,9 @@ extern "C" __global__ void warp_correlation_bwd_src(const scalar_t* __restrict__
     const int d = bd - b * depths;
     const Sample s = source_sample(proj, b, i, j, depth[n], src_h, src_w, min_z);
     if (!s.valid) return;
-    const scalar_t zero = scalar_t(0), one = scalar_t(1);
-    const scalar_t w00 = (one - s.wx) * (one - s.wy);
-    const scalar_t w01 = s.wx * (one - s.wy);
-    const scalar_t w10 = (one - s.wx) * s.wy;
-    const scalar_t w11 = s.wx * s.wy;
+    const scalar_t zero = scalar_t(0);
+    const Taps tap = sample_taps(s, src_w);
     const int src_plane = src_h * src_w;
-    const int i00 = s.y0 * src_w + s.x0, i01 = s.y0 * src_w + s.x1;
-    const int i10 = s.y1 * src_w + s.x0, i11 = s.y1 * src_w + s.x1;
     const scalar_t* r = ref + b * channels * plane + ij;
     const scalar_t* grad = grad_correlation + (b * groups * depths + d) * plane + ij;
     scalar_t* out = grad_src + b * channels * src_plane;
@@ -158,10 +167,10 @@ extern "C" __global__ void warp_correlation_bwd_src(const scalar_t* __restrict__
         for (int c = g * per_group; c < (g + 1) * per_group; ++c) {
             const scalar_t t = gg * r[c * plane];
             scalar_t* oc = out + c * src_plane;
-            atomicAdd(oc + i00, w00 * t);
-            if (w01 != zero) atomicAdd(oc + i01, w01 * t);
-            if (w10 != zero) atomicAdd(oc + i10, w10 * t);
-            if (w11 != zero) atomicAdd(oc + i11, w11 * t);
+            atomicAdd(oc + tap.i00, tap.w00 * t);
+            if (tap.w01 != zero) atomicAdd(oc + tap.i01, tap.w01 * t);
+            if (tap.w10 != zero) atomicAdd(oc + tap.i10, tap.w10 * t);
+            if (tap.w11 != zero) atomicAdd(oc + tap.i11, tap.w11 * t);
         }
     }
 }
@@ -194,15 +203,14 @@ extern "C" __global__ void warp_correlation_bwd_src_corners(const scalar_t* __re
         }
         return;
     }
-    const scalar_t one = scalar_t(1);
-    const long long row0 = ((long long)b * src_h + s.y0) * src_w;
-    const long long row1 = ((long long)b * src_h + s.y1) * src_w;
-    w[0] = (one - s.wx) * (one - s.wy);
-    index[0] = row0 + s.x0;
-    w[1] = s.wx * (one - s.wy);
-    index[1] = row0 + s.x1;
-    w[2] = (one - s.wx) * s.wy;
-    index[2] = row1 + s.x0;
-    w[3] = s.wx * s.wy;
-    index[3] = row1 + s.x1;
+    const Taps t = sample_taps(s, src_w);
+    const long long plane_start = (long long)b * src_h * src_w;
+    w[0] = t.w00;
+    index[0] = plane_start + t.i00;
+    w[1] = t.w01;
+    index[1] = plane_start + t.i01;
+    w[2] = t.w10;
+    index[2] = plane_start + t.i10;
+    w[3] = t.w11;
+    index[3] = plane_start + t.i11;
 }
