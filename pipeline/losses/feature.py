@@ -55,7 +55,29 @@ FEATURE_LAYERS = ("relu2_2", "relu3_3", "relu4_3")
 _POOLINGS = {"relu1_2": 0, "relu2_2": 1, "relu3_3": 2, "relu4_3": 3, "relu5_3": 4}
 
 
-class FeatureExtractor(nn.Module):
+class _ViewFeatures(nn.Module):
+    """Frozen features of every view of a batch: checks and flattens the views, :meth:`_maps` computes
+    layer -> (B * V, C, h, w) of the flat batch on the weights' device and dtype."""
+
+    def _maps(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Features of every view; no gradient, whatever the weights' ``requires_grad``.
+
+        Shape:
+            - images: (B, V, 3, H, W) in [0, 1] -> layer -> (B, V, C, H // s, W // s), s its stride
+        """
+        if images.dim() != 5 or images.shape[2] != 3:
+            raise ValueError(f"images: expected (B, V, 3, H, W), got {tuple(images.shape)}")
+        batch, views = images.shape[:2]
+        weight = next(self.parameters())
+        out = self._maps(images.flatten(0, 1).to(device=weight.device, dtype=weight.dtype))
+        return {layer: maps.view(batch, views, *maps.shape[1:]) for layer, maps in out.items()}
+
+
+class FeatureExtractor(_ViewFeatures):
     """Frozen VGG16 features of every view at several layers.
 
     Args:
@@ -80,23 +102,12 @@ class FeatureExtractor(nn.Module):
         """Layer -> its stride in image pixels."""
         return {layer: 2 ** _POOLINGS[layer] for layer in self.layers}
 
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Features of every view; no gradient, whatever the weights' ``requires_grad``.
-
-        Shape:
-            - images: (B, V, 3, H, W) in [0, 1] -> layer -> (B, V, C, H // s, W // s), s its stride
-        """
-        if images.dim() != 5 or images.shape[2] != 3:
-            raise ValueError(f"images: expected (B, V, 3, H, W), got {tuple(images.shape)}")
-        batch, views = images.shape[:2]
-        weight = self.vgg.features[0].weight
-        flat = images.flatten(0, 1).to(device=weight.device, dtype=weight.dtype)
+    def _maps(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.vgg.forward_layers(flat, self.layers)
-        return {layer: out[layer].view(batch, views, *out[layer].shape[1:]) for layer in self.layers}
+        return {layer: out[layer] for layer in self.layers}
 
 
-class FrozenNetworkFeatures(nn.Module):
+class FrozenNetworkFeatures(_ViewFeatures):
     """A frozen copy of a network's feature maps at several strides; used like :class:`FeatureExtractor`.
 
     Args:
@@ -130,25 +141,12 @@ class FrozenNetworkFeatures(nn.Module):
         """Layer -> its stride in image pixels."""
         return dict(zip(self.layers, self.network_strides))
 
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Features of every view; no gradient, whatever the weights' ``requires_grad``.
-
-        Shape:
-            - images: (B, V, 3, H, W) in [0, 1] -> layer -> (B, V, C, H // s, W // s), s its stride
-        """
-        if images.dim() != 5 or images.shape[2] != 3:
-            raise ValueError(f"images: expected (B, V, 3, H, W), got {tuple(images.shape)}")
-        batch, views = images.shape[:2]
-        weight = next(self.features.parameters())
-        flat = images.flatten(0, 1).to(device=weight.device, dtype=weight.dtype)
+    def _maps(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.features(flat)
         missing = [s for s in self.network_strides if s not in out]
         if missing:
             raise ValueError(f"network features: no maps at strides {missing} (got strides {sorted(out)})")
-        return {
-            layer: out[s].view(batch, views, *out[s].shape[1:]) for layer, s in zip(self.layers, self.network_strides)
-        }
+        return {layer: out[s] for layer, s in zip(self.layers, self.network_strides)}
 
 
 def make_feature_extractor(
