@@ -445,6 +445,8 @@ class TrainConfig:
     amp: Literal["off", "bf16", "fp16"] = option("off", "mixed precision (CUDA only)")
     num_threads: int | None = option(None, "CPU threads of torch (null: torch's default)")
     progress: bool = option(True, "show a tqdm progress bar")
+    log_every: int = option(10,
+        "Steps whose losses are read back from the device together (one host synchronisation per window, not per step): losses.csv still has a row per step, its `seconds` the mean wall time of the window's steps, and a non-finite loss stops the run at the end of its window, naming the step. Checkpoints and the last step also close a window.")
     find_unused_parameters: bool = option(False, "DistributedDataParallel option")
     vgg16_weights: str | None = option(None,
         "Local torchvision-format VGG16 ImageNet state dict for the co-segmentation and feature terms; null turns "

@@ -712,3 +712,49 @@ def test_spn_fresh_start_leaves_every_other_key_strict(scene_path, tmp_path):
     # train --init with the override reports the file
     with pytest.raises(ValueError, match="missing_key.pt"):
         run_train(tiny_config(steps=1, model=SPN_MODEL), tmp_path / "x", [scene_path], init=tmp_path / "missing_key.pt")
+
+
+def test_losses_are_read_back_once_per_window(scene_path, tmp_path, monkeypatch):
+    """train.log_every: the same rows as reading every step, with one host read per window."""
+    from pipeline.training import loop
+
+    every_step = run_train(tiny_config(steps=7, checkpoint_every=100, log_every=1), tmp_path / "one", [scene_path])
+    reads = []
+    real_tolist, real_float, real_item = torch.Tensor.tolist, torch.Tensor.__float__, torch.Tensor.item
+
+    def counted(real, name):
+        def read(self, *args, **kwargs):
+            if sys._getframe(1).f_code.co_filename == loop.__file__:
+                reads.append(name)
+            return real(self, *args, **kwargs)
+        return read
+
+    monkeypatch.setattr(torch.Tensor, "tolist", counted(real_tolist, "tolist"))
+    monkeypatch.setattr(torch.Tensor, "__float__", counted(real_float, "float"))
+    monkeypatch.setattr(torch.Tensor, "item", counted(real_item, "item"))
+    windowed = run_train(tiny_config(steps=7, checkpoint_every=100, log_every=3), tmp_path / "three", [scene_path])
+    monkeypatch.undo()
+    assert reads == ["tolist"] * 4  # windows closed after step 1 (its own time), 3, 6 and 7 (the last)
+    one, three = read_rows(tmp_path / "one"), read_rows(tmp_path / "three")
+    assert [r["step"] for r in three] == [str(s) for s in range(1, 8)]
+    for column in ("loss", "lr", "photometric", "ssim", "smoothness"):
+        assert [r[column] for r in three] == [r[column] for r in one], column
+    assert len({r["seconds"] for r in three[1:3]}) == 1  # steps 2 and 3: one window, its mean time
+    for key, value in weights(every_step).items():
+        torch.testing.assert_close(weights(windowed)[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_a_non_finite_loss_inside_a_window_names_its_step(scene_path, tmp_path, monkeypatch):
+    from pipeline.training import loop
+
+    real_step, calls = loop.train_step, []
+
+    def poisoned(*args, **kwargs):
+        total, values = real_step(*args, **kwargs)
+        calls.append(1)
+        return (total * float("nan"), values) if len(calls) == 3 else (total, values)
+
+    monkeypatch.setattr(loop, "train_step", poisoned)
+    with pytest.raises(FloatingPointError, match="loss is nan at step 3"):
+        run_train(tiny_config(steps=6, checkpoint_every=100, log_every=5), tmp_path / "nan", [scene_path])
+    assert len(calls) == 5  # found when the window of steps 2-5 closed

@@ -192,9 +192,29 @@ def train(
                 extra["feature_reference"] = reference_state
             out.save(step, model, extra, rows, columns, terms)
 
+        def flush(window_started: float) -> float:
+            """Read the window's losses back in one transfer, log their rows, and check them."""
+            if not pending:
+                return window_started
+            now = time.perf_counter()
+            seconds = (now - window_started) / len(pending)
+            losses = torch.stack([p[3] for p in pending]).cpu().tolist()
+            for (done, lr, weight, _), (loss, *parts) in zip(pending, losses):
+                row = {"step": done, "lr": lr, "loss": loss, "augmentation_weight": weight, "seconds": seconds,
+                       **dict(zip(terms, parts))}
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"train: loss is {loss} at step {done} (terms {row})")
+                rows.append(row)
+            pending.clear()
+            if progress is not None:
+                progress.set_postfix({"loss": f"{rows[-1]['loss']:.4f}", **{t: f"{rows[-1][t]:.3g}" for t in terms}})
+            return now
+
         # ---- loop
         aug = config.loss.augmentation
+        pending: list[tuple[int, float, float, torch.Tensor]] = []
         started = clock()
+        window_started = time.perf_counter()
         step = start_step
         while step < end_step:
             tic = time.perf_counter()
@@ -224,16 +244,11 @@ def train(
                     log.info("%s: first step %.1f s (kernels loaded; compiled on a machine's first run)",
                              mode, time.perf_counter() - tic)
             total, *reduced = dist.mean([total, *[values[t] for t in terms]], device)
-            values = dict(zip(terms, reduced))
-            row = {"step": step, "lr": optimizer.param_groups[0]["lr"], "loss": float(total),
-                   "augmentation_weight": aug_weight, "seconds": time.perf_counter() - tic}
-            row.update({t: float(values[t]) for t in terms})
-            if not math.isfinite(row["loss"]):
-                raise FloatingPointError(f"train: loss is {row['loss']} at step {step} (terms {row})")
-            rows.append(row)
+            # The losses stay on the device until the window closes: one host synchronisation per window.
+            pending.append((step, optimizer.param_groups[0]["lr"], aug_weight,
+                            torch.stack([v.float() for v in (total, *reduced)])))
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix({"loss": f"{row['loss']:.4f}", **{t: f"{row[t]:.3g}" for t in terms}})
             out_of_time = False
             if max_seconds is not None:  # every rank stops at the same step
                 out_of_time = dist.any(not first_step and clock() - started > max_seconds, device)
@@ -245,7 +260,10 @@ def train(
                                 "weights depend on this machine's speed (raise %s or lower the steps)",
                                 mode, max_seconds, step, end_step,
                                 "train.finetune.max_seconds" if finetuning else "train.max_seconds")
-            if step % config.checkpoint_every == 0 or step == end_step or stopped_early:
+            save = step % config.checkpoint_every == 0 or step == end_step or stopped_early
+            if save or first_step or step % config.log_every == 0:  # the first step's time is its own
+                window_started = flush(window_started)
+            if save:
                 checkpoint(step)
             if stopped_early:
                 break
