@@ -183,6 +183,38 @@ def test_resume_refuses_a_run_of_another_init(scene_path, tmp_path):
         run_train(config, tmp_path / "c", [scene_path], init=tmp_path / "missing.pt")
 
 
+def test_resume_refuses_other_settings_or_input_files(scene_path, tmp_path):
+    """A rule's folder outlives a change of its inputs: a resume goes on only with the same settings
+    and the same bytes in every scene (and label) file; steps, threads and checkpointing may change."""
+    import shutil
+
+    import h5py
+
+    scene = tmp_path / "scene.h5"
+    shutil.copyfile(scene_path, scene)
+    config = tiny_config(steps=2, checkpoint_every=1)
+    run_train(config, tmp_path / "run", [scene], stop_at=1, resume=True)
+    with pytest.raises(ValueError, match=r"other train settings.*remove .*run to start afresh"):
+        run_train(tiny_config(steps=2, checkpoint_every=1, learning_rate=0.01), tmp_path / "run", [scene], resume=True)
+    with pytest.raises(ValueError, match="trained on 1 scene file"):
+        run_train(config, tmp_path / "run", [scene, scene], resume=True)
+    with h5py.File(scene, "a") as handle:  # still a valid scene, other bytes
+        handle.attrs["note"] = "re-prepared"
+    with pytest.raises(ValueError, match=f"other content of scene file {scene}"):
+        run_train(config, tmp_path / "run", [scene], resume=True)
+    shutil.copyfile(scene_path, scene)
+    longer = tiny_config(steps=3, checkpoint_every=2, keep_checkpoints=2, num_threads=1, log_every=2)
+    _, extra = load_checkpoint(run_train(longer, tmp_path / "run", [scene], resume=True))
+    assert extra["step"] == 3 and len(extra["inputs"]["scenes"]) == 1
+    # a checkpoint without the digests cannot be shown to continue this run
+    last = tmp_path / "run" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    del state["extra"]["inputs"]
+    torch.save(state, last)
+    with pytest.raises(ValueError, match="records no digests"):
+        run_train(longer, tmp_path / "run", [scene], resume=True)
+
+
 @pytest.mark.parametrize("recipe", ["jdacs", "jdacs_ms", "mvs2", "m3vsnet"])
 def test_other_recipes_train(recipe, scene_path, tmp_path, caplog):
     config = tiny_config(steps=1, batch_size=2, loss={"recipe": recipe})  # batch 2: per-element poses

@@ -51,3 +51,47 @@ def init_sha256(path: Path) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: initial checkpoint (--init) not found")
     return file_sha256(path)
+
+
+# Settings that say how a run is carried out, not what it computes: a resumed run may change them.
+# `steps` is among them so that a finished run can be extended (with a cosine or step schedule the
+# rate of the remaining steps then follows the new length).
+OPERATIONAL_SETTINGS = ("steps", "checkpoint_every", "keep_checkpoints", "progress", "num_threads", "device",
+                        "log_every", "max_seconds", "find_unused_parameters")
+
+
+def run_inputs(config: TrainConfig, scene_paths, label_paths) -> dict:
+    """The identity of what a run learns from: a digest of its settings (all but
+    :data:`OPERATIONAL_SETTINGS`) and the sha256 of every scene and label file, in order."""
+    import dataclasses
+    import hashlib
+    import json
+
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in OPERATIONAL_SETTINGS}
+    if isinstance(settings.get("finetune"), dict):
+        settings["finetune"] = {k: v for k, v in settings["finetune"].items() if k not in ("steps", "max_seconds")}
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return {"settings_sha256": hashlib.sha256(text.encode()).hexdigest(),
+            "scenes": [file_sha256(p) for p in scene_paths],
+            "labels": [file_sha256(p) for p in label_paths] if label_paths is not None else []}
+
+
+def check_same_inputs(stored: dict | None, current: dict, last: Path, folder: Path, scene_paths, label_paths) -> None:
+    """A run resumes only when its settings and input files are provably those it started with."""
+    def refuse(why: str):
+        raise ValueError(f"train --resume: {last} {why}; remove {folder} to start afresh with these inputs")
+
+    if stored is None:
+        refuse("records no digests of its settings and input files (a checkpoint written before 2026-12-07), "
+               "so it cannot be shown to continue this run")
+    if stored["settings_sha256"] != current["settings_sha256"]:
+        refuse("was trained with other train settings than these (only steps, checkpointing, threads, device, "
+               "progress, log_every and time limits may change on resume)")
+    for kind, paths in (("scenes", scene_paths), ("labels", label_paths or [])):
+        before, now = stored.get(kind, []), current[kind]
+        if len(before) != len(now):
+            refuse(f"was trained on {len(before)} {kind[:-1]} file(s), this run gives {len(now)}")
+        for path, old, new in zip(paths, before, now):
+            if old != new:
+                refuse(f"was trained on other content of {kind[:-1]} file {path} (sha256 {old[:12]}… against "
+                       f"{new[:12]}…)")

@@ -28,7 +28,7 @@ from pipeline.formats.scene_file import cap_num_sources
 from pipeline.losses import augmentation_weight
 from pipeline.model.device import resolve_device
 from pipeline.training.checkpoints import CheckpointFolder
-from pipeline.training.data import build_model, init_sha256, read_labels
+from pipeline.training.data import build_model, check_same_inputs, init_sha256, read_labels, run_inputs
 from pipeline.training.distributed import Distributed
 from pipeline.training.objective import build_objective, feature_reference, trains_symmetric
 from pipeline.training.sampler import ViewSampler, mix_seed
@@ -101,8 +101,10 @@ def train(
             log.info("train --resume: %s not found, starting from step 0", out.last)
             resume = False
         init_digest = init_sha256(init) if init is not None else None
+        inputs = run_inputs(config, scene_paths, label_paths)
         if resume:
             model, checkpoint_extra = _load_for_resume(out.last, mode, init, init_digest, folder)
+            check_same_inputs(checkpoint_extra.get("inputs"), inputs, out.last, folder, scene_paths, label_paths)
         else:
             model = build_model(config, init)
         model = model.to(device)
@@ -186,6 +188,7 @@ def train(
                 "scenes": [str(p) for p in scene_paths],
                 "labels": [str(p) for p in label_paths] if label_paths is not None else [],
                 "init_sha256": checkpoint_extra.get("init_sha256", init_digest),  # a resumed run keeps its own
+                "inputs": inputs,
                 "stopped_early": stopped_early,
             }
             if reference_state is not None:
