@@ -41,7 +41,7 @@ the reference. What remains is the scalar gathers and the scatter of the cost gr
 
 from __future__ import annotations
 
-import math
+import functools
 
 import numba
 import numpy as np
@@ -51,200 +51,252 @@ from .._backend import numba_threads, prefer_workqueue_threading
 
 prefer_workqueue_threading()  # see its docstring: ~15x less call overhead next to torch's OpenMP
 
+#: hypothesis counts from which the rows backward is compiled for its exact count (measured faster
+#: from 16 on; below, the count is left to the run time, which measured faster at 8)
+_ROWS_FIXED_FROM = 16
+
 
 @numba.njit(inline="always")
-def _row_corners(offsets, b, k, i, H, W, base, value_coef, fractions, with_fractions):
+def _row_corners(offsets, b, k, i, H, W, columns, base, value_coef, fractions, with_fractions):
     """Row i, neighbour k: for every x the flat index ``base[x]`` of the top-left corner in the
-    padded plane (row stride ``W + 2``) and the corner coefficients (00, 01, 10, 11) of the
+    padded map (row stride ``W + 2``) and the corner coefficients (00, 01, 10, 11) of the
     sample, ``value_coef`` (4, W); with ``with_fractions`` also ``fractions`` (4, W) = (1 - wx,
     wx, 1 - wy, wy), from which d sample / d x = (1 - wy)(c01 - c00) + wy (c11 - c10) and
     d sample / d y likewise. A position outside ``(-1, W) x (-1, H)`` (or NaN) gets coefficients
-    and fractions 0 and the base of the all-zero bottom rows."""
+    and fractions 0 and the base of the all-zero bottom rows.
+
+    ``columns`` is ``0, 1, ..., W`` in the offsets' dtype: positions are computed in that dtype
+    (as the reference does) and the loop has no branch, so LLVM vectorises it."""
     Wp = W + 2
     outside = (H + 1) * Wp
+    real = offsets.dtype.type
+    zero, one = real(0), real(1)
+    row = real(i)
+    width, height = columns[W], real(H)
+    dx_row = offsets[b, 2 * k, i]
+    dy_row = offsets[b, 2 * k + 1, i]
     for j in range(W):
-        sx = j + offsets[b, 2 * k, i, j]
-        sy = i + offsets[b, 2 * k + 1, i, j]
-        if not (sx > -1 and sx < W and sy > -1 and sy < H):  # also rejects NaN
-            base[j] = outside
-            for n in range(4):
-                value_coef[n, j] = 0
-                if with_fractions:
-                    fractions[n, j] = 0
-            continue
-        x0 = int(math.floor(sx))
-        y0 = int(math.floor(sy))
-        wx = sx - x0
-        wy = sy - y0
-        base[j] = (y0 + 1) * Wp + x0 + 1
-        value_coef[0, j] = (1 - wx) * (1 - wy)
-        value_coef[1, j] = wx * (1 - wy)
-        value_coef[2, j] = (1 - wx) * wy
-        value_coef[3, j] = wx * wy
+        sx = columns[j] + dx_row[j]
+        sy = row + dy_row[j]
+        inside = sx > -one and sx < width and sy > -one and sy < height  # also rejects NaN
+        sx = sx if inside else zero  # keeps the integer conversion below defined
+        sy = sy if inside else zero
+        fx = np.floor(sx)
+        fy = np.floor(sy)
+        wx = sx - fx
+        wy = sy - fy
+        base[j] = (np.int32(fy) + 1) * Wp + np.int32(fx) + 1 if inside else outside
+        value_coef[0, j] = (one - wx) * (one - wy) if inside else zero
+        value_coef[1, j] = wx * (one - wy) if inside else zero
+        value_coef[2, j] = (one - wx) * wy if inside else zero
+        value_coef[3, j] = wx * wy if inside else zero
         if with_fractions:
-            fractions[0, j] = 1 - wx
-            fractions[1, j] = wx
-            fractions[2, j] = 1 - wy
-            fractions[3, j] = wy
+            fractions[0, j] = one - wx if inside else zero
+            fractions[1, j] = wx if inside else zero
+            fractions[2, j] = one - wy if inside else zero
+            fractions[3, j] = wy if inside else zero
 
 
-@numba.njit(inline="always")
-def _gather_corners(plane, base, Wp, corners):
-    """The four corner values of every sample of a row into ``corners`` (4, W), so the arithmetic
-    that follows runs on contiguous rows (which LLVM vectorises; it does not vectorise gathers)."""
-    for j in range(base.shape[0]):
-        p = base[j]
-        corners[0, j] = plane[p]
-        corners[1, j] = plane[p + 1]
-        corners[2, j] = plane[p + Wp]
-        corners[3, j] = plane[p + Wp + 1]
+@numba.njit(parallel=True, cache=True)
+def _channels_last_padded(cost, padded):
+    """cost (B, D, H, W) -> padded (B, (H+3)*(W+2), D): the hypotheses of a pixel contiguous, one
+    zero column left and right, one zero row above, two below."""
+    B, D, H, W = cost.shape
+    Wp = W + 2
+    for task in numba.prange(B * (H + 3)):
+        b = task // (H + 3)
+        y = task - b * (H + 3)
+        start = y * Wp
+        if y == 0 or y > H:
+            for x in range(Wp):
+                for d in range(D):
+                    padded[b, start + x, d] = 0
+            continue
+        for d in range(D):
+            padded[b, start, d] = 0
+            padded[b, start + Wp - 1, d] = 0
+            source = cost[b, d, y - 1]
+            for j in range(W):
+                padded[b, start + 1 + j, d] = source[j]
 
 
 @numba.njit(parallel=True, cache=True)
 def _adaptive_aggregation_fwd(cost, offsets, weights, eps, out, denominator):
-    """cost (B, D, (H+3)*(W+2)) padded, offsets (B, 2K, H, W), weights (B, K, D, H, W)
-    -> out (B, D, H, W) and denominator = sum_k w_k + eps (B, D, H, W)."""
+    """cost (B, (H+3)*(W+2), D) padded channels-last, offsets (B, 2K, H, W), weights
+    (B, K, D, H, W) -> out (B, D, H, W) and denominator = sum_k w_k + eps (B, D, H, W).
+
+    One task per output row; per neighbour the row's weights are transposed to (W, D) so that
+    the loop over hypotheses (innermost, one sample position for all of them) runs on
+    contiguous data."""
     B, K, D, H, W = weights.shape
     Wp = W + 2
     for row in numba.prange(B * H):
         b = row // H
         i = row - b * H
+        columns = np.arange(W + 1).astype(offsets.dtype)
         base = np.empty(W, dtype=np.int32)
         value_coef = np.empty((4, W), dtype=cost.dtype)
-        numerator = np.zeros((D, W), dtype=cost.dtype)
+        numerator = np.zeros((W, D), dtype=cost.dtype)
         weight_sum = np.zeros((D, W), dtype=cost.dtype)
-        corners = np.empty((4, W), dtype=cost.dtype)
+        w_t = np.empty((W, D), dtype=cost.dtype)
+        plane = cost[b]
         for k in range(K):
-            _row_corners(offsets, b, k, i, H, W, base, value_coef, value_coef, False)
+            _row_corners(offsets, b, k, i, H, W, columns, base, value_coef, value_coef, False)
             for d in range(D):
-                _gather_corners(cost[b, d], base, Wp, corners)
                 w_row = weights[b, k, d, i]
-                num_row = numerator[d]
                 sum_row = weight_sum[d]
                 for j in range(W):
-                    sample = (
-                        value_coef[0, j] * corners[0, j]
-                        + value_coef[1, j] * corners[1, j]
-                        + value_coef[2, j] * corners[2, j]
-                        + value_coef[3, j] * corners[3, j]
-                    )
-                    weight = w_row[j]
-                    num_row[j] += weight * sample
-                    sum_row[j] += weight
+                    sum_row[j] += w_row[j]
+            for d in range(D):
+                w_row = weights[b, k, d, i]
+                for j in range(W):
+                    w_t[j, d] = w_row[j]
+            for j in range(W):
+                p = base[j]
+                c0, c1, c2, c3 = value_coef[0, j], value_coef[1, j], value_coef[2, j], value_coef[3, j]
+                for d in range(D):
+                    sample = c0 * plane[p, d] + c1 * plane[p + 1, d] + c2 * plane[p + Wp, d] + c3 * plane[p + Wp + 1, d]
+                    numerator[j, d] += w_t[j, d] * sample
         for d in range(D):
             for j in range(W):
                 total = weight_sum[d, j] + eps
                 denominator[b, d, i, j] = total
-                out[b, d, i, j] = numerator[d, j] / total
+                out[b, d, i, j] = numerator[j, d] / total
 
 
-@numba.njit(parallel=True, cache=True)
-def _adaptive_aggregation_bwd_rows(
-    grad_out, denominator, out, cost, offsets, weights, need_offsets, need_weights, grad_offsets, grad_weights
-):
-    """Offset and weight gradients, one parallel task per row (b, y); nothing is scattered.
+@functools.lru_cache(maxsize=None)
+def _rows_backward_kernel(fixed_hypotheses: int):
+    """The offset and weight gradients, compiled for ``fixed_hypotheses`` hypotheses (0: any
+    count, read from the weights at run time)."""
 
-    grad_out, denominator, out (B, D, H, W); cost (B, D, (H+3)*(W+2)) padded. The x-derivative
-    of a sample is summed as ``-(1-wy) c00 + (1-wy) c01 - wy c10 + wy c11``, left to right (and
-    the y-derivative ``-(1-wx) c00 - wx c01 + (1-wx) c10 + wx c11``): the same products and order
-    as with per-corner signed coefficients, in fewer loads."""
-    B, K, D, H, W = weights.shape
-    Wp = W + 2
-    for row in numba.prange(B * H):
-        b = row // H
-        i = row - b * H
-        base = np.empty(W, dtype=np.int32)
-        value_coef = np.empty((4, W), dtype=cost.dtype)
-        fractions = np.empty((4, W), dtype=cost.dtype)
-        grad_x = np.empty(W, dtype=cost.dtype)
-        grad_y = np.empty(W, dtype=cost.dtype)
-        corners = np.empty((4, W), dtype=cost.dtype)
-        scaled_grad = np.empty((D, W), dtype=cost.dtype)
-        for d in range(D):
-            for j in range(W):
-                scaled_grad[d, j] = grad_out[b, d, i, j] / denominator[b, d, i, j]
-        for k in range(K):
-            _row_corners(offsets, b, k, i, H, W, base, value_coef, fractions, need_offsets)
-            grad_x[:] = 0
-            grad_y[:] = 0
+    @numba.njit(parallel=True, cache=True, fastmath={"reassoc"})
+    def _adaptive_aggregation_bwd_rows(
+        grad_out, denominator, out, cost, offsets, weights, need_offsets, need_weights, grad_offsets, grad_weights
+    ):
+        """One task per row (b, y); nothing is scattered. grad_out, denominator, out (B, D, H, W);
+        cost (B, (H+3)*(W+2), D) padded channels-last. ``reassoc`` lets LLVM vectorise the sums
+        over hypotheses of the offset gradients (each task runs the same code, so the result does
+        not depend on the thread count)."""
+        B, K, D, H, W = weights.shape
+        if fixed_hypotheses:
+            D = fixed_hypotheses
+        Wp = W + 2
+        real = cost.dtype.type
+        for row in numba.prange(B * H):
+            b = row // H
+            i = row - b * H
+            columns = np.arange(W + 1).astype(offsets.dtype)
+            base = np.empty(W, dtype=np.int32)
+            value_coef = np.empty((4, W), dtype=cost.dtype)
+            fractions = np.empty((4, W), dtype=cost.dtype)
+            scaled_grad = np.empty((W, D), dtype=cost.dtype)
+            out_t = np.empty((W, D), dtype=cost.dtype)
+            w_t = np.empty((W, D), dtype=cost.dtype)
+            grad_w_t = np.empty((W, D), dtype=cost.dtype)
+            plane = cost[b]
             for d in range(D):
-                _gather_corners(cost[b, d], base, Wp, corners)
-                g_row = scaled_grad[d]
-                out_row = out[b, d, i]
-                w_row = weights[b, k, d, i]
-                gw_row = grad_weights[b, k, d, i] if need_weights else grad_x
-                if need_offsets and need_weights:
-                    for j in range(W):
-                        g = g_row[j]
-                        c0, c1, c2, c3 = corners[0, j], corners[1, j], corners[2, j], corners[3, j]
-                        sample = value_coef[0, j] * c0 + value_coef[1, j] * c1 + value_coef[2, j] * c2 + value_coef[3, j] * c3
-                        # d out / d w_k = (sample_k - out) / (sum_k w_k + eps)
-                        gw_row[j] = g * (sample - out_row[j])
-                        a = g * w_row[j]
-                        left, right, top, bottom = fractions[0, j], fractions[1, j], fractions[2, j], fractions[3, j]
-                        grad_x[j] += a * (-(top * c0) + top * c1 - bottom * c2 + bottom * c3)
-                        grad_y[j] += a * (-(left * c0) - right * c1 + left * c2 + right * c3)
-                elif need_weights:
-                    for j in range(W):
-                        sample = (
-                            value_coef[0, j] * corners[0, j]
-                            + value_coef[1, j] * corners[1, j]
-                            + value_coef[2, j] * corners[2, j]
-                            + value_coef[3, j] * corners[3, j]
-                        )
-                        gw_row[j] = g_row[j] * (sample - out_row[j])
-                else:
-                    for j in range(W):
-                        c0, c1, c2, c3 = corners[0, j], corners[1, j], corners[2, j], corners[3, j]
-                        a = g_row[j] * w_row[j]
-                        left, right, top, bottom = fractions[0, j], fractions[1, j], fractions[2, j], fractions[3, j]
-                        grad_x[j] += a * (-(top * c0) + top * c1 - bottom * c2 + bottom * c3)
-                        grad_y[j] += a * (-(left * c0) - right * c1 + left * c2 + right * c3)
-            if need_offsets:
                 for j in range(W):
-                    grad_offsets[b, 2 * k, i, j] = grad_x[j]
-                    grad_offsets[b, 2 * k + 1, i, j] = grad_y[j]
-
-
-@numba.njit(parallel=True, cache=True)
-def _adaptive_aggregation_bwd_cost(grad_out, denominator, offsets, weights, num_blocks, grad_cost):
-    """Cost gradient, one parallel task per (b, block of hypotheses): a sample of plane d reads
-    plane d only, so each task scatters into its own planes of ``grad_cost`` (B, D, (H+3)*(W+2)),
-    padded and zeroed by the caller; no per-thread copies, no atomics. A task computes each row's
-    coefficients once for its whole block."""
-    B, K, D, H, W = weights.shape
-    Wp = W + 2
-    for task in numba.prange(B * num_blocks):
-        b = task // num_blocks
-        block = task - b * num_blocks
-        first, stop = block * D // num_blocks, (block + 1) * D // num_blocks
-        base = np.empty(W, dtype=np.int32)
-        value_coef = np.empty((4, W), dtype=grad_cost.dtype)
-        scaled_grad = np.empty((stop - first, W), dtype=grad_cost.dtype)
-        for i in range(H):
-            for d in range(first, stop):
-                for j in range(W):
-                    scaled_grad[d - first, j] = grad_out[b, d, i, j] / denominator[b, d, i, j]
+                    scaled_grad[j, d] = grad_out[b, d, i, j] / denominator[b, d, i, j]
+                    out_t[j, d] = out[b, d, i, j]
             for k in range(K):
-                _row_corners(offsets, b, k, i, H, W, base, value_coef, value_coef, False)
-                for d in range(first, stop):
-                    plane = grad_cost[b, d]
+                _row_corners(offsets, b, k, i, H, W, columns, base, value_coef, fractions, need_offsets)
+                if need_offsets:
+                    for d in range(D):
+                        w_row = weights[b, k, d, i]
+                        for j in range(W):
+                            w_t[j, d] = w_row[j]
+                for j in range(W):
+                    p = base[j]
+                    c0, c1, c2, c3 = value_coef[0, j], value_coef[1, j], value_coef[2, j], value_coef[3, j]
+                    left, right, top, bottom = fractions[0, j], fractions[1, j], fractions[2, j], fractions[3, j]
+                    grad_x = real(0)
+                    grad_y = real(0)
+                    for d in range(D):
+                        v0 = plane[p, d]
+                        v1 = plane[p + 1, d]
+                        v2 = plane[p + Wp, d]
+                        v3 = plane[p + Wp + 1, d]
+                        g = scaled_grad[j, d]
+                        if need_weights:
+                            # d out / d w_k = (sample_k - out) / (sum_k w_k + eps)
+                            sample = c0 * v0 + c1 * v1 + c2 * v2 + c3 * v3
+                            grad_w_t[j, d] = g * (sample - out_t[j, d])
+                        if need_offsets:
+                            a = g * w_t[j, d]
+                            grad_x += a * (-(top * v0) + top * v1 - bottom * v2 + bottom * v3)
+                            grad_y += a * (-(left * v0) - right * v1 + left * v2 + right * v3)
+                    if need_offsets:
+                        grad_offsets[b, 2 * k, i, j] = grad_x
+                        grad_offsets[b, 2 * k + 1, i, j] = grad_y
+                if need_weights:
+                    for d in range(D):
+                        gw_row = grad_weights[b, k, d, i]
+                        for j in range(W):
+                            gw_row[j] = grad_w_t[j, d]
+
+    return _adaptive_aggregation_bwd_rows
+
+
+@functools.lru_cache(maxsize=None)
+def _cost_backward_kernel(num_hypotheses: int, block: int):
+    """The cost gradient, compiled for ``num_hypotheses`` hypotheses in blocks of ``block``."""
+    num_blocks = num_hypotheses // block
+
+    @numba.njit(parallel=True, cache=True)
+    def _adaptive_aggregation_bwd_cost(grad_out, denominator, offsets, weights, grad_padded, grad_cost):
+        """One task per (b, block of hypotheses): a sample of hypothesis d reads hypothesis d only,
+        so each task scatters into its own hypotheses of ``grad_padded`` (B, (H+3)*(W+2), D),
+        padded channels-last and zeroed by the caller; no per-thread copies, no atomics. Each
+        element is summed in the order (row, neighbour, x) whatever the blocks. The task then
+        writes its hypotheses of ``grad_cost`` (B, D, H, W)."""
+        B, K, _, H, W = weights.shape
+        Wp = W + 2
+        for task in numba.prange(B * num_blocks):
+            b = task // num_blocks
+            first = (task - b * num_blocks) * block
+            columns = np.arange(W + 1).astype(offsets.dtype)
+            base = np.empty(W, dtype=np.int32)
+            value_coef = np.empty((4, W), dtype=grad_padded.dtype)
+            scaled_grad = np.empty((block, W), dtype=grad_padded.dtype)
+            a_t = np.empty((W, block), dtype=grad_padded.dtype)
+            grad = grad_padded[b]
+            for i in range(H):
+                for n in range(block):
                     for j in range(W):
-                        a = scaled_grad[d - first, j] * weights[b, k, d, i, j]
+                        scaled_grad[n, j] = grad_out[b, first + n, i, j] / denominator[b, first + n, i, j]
+                for k in range(K):
+                    _row_corners(offsets, b, k, i, H, W, columns, base, value_coef, value_coef, False)
+                    for n in range(block):
+                        w_row = weights[b, k, first + n, i]
+                        for j in range(W):
+                            a_t[j, n] = scaled_grad[n, j] * w_row[j]
+                    for j in range(W):
                         p = base[j]
-                        plane[p] += value_coef[0, j] * a
-                        plane[p + 1] += value_coef[1, j] * a
-                        plane[p + Wp] += value_coef[2, j] * a
-                        plane[p + Wp + 1] += value_coef[3, j] * a
+                        c0, c1, c2, c3 = value_coef[0, j], value_coef[1, j], value_coef[2, j], value_coef[3, j]
+                        top_left, top_right = grad[p], grad[p + 1]
+                        bottom_left, bottom_right = grad[p + Wp], grad[p + Wp + 1]
+                        for n in range(block):
+                            a = a_t[j, n]
+                            top_left[first + n] += c0 * a
+                            top_right[first + n] += c1 * a
+                            bottom_left[first + n] += c2 * a
+                            bottom_right[first + n] += c3 * a
+            for n in range(block):
+                d = first + n
+                for y in range(H):
+                    target = grad_cost[b, d, y]
+                    start = (y + 1) * Wp + 1
+                    for x in range(W):
+                        target[x] = grad[start + x, d]
+
+    return _adaptive_aggregation_bwd_cost
 
 
-def _padded_cost(cost: torch.Tensor) -> torch.Tensor:
-    """(B, D, H, W) -> (B, D, (H+3)*(W+2)): one zero column left and right, one zero row above,
-    two below (the last one holds the corners of samples outside the map)."""
-    B, D, H, W = cost.shape
-    padded = cost.new_zeros((B, D, H + 3, W + 2))
-    padded[:, :, 1 : H + 1, 1 : W + 1] = cost
-    return padded.view(B, D, (H + 3) * (W + 2))
+def _num_blocks(num_hypotheses: int, batch: int, num_threads: int) -> int:
+    """As many cost-gradient tasks as threads where the hypotheses divide evenly (the kernel is
+    compiled per block size); fewer blocks mean fewer recomputed row coefficients."""
+    wanted = max(1, min(num_hypotheses, -(-num_threads // batch)))
+    return max(m for m in range(1, wanted + 1) if num_hypotheses % m == 0)
 
 
 def forward(cost, offsets, weights, eps):
@@ -254,13 +306,15 @@ def forward(cost, offsets, weights, eps):
         cost (B, D, H, W), offsets (B, 2K, H, W), weights (B, K, D, H, W) -> out (B, D, H, W)
     """
     B, D, H, W = cost.shape
-    padded = _padded_cost(cost.detach())
+    cost = cost.detach().contiguous()
     offsets = offsets.detach().contiguous()
     weights = weights.detach().contiguous()
+    padded = torch.empty((B, (H + 3) * (W + 2), D), dtype=cost.dtype)
     out = torch.empty((B, D, H, W), dtype=cost.dtype)
     denominator = torch.empty((B, D, H, W), dtype=cost.dtype)
     eps_typed = padded.numpy().dtype.type(eps)
     with numba_threads():
+        _channels_last_padded(cost.numpy(), padded.numpy())
         _adaptive_aggregation_fwd(padded.numpy(), offsets.numpy(), weights.numpy(), eps_typed, out.numpy(), denominator.numpy())
     return out, (padded, offsets, weights, out, denominator)
 
@@ -268,27 +322,25 @@ def forward(cost, offsets, weights, eps):
 def backward(saved, grad_out, eps, need_cost: bool, need_offsets: bool, need_weights: bool):
     """Gradients (grad_cost, grad_offsets, grad_weights), each None where not needed.
 
-    Memory beyond the gradients: the padded cost gradient (``(H+3)*(W+2)`` per plane, cropped to
-    the result), whatever the thread count."""
+    Memory beyond the gradients: the padded channels-last cost gradient (``(H+3)*(W+2)`` per
+    hypothesis), whatever the thread count."""
     padded, offsets, weights, out, denominator = saved
     B, D, H, W = out.shape
     grad_out = grad_out.contiguous()
     grad_offsets = torch.empty(offsets.shape if need_offsets else (1, 1, 1, 1), dtype=out.dtype)
     grad_weights = torch.empty(weights.shape if need_weights else (1, 1, 1, 1, 1), dtype=out.dtype)
-    grad_padded = torch.zeros((B, D, (H + 3) * (W + 2)), dtype=out.dtype) if need_cost else None
+    grad_cost = torch.empty((B, D, H, W), dtype=out.dtype) if need_cost else None
     with numba_threads() as num_threads:
         if need_offsets or need_weights:
-            _adaptive_aggregation_bwd_rows(
+            rows = _rows_backward_kernel(D if D >= _ROWS_FIXED_FROM else 0)
+            rows(
                 grad_out.numpy(), denominator.numpy(), out.numpy(), padded.numpy(), offsets.numpy(), weights.numpy(),
                 need_offsets, need_weights, grad_offsets.numpy(), grad_weights.numpy(),
             )
         if need_cost:
-            # as many tasks as threads where the hypotheses allow: fewer row-coefficient recomputations
-            num_blocks = max(1, min(D, -(-num_threads // B)))
-            _adaptive_aggregation_bwd_cost(
-                grad_out.numpy(), denominator.numpy(), offsets.numpy(), weights.numpy(), num_blocks, grad_padded.numpy()
-            )
-    grad_cost = grad_padded.view(B, D, H + 3, W + 2)[:, :, 1 : H + 1, 1 : W + 1].contiguous() if need_cost else None
+            grad_padded = torch.zeros((B, (H + 3) * (W + 2), D), dtype=out.dtype)
+            kernel = _cost_backward_kernel(D, D // _num_blocks(D, B, num_threads))
+            kernel(grad_out.numpy(), denominator.numpy(), offsets.numpy(), weights.numpy(), grad_padded.numpy(), grad_cost.numpy())
     return (
         grad_cost,
         grad_offsets if need_offsets else None,
