@@ -51,9 +51,14 @@ from .._backend import numba_threads, prefer_workqueue_threading
 
 prefer_workqueue_threading()  # see its docstring: ~15x less call overhead next to torch's OpenMP
 
-#: hypothesis counts from which the rows backward is compiled for its exact count (measured faster
-#: from 16 on; below, the count is left to the run time, which measured faster at 8)
-_ROWS_FIXED_FROM = 16
+#: hypothesis counts from which the backward's gather loop is compiled for the exact count (measured
+#: faster from 16 on; at 8 the loop with the count left to run time measured faster)
+_FIXED_GATHER_FROM = 16
+
+#: row bands of the backward: each band is one task and scatters its cost gradient into a padded
+#: map of its own; the maps are summed band by band. A fixed count, so the memory and the order of
+#: every sum do not depend on the thread count.
+_BANDS = 2
 
 
 @numba.njit(inline="always")
@@ -165,26 +170,29 @@ def _adaptive_aggregation_fwd(cost, offsets, weights, eps, out, denominator):
 
 
 @functools.lru_cache(maxsize=None)
-def _rows_backward_kernel(fixed_hypotheses: int):
-    """The offset and weight gradients, compiled for ``fixed_hypotheses`` hypotheses (0: any
-    count, read from the weights at run time)."""
+def _backward_kernel(num_hypotheses: int, fixed_gather: bool):
+    """The backward compiled for ``num_hypotheses`` hypotheses: the scatter loop always for that
+    exact count, the gather loop too where ``fixed_gather`` (see ``_FIXED_GATHER_FROM``)."""
 
     @numba.njit(parallel=True, cache=True, fastmath={"reassoc"})
-    def _adaptive_aggregation_bwd_rows(
-        grad_out, denominator, out, cost, offsets, weights, need_offsets, need_weights, grad_offsets, grad_weights
+    def _adaptive_aggregation_bwd(
+        grad_out, denominator, out, cost, offsets, weights, need_cost, need_offsets, need_weights,
+        grad_offsets, grad_weights, grad_bands,
     ):
-        """One task per row (b, y); nothing is scattered. grad_out, denominator, out (B, D, H, W);
-        cost (B, (H+3)*(W+2), D) padded channels-last. ``reassoc`` lets LLVM vectorise the sums
-        over hypotheses of the offset gradients (each task runs the same code, so the result does
-        not depend on the thread count)."""
+        """All three gradients, one task per (b, band of rows). grad_out, denominator, out
+        (B, D, H, W); cost (B, (H+3)*(W+2), D) padded channels-last; grad_bands
+        (bands, B, (H+3)*(W+2), D) zeroed. ``reassoc`` lets LLVM vectorise the sums over
+        hypotheses of the offset gradients; every task runs the same code whatever the thread
+        count, so the results do not depend on it."""
         B, K, D, H, W = weights.shape
-        if fixed_hypotheses:
-            D = fixed_hypotheses
+        if fixed_gather:
+            D = num_hypotheses
+        num_bands = grad_bands.shape[0]
         Wp = W + 2
         real = cost.dtype.type
-        for row in numba.prange(B * H):
-            b = row // H
-            i = row - b * H
+        for task in numba.prange(B * num_bands):
+            b = task // num_bands
+            band = task - b * num_bands
             columns = np.arange(W + 1).astype(offsets.dtype)
             base = np.empty(W, dtype=np.int32)
             value_coef = np.empty((4, W), dtype=cost.dtype)
@@ -193,110 +201,91 @@ def _rows_backward_kernel(fixed_hypotheses: int):
             out_t = np.empty((W, D), dtype=cost.dtype)
             w_t = np.empty((W, D), dtype=cost.dtype)
             grad_w_t = np.empty((W, D), dtype=cost.dtype)
+            a_t = np.empty((W, D), dtype=cost.dtype)
             plane = cost[b]
-            for d in range(D):
-                for j in range(W):
-                    scaled_grad[j, d] = grad_out[b, d, i, j] / denominator[b, d, i, j]
-                    out_t[j, d] = out[b, d, i, j]
-            for k in range(K):
-                _row_corners(offsets, b, k, i, H, W, columns, base, value_coef, fractions, need_offsets)
-                if need_offsets:
-                    for d in range(D):
-                        w_row = weights[b, k, d, i]
-                        for j in range(W):
-                            w_t[j, d] = w_row[j]
-                for j in range(W):
-                    p = base[j]
-                    c0, c1, c2, c3 = value_coef[0, j], value_coef[1, j], value_coef[2, j], value_coef[3, j]
-                    left, right, top, bottom = fractions[0, j], fractions[1, j], fractions[2, j], fractions[3, j]
-                    grad_x = real(0)
-                    grad_y = real(0)
-                    for d in range(D):
-                        v0 = plane[p, d]
-                        v1 = plane[p + 1, d]
-                        v2 = plane[p + Wp, d]
-                        v3 = plane[p + Wp + 1, d]
-                        g = scaled_grad[j, d]
-                        if need_weights:
-                            # d out / d w_k = (sample_k - out) / (sum_k w_k + eps)
-                            sample = c0 * v0 + c1 * v1 + c2 * v2 + c3 * v3
-                            grad_w_t[j, d] = g * (sample - out_t[j, d])
-                        if need_offsets:
-                            a = g * w_t[j, d]
-                            grad_x += a * (-(top * v0) + top * v1 - bottom * v2 + bottom * v3)
-                            grad_y += a * (-(left * v0) - right * v1 + left * v2 + right * v3)
-                    if need_offsets:
-                        grad_offsets[b, 2 * k, i, j] = grad_x
-                        grad_offsets[b, 2 * k + 1, i, j] = grad_y
-                if need_weights:
-                    for d in range(D):
-                        gw_row = grad_weights[b, k, d, i]
-                        for j in range(W):
-                            gw_row[j] = grad_w_t[j, d]
-
-    return _adaptive_aggregation_bwd_rows
-
-
-@functools.lru_cache(maxsize=None)
-def _cost_backward_kernel(num_hypotheses: int, block: int):
-    """The cost gradient, compiled for ``num_hypotheses`` hypotheses in blocks of ``block``."""
-    num_blocks = num_hypotheses // block
-
-    @numba.njit(parallel=True, cache=True)
-    def _adaptive_aggregation_bwd_cost(grad_out, denominator, offsets, weights, grad_padded, grad_cost):
-        """One task per (b, block of hypotheses): a sample of hypothesis d reads hypothesis d only,
-        so each task scatters into its own hypotheses of ``grad_padded`` (B, (H+3)*(W+2), D),
-        padded channels-last and zeroed by the caller; no per-thread copies, no atomics. Each
-        element is summed in the order (row, neighbour, x) whatever the blocks. The task then
-        writes its hypotheses of ``grad_cost`` (B, D, H, W)."""
-        B, K, _, H, W = weights.shape
-        Wp = W + 2
-        for task in numba.prange(B * num_blocks):
-            b = task // num_blocks
-            first = (task - b * num_blocks) * block
-            columns = np.arange(W + 1).astype(offsets.dtype)
-            base = np.empty(W, dtype=np.int32)
-            value_coef = np.empty((4, W), dtype=grad_padded.dtype)
-            scaled_grad = np.empty((block, W), dtype=grad_padded.dtype)
-            a_t = np.empty((W, block), dtype=grad_padded.dtype)
-            grad = grad_padded[b]
-            for i in range(H):
-                for n in range(block):
+            grad = grad_bands[band, b]
+            for i in range(band * H // num_bands, (band + 1) * H // num_bands):
+                for d in range(D):
                     for j in range(W):
-                        scaled_grad[n, j] = grad_out[b, first + n, i, j] / denominator[b, first + n, i, j]
+                        scaled_grad[j, d] = grad_out[b, d, i, j] / denominator[b, d, i, j]
+                        out_t[j, d] = out[b, d, i, j]
                 for k in range(K):
-                    _row_corners(offsets, b, k, i, H, W, columns, base, value_coef, value_coef, False)
-                    for n in range(block):
-                        w_row = weights[b, k, first + n, i]
-                        for j in range(W):
-                            a_t[j, n] = scaled_grad[n, j] * w_row[j]
+                    _row_corners(offsets, b, k, i, H, W, columns, base, value_coef, fractions, need_offsets)
+                    if need_offsets or need_cost:
+                        for d in range(D):
+                            w_row = weights[b, k, d, i]
+                            for j in range(W):
+                                w_t[j, d] = w_row[j]
+                        for j in range(W):  # a separate pass: the gather loop below then stores only grad_w_t
+                            for d in range(D):
+                                # the sample's weight in d loss / d sample: w_k * grad_out / (sum_k w_k + eps)
+                                a_t[j, d] = scaled_grad[j, d] * w_t[j, d]
                     for j in range(W):
                         p = base[j]
                         c0, c1, c2, c3 = value_coef[0, j], value_coef[1, j], value_coef[2, j], value_coef[3, j]
-                        top_left, top_right = grad[p], grad[p + 1]
-                        bottom_left, bottom_right = grad[p + Wp], grad[p + Wp + 1]
-                        for n in range(block):
-                            a = a_t[j, n]
-                            top_left[first + n] += c0 * a
-                            top_right[first + n] += c1 * a
-                            bottom_left[first + n] += c2 * a
-                            bottom_right[first + n] += c3 * a
-            for n in range(block):
-                d = first + n
-                for y in range(H):
-                    target = grad_cost[b, d, y]
-                    start = (y + 1) * Wp + 1
-                    for x in range(W):
-                        target[x] = grad[start + x, d]
+                        left, right, top, bottom = fractions[0, j], fractions[1, j], fractions[2, j], fractions[3, j]
+                        grad_x = real(0)
+                        grad_y = real(0)
+                        for d in range(D):
+                            v0 = plane[p, d]
+                            v1 = plane[p + 1, d]
+                            v2 = plane[p + Wp, d]
+                            v3 = plane[p + Wp + 1, d]
+                            if need_weights:
+                                # d out / d w_k = (sample_k - out) / (sum_k w_k + eps)
+                                sample = c0 * v0 + c1 * v1 + c2 * v2 + c3 * v3
+                                grad_w_t[j, d] = scaled_grad[j, d] * (sample - out_t[j, d])
+                            if need_offsets:
+                                a = a_t[j, d]
+                                grad_x += a * (-(top * v0) + top * v1 - bottom * v2 + bottom * v3)
+                                grad_y += a * (-(left * v0) - right * v1 + left * v2 + right * v3)
+                        if need_offsets:
+                            grad_offsets[b, 2 * k, i, j] = grad_x
+                            grad_offsets[b, 2 * k + 1, i, j] = grad_y
+                    if need_cost:
+                        for j in range(W):
+                            p = base[j]
+                            c0, c1, c2, c3 = value_coef[0, j], value_coef[1, j], value_coef[2, j], value_coef[3, j]
+                            top_left, top_right = grad[p], grad[p + 1]
+                            bottom_left, bottom_right = grad[p + Wp], grad[p + Wp + 1]
+                            for d in range(num_hypotheses):
+                                a = a_t[j, d]
+                                top_left[d] += c0 * a
+                                top_right[d] += c1 * a
+                                bottom_left[d] += c2 * a
+                                bottom_right[d] += c3 * a
+                    if need_weights:
+                        for d in range(D):
+                            gw_row = grad_weights[b, k, d, i]
+                            for j in range(W):
+                                gw_row[j] = grad_w_t[j, d]
 
-    return _adaptive_aggregation_bwd_cost
+    return _adaptive_aggregation_bwd
 
 
-def _num_blocks(num_hypotheses: int, batch: int, num_threads: int) -> int:
-    """As many cost-gradient tasks as threads where the hypotheses divide evenly (the kernel is
-    compiled per block size); fewer blocks mean fewer recomputed row coefficients."""
-    wanted = max(1, min(num_hypotheses, -(-num_threads // batch)))
-    return max(m for m in range(1, wanted + 1) if num_hypotheses % m == 0)
+@numba.njit(parallel=True, cache=True)
+def _sum_bands(grad_bands, grad_cost):
+    """grad_cost (B, D, H, W) = the sum over bands, in band order, of the padded channels-last
+    maps grad_bands (bands, B, (H+3)*(W+2), D), cropped; one task per row (b, y)."""
+    num_bands = grad_bands.shape[0]
+    B, D, H, W = grad_cost.shape
+    Wp = W + 2
+    for row in numba.prange(B * H):
+        b = row // H
+        y = row - b * H
+        start = (y + 1) * Wp + 1
+        total = np.empty((W, D), dtype=grad_cost.dtype)
+        for j in range(W):
+            for d in range(D):
+                total[j, d] = grad_bands[0, b, start + j, d]
+        for band in range(1, num_bands):
+            for j in range(W):
+                for d in range(D):
+                    total[j, d] += grad_bands[band, b, start + j, d]
+        for d in range(D):
+            target = grad_cost[b, d, y]
+            for x in range(W):
+                target[x] = total[x, d]
 
 
 def forward(cost, offsets, weights, eps):
@@ -322,25 +311,22 @@ def forward(cost, offsets, weights, eps):
 def backward(saved, grad_out, eps, need_cost: bool, need_offsets: bool, need_weights: bool):
     """Gradients (grad_cost, grad_offsets, grad_weights), each None where not needed.
 
-    Memory beyond the gradients: the padded channels-last cost gradient (``(H+3)*(W+2)`` per
-    hypothesis), whatever the thread count."""
+    Memory beyond the gradients: one padded channels-last cost gradient per band of rows
+    (``_BANDS`` maps of ``(H+3)*(W+2)`` per hypothesis), whatever the thread count."""
     padded, offsets, weights, out, denominator = saved
     B, D, H, W = out.shape
     grad_out = grad_out.contiguous()
     grad_offsets = torch.empty(offsets.shape if need_offsets else (1, 1, 1, 1), dtype=out.dtype)
     grad_weights = torch.empty(weights.shape if need_weights else (1, 1, 1, 1, 1), dtype=out.dtype)
     grad_cost = torch.empty((B, D, H, W), dtype=out.dtype) if need_cost else None
-    with numba_threads() as num_threads:
-        if need_offsets or need_weights:
-            rows = _rows_backward_kernel(D if D >= _ROWS_FIXED_FROM else 0)
-            rows(
-                grad_out.numpy(), denominator.numpy(), out.numpy(), padded.numpy(), offsets.numpy(), weights.numpy(),
-                need_offsets, need_weights, grad_offsets.numpy(), grad_weights.numpy(),
-            )
+    grad_bands = torch.zeros((_BANDS, B, (H + 3) * (W + 2), D) if need_cost else (_BANDS, B, 1, 1), dtype=out.dtype)
+    with numba_threads():
+        _backward_kernel(D, D >= _FIXED_GATHER_FROM)(
+            grad_out.numpy(), denominator.numpy(), out.numpy(), padded.numpy(), offsets.numpy(), weights.numpy(),
+            need_cost, need_offsets, need_weights, grad_offsets.numpy(), grad_weights.numpy(), grad_bands.numpy(),
+        )
         if need_cost:
-            grad_padded = torch.zeros((B, (H + 3) * (W + 2), D), dtype=out.dtype)
-            kernel = _cost_backward_kernel(D, D // _num_blocks(D, B, num_threads))
-            kernel(grad_out.numpy(), denominator.numpy(), offsets.numpy(), weights.numpy(), grad_padded.numpy(), grad_cost.numpy())
+            _sum_bands(grad_bands.numpy(), grad_cost.numpy())
     return (
         grad_cost,
         grad_offsets if need_offsets else None,
