@@ -7,7 +7,7 @@ weights, loss ``sum(out**2)``) once on the round's fresh inputs, in an order rot
 round, so the other jobs of a shared machine hit all three alike. By default one thread (torch
 and numba) and CPU time of the process (``time.process_time``): the work each side does.
 Reports per-stage medians, the median of the per-round ratios reference / kernel, and the
-largest difference between this tree's results and the reference's. Writes JSON with ``--json``.
+largest differences of both kernels' results from the reference's. Writes JSON with ``--json`` (a second run adds its measurement to the same file).
 
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python experiments/diag_aggregation_ab.py REV [--rounds 21] [--json OUT]
 """
@@ -53,7 +53,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--threads", type=int, default=1, help="torch and numba threads")
     parser.add_argument("--wall", action="store_true", help="time wall clock (time.perf_counter) instead of CPU time")
-    parser.add_argument("--json")
+    parser.add_argument("--machine", default="cpu-2core", help="the machine's name in the JSON")
+    parser.add_argument("--json", help="write (or, if it exists, add a measurement to) this JSON file")
     args = parser.parse_args()
 
     import numba
@@ -91,7 +92,8 @@ def main() -> int:
         for arm in arms:  # compile or load from the cache outside the measurement
             run(arm, make_inputs(case, size=(8, 8)))
         times = {arm: [] for arm in arms}
-        max_difference = {"out": 0.0, "grad_cost": 0.0, "grad_offsets": 0.0, "grad_weights": 0.0}
+        names = ("out", "grad_cost", "grad_offsets", "grad_weights")
+        max_difference = {arm: dict.fromkeys(names, 0.0) for arm in arms[1:]}
         for index in range(args.rounds):
             inputs = make_inputs(case, seed=index)
             order = arms[index % 3 :] + arms[: index % 3]
@@ -100,9 +102,11 @@ def main() -> int:
                 start = clock()
                 results[arm] = run(arm, inputs)
                 times[arm].append(1e3 * (clock() - start))
-            (out_ref, grads_ref), (out_new, grads_new) = results["reference"], results["kernel"]
-            for name, got, want in zip(max_difference, [out_new, *grads_new], [out_ref, *grads_ref]):
-                max_difference[name] = max(max_difference[name], (got - want).abs().max().item())
+            out_ref, grads_ref = results["reference"]
+            for arm in arms[1:]:
+                out_arm, grads_arm = results[arm]
+                for name, got, want in zip(names, [out_arm, *grads_arm], [out_ref, *grads_ref]):
+                    max_difference[arm][name] = max(max_difference[arm][name], (got - want).abs().max().item())
         ratio = [r / k for r, k in zip(times["reference"], times["kernel"])]
         ratio_before = [r / k for r, k in zip(times["reference"], times["kernel_before"])]
         stages[case] = {
@@ -119,22 +123,50 @@ def main() -> int:
         }
         print(case, {k: v for k, v in stages[case].items() if k != "per_round_ms"}, flush=True)
     what = (
-        f"wall time, {args.threads} thread(s), time.perf_counter" if args.wall
+        f"wall time, {args.threads} thread(s) (torch and numba), time.perf_counter" if args.wall
         else f"CPU time of the process, {args.threads} thread(s) (torch and numba), time.process_time"
     )
-    result = {
+    commit = git("rev-parse", "--short", "HEAD")
+    if git("status", "--porcelain", "--", "kernels"):
+        commit += " (with uncommitted changes under kernels/)"
+    measurement = {
         "what": what,
-        "command": " ".join([sys.executable, *sys.argv]),
-        "kernel_commit": git("rev-parse", "--short", "HEAD") + (" (with uncommitted changes)" if git("status", "--porcelain", "--", "kernels") else ""),
-        "kernel_before_commit": git("rev-parse", "--short", args.rev),
+        "kernel_commit": commit,
         "started": started,
         "load_average_at_start": load_at_start,
         "rounds": args.rounds,
         "stages": stages,
     }
     if args.json:
+        if os.path.exists(args.json):  # a further run of the same comparison
+            with open(args.json) as handle:
+                result = json.load(handle)
+            result["measurements"].append(measurement)
+        else:
+            result = {
+                "date": datetime.date.today().isoformat(),
+                "machine": args.machine,
+                "op": (
+                    "kernels.adaptive_aggregation (CPU, numba) vs adaptive_aggregation_reference, forward + backward "
+                    "(gradients to cost, offsets and weights, loss sum(out**2)), inputs as bench/bench_adaptive_aggregation.py "
+                    "(batch 1, 640x512 image, K=9)"
+                ),
+                "commit": commit,
+                "commit_before": git("rev-parse", "--short", args.rev),
+                "command": "PYTHONPATH=. OMP_NUM_THREADS=1 " + " ".join(["python", *sys.argv]),
+                "method": (
+                    "one process per measurement; per round the reference, the kernel and the kernel of commit_before each run "
+                    "once on the round's fresh inputs (leaves cloned inside the timed call), order rotated round by round; "
+                    "'ratio' = median over rounds of reference time / kernel time; times in ms, medians over rounds; "
+                    "'ratio_of_fastest_rounds' = fastest reference / fastest kernel; max_abs_difference_to_reference: "
+                    "each kernel against the reference over all rounds (offset gradients jump where a sample crosses a pixel "
+                    "boundary, and the reference's normalised grid moves positions by ~1e-7 * width)"
+                ),
+                "measurements": [measurement],
+            }
         with open(args.json, "w") as handle:
             json.dump(result, handle, indent=1)
+            handle.write("\n")
     return 0
 
 
