@@ -65,10 +65,9 @@ _BANDS = 2
 def _row_corners(offsets, b, k, i, H, W, columns, base, value_coef, fractions, with_fractions):
     """Row i, neighbour k: for every x the flat index ``base[x]`` of the top-left corner in the
     padded map (row stride ``W + 2``) and the corner coefficients (00, 01, 10, 11) of the
-    sample, ``value_coef`` (4, W); with ``with_fractions`` also ``fractions`` (4, W) = (1 - wx,
-    wx, 1 - wy, wy), from which d sample / d x = (1 - wy)(c01 - c00) + wy (c11 - c10) and
-    d sample / d y likewise. A position outside ``(-1, W) x (-1, H)`` (or NaN) gets coefficients
-    and fractions 0 and the base of the all-zero bottom rows.
+    sample, ``value_coef`` (4, W); with ``with_fractions`` also ``fractions`` (2, W) = (wx, wy),
+    the sample's position within its cell. A position outside ``(-1, W) x (-1, H)`` (or NaN)
+    gets coefficients and fractions 0 and the base of the all-zero bottom rows.
 
     ``columns`` is ``0, 1, ..., W`` in the offsets' dtype: positions are computed in that dtype
     (as the reference does) and the loop has no branch, so LLVM vectorises it."""
@@ -96,10 +95,8 @@ def _row_corners(offsets, b, k, i, H, W, columns, base, value_coef, fractions, w
         value_coef[2, j] = (one - wx) * wy if inside else zero
         value_coef[3, j] = wx * wy if inside else zero
         if with_fractions:
-            fractions[0, j] = one - wx if inside else zero
-            fractions[1, j] = wx if inside else zero
-            fractions[2, j] = one - wy if inside else zero
-            fractions[3, j] = wy if inside else zero
+            fractions[0, j] = wx if inside else zero
+            fractions[1, j] = wy if inside else zero
 
 
 @numba.njit(parallel=True, cache=True)
@@ -196,7 +193,7 @@ def _backward_kernel(num_hypotheses: int, fixed_gather: bool):
             columns = np.arange(W + 1).astype(offsets.dtype)
             base = np.empty(W, dtype=np.int32)
             value_coef = np.empty((4, W), dtype=cost.dtype)
-            fractions = np.empty((4, W), dtype=cost.dtype)
+            fractions = np.empty((2, W), dtype=cost.dtype)
             scaled_grad = np.empty((W, D), dtype=cost.dtype)
             out_t = np.empty((W, D), dtype=cost.dtype)
             w_t = np.empty((W, D), dtype=cost.dtype)
@@ -210,7 +207,7 @@ def _backward_kernel(num_hypotheses: int, fixed_gather: bool):
                         scaled_grad[j, d] = grad_out[b, d, i, j] / denominator[b, d, i, j]
                         out_t[j, d] = out[b, d, i, j]
                 for k in range(K):
-                    _row_corners(offsets, b, k, i, H, W, columns, base, value_coef, fractions, need_offsets)
+                    _row_corners(offsets, b, k, i, H, W, columns, base, value_coef, fractions, True)
                     if need_offsets or need_cost:
                         for d in range(D):
                             w_row = weights[b, k, d, i]
@@ -220,25 +217,29 @@ def _backward_kernel(num_hypotheses: int, fixed_gather: bool):
                             for d in range(D):
                                 # the sample's weight in d loss / d sample: w_k * grad_out / (sum_k w_k + eps)
                                 a_t[j, d] = scaled_grad[j, d] * w_t[j, d]
+                    # the sample as interpolations along x in its top and bottom rows, then along y:
+                    # sample = top + wy (bottom - top), d sample / d y = bottom - top,
+                    # d sample / d x = (1 - wy)(c01 - c00) + wy (c11 - c10)
                     for j in range(W):
                         p = base[j]
-                        c0, c1, c2, c3 = value_coef[0, j], value_coef[1, j], value_coef[2, j], value_coef[3, j]
-                        left, right, top, bottom = fractions[0, j], fractions[1, j], fractions[2, j], fractions[3, j]
+                        wx, wy = fractions[0, j], fractions[1, j]
                         grad_x = real(0)
                         grad_y = real(0)
                         for d in range(D):
                             v0 = plane[p, d]
-                            v1 = plane[p + 1, d]
+                            top_step = plane[p + 1, d] - v0
                             v2 = plane[p + Wp, d]
-                            v3 = plane[p + Wp + 1, d]
+                            bottom_step = plane[p + Wp + 1, d] - v2
+                            top = v0 + wx * top_step
+                            bottom = v2 + wx * bottom_step
+                            d_dy = bottom - top
                             if need_weights:
                                 # d out / d w_k = (sample_k - out) / (sum_k w_k + eps)
-                                sample = c0 * v0 + c1 * v1 + c2 * v2 + c3 * v3
-                                grad_w_t[j, d] = scaled_grad[j, d] * (sample - out_t[j, d])
+                                grad_w_t[j, d] = scaled_grad[j, d] * (top + wy * d_dy - out_t[j, d])
                             if need_offsets:
                                 a = a_t[j, d]
-                                grad_x += a * (-(top * v0) + top * v1 - bottom * v2 + bottom * v3)
-                                grad_y += a * (-(left * v0) - right * v1 + left * v2 + right * v3)
+                                grad_x += a * (top_step + wy * (bottom_step - top_step))
+                                grad_y += a * d_dy
                         if need_offsets:
                             grad_offsets[b, 2 * k, i, j] = grad_x
                             grad_offsets[b, 2 * k + 1, i, j] = grad_y
