@@ -1,42 +1,52 @@
 """CPU kernels of adaptive cost aggregation (numba, ``parallel=True``).
 
-The cost is copied once into a zero-bordered map (one zero column each side, one zero row above
-and two below, :func:`_padded_cost`): every sample position inside ``(-1, W) x (-1, H)`` then has
-its four bilinear corners at ``base, base + 1, base + Wp, base + Wp + 1`` of the padded plane
-with no bounds test in the inner loops, and a sample entirely outside the map points at the two
-all-zero bottom rows with coefficient 0. Per row and neighbour the kernels keep one ``int32``
-base index and the coefficients (in the cost's dtype) laid out ``(4, W)``, so the loops over
-``x`` read them contiguously. The corner terms are summed in the same order and with the same
-coefficient values as without the border (a corner outside the map contributes ``coef * 0``), so
-the results are those of the unpadded formulation.
+Layout. The offsets do not depend on the hypothesis, so one sample position (row, neighbour, x)
+serves all D hypotheses: the cost is copied once into a zero-bordered channels-last map
+``(B, (H+3)*(W+2), D)`` (:func:`_channels_last_padded`; one zero column each side, one zero row
+above and two below). A sample inside ``(-1, W) x (-1, H)`` then reads its four corners as four
+contiguous runs of D values at ``base, base + 1, base + Wp, base + Wp + 1`` with no bounds test,
+and a sample entirely outside points at the all-zero bottom rows with coefficient 0; the loops
+over hypotheses are innermost. Per row and neighbour the corner indices and coefficients are
+computed once (:func:`_row_corners`) in the offsets' dtype, as the reference does, and without a
+branch, so LLVM vectorises that loop (about 10x cheaper than the float64 loop with a branch it
+replaces). The weights ``(B, K, D, H, W)`` and their gradient keep the op's layout: the kernels
+transpose a row's ``(D, W)`` block to ``(W, D)`` and back in scalar loops.
 
-LLVM does not vectorise loops with gathers, so the forward and the rows backward first copy the
-four corner values of a row's samples into contiguous ``(4, W)`` rows (a scalar loop of loads and
-stores), then do their arithmetic on contiguous rows, which LLVM vectorises; each element's
-arithmetic is unchanged. (The same split of the cost gradient's scatter, and a branch-free
-coefficient loop, measured slower or no faster.)
+Forward: one task per output row; it also saves ``sum_k w_k + eps`` (one ``(B, D, H, W)``
+tensor) so the backward does not re-read the weights for it. The sampled costs are never stored.
 
-Forward: one parallel task per output row ``(b, y)``, neighbours outer, hypotheses, then ``x``
-inner; it also saves ``sum_k w_k + eps`` (one ``(B, D, H, W)`` tensor) so the backward does not
-re-read the ``(B, K, D, H, W)`` weights to recompute it. The sampled costs are never stored.
+Backward: one kernel for all three gradients (:func:`_backward_kernel`), one task per batch item
+and band of rows, ``_BANDS`` = 2 bands whatever the thread count. The samples of a band scatter
+their cost gradient into a channels-last map of the band's own (a sample may land in any row),
+and :func:`_sum_bands` adds the maps band by band: no atomics, no per-thread copies, memory of two
+cost-sized maps (one more than the split kernels before) whatever the thread count, and every sum
+in one fixed order, so the gradients are equal bit for bit at any thread count. The sums over
+hypotheses of the offset gradients run under ``fastmath={"reassoc"}`` so that LLVM vectorises
+them; every task runs the same code, which keeps that property. The kernel is compiled per
+hypothesis count (``functools.lru_cache``; numba's disk cache keeps each): from 16 hypotheses on
+its gather loop is compiled for the exact count (measured faster), below it reads the count at run
+time (measured faster at 8).
 
-Backward, two kernels: the offset and weight gradients per row (gathers only), and the cost
-gradient per batch item and block of hypotheses (a sample of plane d reads plane d only, so each
-task scatters into its own planes of a padded gradient map: no atomics and no per-thread copy, so
-the backward's memory does not grow with the thread count, and each plane is summed in one fixed
-order whatever the thread count).
+Tried and not kept (1-thread CPU time, slower or no faster): separate backward kernels for the
+offset and weight gradients (one task per row) and for the cost gradient (one task per block of
+hypotheses), which the single pass beats by 5-12%; the forward compiled for the exact count
+(slower at 16); the weight sum inside the sample loop; strided weight reads instead of the
+transposes; the scatter as one loop per corner; FMA contraction; scratch rows on the stack;
+neighbours innermost. What limits the kernel: numba cannot tell LLVM that scratch rows and inputs
+do not alias, so a loop over 8 or 16 hypotheses pays run-time alias checks at every sample
+position (or, compiled for the exact count, stays scalar), and each transpose of the weights costs
+about a scalar load and store per sample.
 
-Measured (bench/results/adaptive-aggregation-cpu-2core-2026-12-07.json): forward + backward
-(gradients to all three inputs) against :func:`adaptive_aggregation_reference` at the benchmark's
-four stage sizes (batch 1, 640x512 image, K=9), reference, this kernel and the kernel before the
-zero border interleaved round by round on the shared 2-core machine (load average ~8). Wall time
-with 2 threads, median of per-round ratios reference / kernel: 3.5x (stage 3, D=48), 4.1x
-(stage 3, D=16), 3.6x (stage 2), 3.1x (stage 1); before 3.4x, 3.5x, 3.3x, 2.6x. Most of those
-rounds fell in a phase where the reference's 2-thread torch calls stall, which inflates the
-ratios. CPU time with 1 thread (the work done, less sensitive to the other jobs): 1.4x, 1.07x,
-1.9x, 1.9x (before 1.3x, 0.9x, 1.5x, 1.4x; about 20% spread between runs): half the reference's
-work is not reached at any stage, and at stage 3 with D=16 the kernel does about as much work as
-the reference. What remains is the scalar gathers and the scatter of the cost gradient.
+Measured (bench/results/adaptive-aggregation-cpu-1thread-2026-12-07b.json,
+experiments/diag_aggregation_ab.py): forward + backward (gradients to all three inputs) against
+:func:`adaptive_aggregation_reference` at the benchmark's four stage sizes (batch 1, 640x512 image,
+K=9), reference, this kernel and the kernel before (1f566b5) interleaved round by round on the
+shared 2-core machine, CPU time with 1 thread (torch and numba), median of 21 per-round ratios
+reference / kernel, two runs: 2.53 / 2.67x (stage 3, D=48), 1.74 / 1.85x (stage 3, D=16),
+2.48 / 2.44x (stage 2), 2.06 / 2.12x (stage 1); the kernel before, in the same rounds: 1.32 / 1.51x,
+1.16 / 1.21x, 1.65 / 1.62x, 1.58 / 1.59x. Half the reference's work is reached at stage 3 with
+D=48 and at stage 2, at stage 1 only narrowly (fastest round against fastest round: 1.71 / 1.78x),
+and not at stage 3 with D=16.
 """
 
 from __future__ import annotations
