@@ -1,47 +1,57 @@
 """CPU kernels of adaptive cost aggregation (numba, ``parallel=True``).
 
-The cost is copied once into a zero-bordered map (one zero column each side, one zero row above
-and two below, :func:`_padded_cost`): every sample position inside ``(-1, W) x (-1, H)`` then has
-its four bilinear corners at ``base, base + 1, base + Wp, base + Wp + 1`` of the padded plane
-with no bounds test in the inner loops, and a sample entirely outside the map points at the two
-all-zero bottom rows with coefficient 0. Per row and neighbour the kernels keep one ``int32``
-base index and the coefficients (in the cost's dtype) laid out ``(4, W)``, so the loops over
-``x`` read them contiguously. The corner terms are summed in the same order and with the same
-coefficient values as without the border (a corner outside the map contributes ``coef * 0``), so
-the results are those of the unpadded formulation.
+Layout. The offsets do not depend on the hypothesis, so one sample position (row, neighbour, x)
+serves all D hypotheses: the cost is copied once into a zero-bordered channels-last map
+``(B, (H+3)*(W+2), D)`` (:func:`_channels_last_padded`; one zero column each side, one zero row
+above and two below). A sample inside ``(-1, W) x (-1, H)`` then reads its four corners as four
+contiguous runs of D values at ``base, base + 1, base + Wp, base + Wp + 1`` with no bounds test,
+and a sample entirely outside points at the all-zero bottom rows with coefficient 0; the loops
+over hypotheses are innermost. Per row and neighbour the corner indices and coefficients are
+computed once (:func:`_row_corners`) in the offsets' dtype, as the reference does, and without a
+branch, so LLVM vectorises that loop (about 10x cheaper than the float64 loop with a branch it
+replaces). The weights ``(B, K, D, H, W)`` and their gradient keep the op's layout: the kernels
+transpose a row's ``(D, W)`` block to ``(W, D)`` and back in scalar loops.
 
-LLVM does not vectorise loops with gathers, so the forward and the rows backward first copy the
-four corner values of a row's samples into contiguous ``(4, W)`` rows (a scalar loop of loads and
-stores), then do their arithmetic on contiguous rows, which LLVM vectorises; each element's
-arithmetic is unchanged. (The same split of the cost gradient's scatter, and a branch-free
-coefficient loop, measured slower or no faster.)
+Forward: one task per output row; it also saves ``sum_k w_k + eps`` (one ``(B, D, H, W)``
+tensor) so the backward does not re-read the weights for it. The sampled costs are never stored.
 
-Forward: one parallel task per output row ``(b, y)``, neighbours outer, hypotheses, then ``x``
-inner; it also saves ``sum_k w_k + eps`` (one ``(B, D, H, W)`` tensor) so the backward does not
-re-read the ``(B, K, D, H, W)`` weights to recompute it. The sampled costs are never stored.
+Backward: one kernel for all three gradients (:func:`_backward_kernel`), one task per batch item
+and band of rows, ``_BANDS`` = 2 bands whatever the thread count. The samples of a band scatter
+their cost gradient into a channels-last map of the band's own (a sample may land in any row),
+and :func:`_sum_bands` adds the maps band by band: no atomics, no per-thread copies, memory of two
+cost-sized maps (one more than the split kernels before) whatever the thread count, and every sum
+in one fixed order, so the gradients are equal bit for bit at any thread count. The sums over
+hypotheses of the offset gradients run under ``fastmath={"reassoc"}`` so that LLVM vectorises
+them; every task runs the same code, which keeps that property. The kernel is compiled per
+hypothesis count (``functools.lru_cache``; numba's disk cache keeps each): from 16 hypotheses on
+its gather loop is compiled for the exact count (measured faster), below it reads the count at run
+time (measured faster at 8).
 
-Backward, two kernels: the offset and weight gradients per row (gathers only), and the cost
-gradient per batch item and block of hypotheses (a sample of plane d reads plane d only, so each
-task scatters into its own planes of a padded gradient map: no atomics and no per-thread copy, so
-the backward's memory does not grow with the thread count, and each plane is summed in one fixed
-order whatever the thread count).
+Tried and not kept (1-thread CPU time, slower or no faster): separate backward kernels for the
+offset and weight gradients (one task per row) and for the cost gradient (one task per block of
+hypotheses), which the single pass beats by 5-12%; the forward compiled for the exact count
+(slower at 16); the weight sum inside the sample loop; strided weight reads instead of the
+transposes; the scatter as one loop per corner; FMA contraction; scratch rows on the stack;
+neighbours innermost. What limits the kernel: numba cannot tell LLVM that scratch rows and inputs
+do not alias, so a loop over 8 or 16 hypotheses pays run-time alias checks at every sample
+position (or, compiled for the exact count, stays scalar), and each transpose of the weights costs
+about a scalar load and store per sample.
 
-Measured (bench/results/adaptive-aggregation-cpu-2core-2026-12-07.json): forward + backward
-(gradients to all three inputs) against :func:`adaptive_aggregation_reference` at the benchmark's
-four stage sizes (batch 1, 640x512 image, K=9), reference, this kernel and the kernel before the
-zero border interleaved round by round on the shared 2-core machine (load average ~8). Wall time
-with 2 threads, median of per-round ratios reference / kernel: 3.5x (stage 3, D=48), 4.1x
-(stage 3, D=16), 3.6x (stage 2), 3.1x (stage 1); before 3.4x, 3.5x, 3.3x, 2.6x. Most of those
-rounds fell in a phase where the reference's 2-thread torch calls stall, which inflates the
-ratios. CPU time with 1 thread (the work done, less sensitive to the other jobs): 1.4x, 1.07x,
-1.9x, 1.9x (before 1.3x, 0.9x, 1.5x, 1.4x; about 20% spread between runs): half the reference's
-work is not reached at any stage, and at stage 3 with D=16 the kernel does about as much work as
-the reference. What remains is the scalar gathers and the scatter of the cost gradient.
+Measured (bench/results/adaptive-aggregation-cpu-1thread-2026-12-07b.json,
+experiments/diag_aggregation_ab.py): forward + backward (gradients to all three inputs) against
+:func:`adaptive_aggregation_reference` at the benchmark's four stage sizes (batch 1, 640x512 image,
+K=9), reference, this kernel and the kernel before (1f566b5) interleaved round by round on the
+shared 2-core machine, CPU time with 1 thread (torch and numba), median of 21 per-round ratios
+reference / kernel, two runs: 2.53 / 2.67x (stage 3, D=48), 1.74 / 1.85x (stage 3, D=16),
+2.48 / 2.44x (stage 2), 2.06 / 2.12x (stage 1); the kernel before, in the same rounds: 1.32 / 1.51x,
+1.16 / 1.21x, 1.65 / 1.62x, 1.58 / 1.59x. Half the reference's work is reached at stage 3 with
+D=48 and at stage 2, at stage 1 only narrowly (fastest round against fastest round: 1.71 / 1.78x),
+and not at stage 3 with D=16.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 
 import numba
 import numpy as np
@@ -51,200 +61,242 @@ from .._backend import numba_threads, prefer_workqueue_threading
 
 prefer_workqueue_threading()  # see its docstring: ~15x less call overhead next to torch's OpenMP
 
+#: hypothesis counts from which the backward's gather loop is compiled for the exact count (measured
+#: faster from 16 on; at 8 the loop with the count left to run time measured faster)
+_FIXED_GATHER_FROM = 16
+
+#: row bands of the backward: each band is one task and scatters its cost gradient into a padded
+#: map of its own; the maps are summed band by band. A fixed count, so the memory and the order of
+#: every sum do not depend on the thread count.
+_BANDS = 2
+
 
 @numba.njit(inline="always")
-def _row_corners(offsets, b, k, i, H, W, base, value_coef, fractions, with_fractions):
+def _row_corners(offsets, b, k, i, H, W, columns, base, value_coef, fractions, with_fractions):
     """Row i, neighbour k: for every x the flat index ``base[x]`` of the top-left corner in the
-    padded plane (row stride ``W + 2``) and the corner coefficients (00, 01, 10, 11) of the
-    sample, ``value_coef`` (4, W); with ``with_fractions`` also ``fractions`` (4, W) = (1 - wx,
-    wx, 1 - wy, wy), from which d sample / d x = (1 - wy)(c01 - c00) + wy (c11 - c10) and
-    d sample / d y likewise. A position outside ``(-1, W) x (-1, H)`` (or NaN) gets coefficients
-    and fractions 0 and the base of the all-zero bottom rows."""
+    padded map (row stride ``W + 2``) and the corner coefficients (00, 01, 10, 11) of the
+    sample, ``value_coef`` (4, W); with ``with_fractions`` also ``fractions`` (2, W) = (wx, wy),
+    the sample's position within its cell. A position outside ``(-1, W) x (-1, H)`` (or NaN)
+    gets coefficients and fractions 0 and the base of the all-zero bottom rows.
+
+    ``columns`` is ``0, 1, ..., W`` in the offsets' dtype: positions are computed in that dtype
+    (as the reference does) and the loop has no branch, so LLVM vectorises it."""
     Wp = W + 2
     outside = (H + 1) * Wp
+    real = offsets.dtype.type
+    zero, one = real(0), real(1)
+    row = real(i)
+    width, height = columns[W], real(H)
+    dx_row = offsets[b, 2 * k, i]
+    dy_row = offsets[b, 2 * k + 1, i]
     for j in range(W):
-        sx = j + offsets[b, 2 * k, i, j]
-        sy = i + offsets[b, 2 * k + 1, i, j]
-        if not (sx > -1 and sx < W and sy > -1 and sy < H):  # also rejects NaN
-            base[j] = outside
-            for n in range(4):
-                value_coef[n, j] = 0
-                if with_fractions:
-                    fractions[n, j] = 0
-            continue
-        x0 = int(math.floor(sx))
-        y0 = int(math.floor(sy))
-        wx = sx - x0
-        wy = sy - y0
-        base[j] = (y0 + 1) * Wp + x0 + 1
-        value_coef[0, j] = (1 - wx) * (1 - wy)
-        value_coef[1, j] = wx * (1 - wy)
-        value_coef[2, j] = (1 - wx) * wy
-        value_coef[3, j] = wx * wy
+        sx = columns[j] + dx_row[j]
+        sy = row + dy_row[j]
+        inside = sx > -one and sx < width and sy > -one and sy < height  # also rejects NaN
+        sx = sx if inside else zero  # keeps the integer conversion below defined
+        sy = sy if inside else zero
+        fx = np.floor(sx)
+        fy = np.floor(sy)
+        wx = sx - fx
+        wy = sy - fy
+        base[j] = (np.int32(fy) + 1) * Wp + np.int32(fx) + 1 if inside else outside
+        value_coef[0, j] = (one - wx) * (one - wy) if inside else zero
+        value_coef[1, j] = wx * (one - wy) if inside else zero
+        value_coef[2, j] = (one - wx) * wy if inside else zero
+        value_coef[3, j] = wx * wy if inside else zero
         if with_fractions:
-            fractions[0, j] = 1 - wx
-            fractions[1, j] = wx
-            fractions[2, j] = 1 - wy
-            fractions[3, j] = wy
+            fractions[0, j] = wx if inside else zero
+            fractions[1, j] = wy if inside else zero
 
 
-@numba.njit(inline="always")
-def _gather_corners(plane, base, Wp, corners):
-    """The four corner values of every sample of a row into ``corners`` (4, W), so the arithmetic
-    that follows runs on contiguous rows (which LLVM vectorises; it does not vectorise gathers)."""
-    for j in range(base.shape[0]):
-        p = base[j]
-        corners[0, j] = plane[p]
-        corners[1, j] = plane[p + 1]
-        corners[2, j] = plane[p + Wp]
-        corners[3, j] = plane[p + Wp + 1]
+@numba.njit(parallel=True, cache=True)
+def _channels_last_padded(cost, padded):
+    """cost (B, D, H, W) -> padded (B, (H+3)*(W+2), D): the hypotheses of a pixel contiguous, one
+    zero column left and right, one zero row above, two below."""
+    B, D, H, W = cost.shape
+    Wp = W + 2
+    for task in numba.prange(B * (H + 3)):
+        b = task // (H + 3)
+        y = task - b * (H + 3)
+        start = y * Wp
+        if y == 0 or y > H:
+            for x in range(Wp):
+                for d in range(D):
+                    padded[b, start + x, d] = 0
+            continue
+        for d in range(D):
+            padded[b, start, d] = 0
+            padded[b, start + Wp - 1, d] = 0
+            source = cost[b, d, y - 1]
+            for j in range(W):
+                padded[b, start + 1 + j, d] = source[j]
 
 
 @numba.njit(parallel=True, cache=True)
 def _adaptive_aggregation_fwd(cost, offsets, weights, eps, out, denominator):
-    """cost (B, D, (H+3)*(W+2)) padded, offsets (B, 2K, H, W), weights (B, K, D, H, W)
-    -> out (B, D, H, W) and denominator = sum_k w_k + eps (B, D, H, W)."""
+    """cost (B, (H+3)*(W+2), D) padded channels-last, offsets (B, 2K, H, W), weights
+    (B, K, D, H, W) -> out (B, D, H, W) and denominator = sum_k w_k + eps (B, D, H, W).
+
+    One task per output row; per neighbour the row's weights are transposed to (W, D) so that
+    the loop over hypotheses (innermost, one sample position for all of them) runs on
+    contiguous data."""
     B, K, D, H, W = weights.shape
     Wp = W + 2
     for row in numba.prange(B * H):
         b = row // H
         i = row - b * H
+        columns = np.arange(W + 1).astype(offsets.dtype)
         base = np.empty(W, dtype=np.int32)
         value_coef = np.empty((4, W), dtype=cost.dtype)
-        numerator = np.zeros((D, W), dtype=cost.dtype)
+        numerator = np.zeros((W, D), dtype=cost.dtype)
         weight_sum = np.zeros((D, W), dtype=cost.dtype)
-        corners = np.empty((4, W), dtype=cost.dtype)
+        w_t = np.empty((W, D), dtype=cost.dtype)
+        plane = cost[b]
         for k in range(K):
-            _row_corners(offsets, b, k, i, H, W, base, value_coef, value_coef, False)
+            _row_corners(offsets, b, k, i, H, W, columns, base, value_coef, value_coef, False)
             for d in range(D):
-                _gather_corners(cost[b, d], base, Wp, corners)
                 w_row = weights[b, k, d, i]
-                num_row = numerator[d]
                 sum_row = weight_sum[d]
                 for j in range(W):
-                    sample = (
-                        value_coef[0, j] * corners[0, j]
-                        + value_coef[1, j] * corners[1, j]
-                        + value_coef[2, j] * corners[2, j]
-                        + value_coef[3, j] * corners[3, j]
-                    )
-                    weight = w_row[j]
-                    num_row[j] += weight * sample
-                    sum_row[j] += weight
+                    sum_row[j] += w_row[j]
+            for d in range(D):
+                w_row = weights[b, k, d, i]
+                for j in range(W):
+                    w_t[j, d] = w_row[j]
+            for j in range(W):
+                p = base[j]
+                c0, c1, c2, c3 = value_coef[0, j], value_coef[1, j], value_coef[2, j], value_coef[3, j]
+                for d in range(D):
+                    sample = c0 * plane[p, d] + c1 * plane[p + 1, d] + c2 * plane[p + Wp, d] + c3 * plane[p + Wp + 1, d]
+                    numerator[j, d] += w_t[j, d] * sample
         for d in range(D):
             for j in range(W):
                 total = weight_sum[d, j] + eps
                 denominator[b, d, i, j] = total
-                out[b, d, i, j] = numerator[d, j] / total
+                out[b, d, i, j] = numerator[j, d] / total
+
+
+@functools.lru_cache(maxsize=None)
+def _backward_kernel(num_hypotheses: int, fixed_gather: bool):
+    """The backward compiled for ``num_hypotheses`` hypotheses: the scatter loop always for that
+    exact count, the gather loop too where ``fixed_gather`` (see ``_FIXED_GATHER_FROM``)."""
+
+    @numba.njit(parallel=True, cache=True, fastmath={"reassoc"})
+    def _adaptive_aggregation_bwd(
+        grad_out, denominator, out, cost, offsets, weights, need_cost, need_offsets, need_weights,
+        grad_offsets, grad_weights, grad_bands,
+    ):
+        """All three gradients, one task per (b, band of rows). grad_out, denominator, out
+        (B, D, H, W); cost (B, (H+3)*(W+2), D) padded channels-last; grad_bands
+        (bands, B, (H+3)*(W+2), D) zeroed. ``reassoc`` lets LLVM vectorise the sums over
+        hypotheses of the offset gradients; every task runs the same code whatever the thread
+        count, so the results do not depend on it."""
+        B, K, D, H, W = weights.shape
+        if fixed_gather:
+            D = num_hypotheses
+        num_bands = grad_bands.shape[0]
+        Wp = W + 2
+        real = cost.dtype.type
+        for task in numba.prange(B * num_bands):
+            b = task // num_bands
+            band = task - b * num_bands
+            columns = np.arange(W + 1).astype(offsets.dtype)
+            base = np.empty(W, dtype=np.int32)
+            value_coef = np.empty((4, W), dtype=cost.dtype)
+            fractions = np.empty((2, W), dtype=cost.dtype)
+            scaled_grad = np.empty((W, D), dtype=cost.dtype)
+            out_t = np.empty((W, D), dtype=cost.dtype)
+            w_t = np.empty((W, D), dtype=cost.dtype)
+            grad_w_t = np.empty((W, D), dtype=cost.dtype)
+            a_t = np.empty((W, D), dtype=cost.dtype)
+            plane = cost[b]
+            grad = grad_bands[band, b]
+            for i in range(band * H // num_bands, (band + 1) * H // num_bands):
+                for d in range(D):
+                    for j in range(W):
+                        scaled_grad[j, d] = grad_out[b, d, i, j] / denominator[b, d, i, j]
+                        out_t[j, d] = out[b, d, i, j]
+                for k in range(K):
+                    _row_corners(offsets, b, k, i, H, W, columns, base, value_coef, fractions, True)
+                    if need_offsets or need_cost:
+                        for d in range(D):
+                            w_row = weights[b, k, d, i]
+                            for j in range(W):
+                                w_t[j, d] = w_row[j]
+                        for j in range(W):  # a separate pass: the gather loop below then stores only grad_w_t
+                            for d in range(D):
+                                # the sample's weight in d loss / d sample: w_k * grad_out / (sum_k w_k + eps)
+                                a_t[j, d] = scaled_grad[j, d] * w_t[j, d]
+                    # the sample as interpolations along x in its top and bottom rows, then along y:
+                    # sample = top + wy (bottom - top), d sample / d y = bottom - top,
+                    # d sample / d x = (1 - wy)(c01 - c00) + wy (c11 - c10)
+                    for j in range(W):
+                        p = base[j]
+                        wx, wy = fractions[0, j], fractions[1, j]
+                        grad_x = real(0)
+                        grad_y = real(0)
+                        for d in range(D):
+                            v0 = plane[p, d]
+                            top_step = plane[p + 1, d] - v0
+                            v2 = plane[p + Wp, d]
+                            bottom_step = plane[p + Wp + 1, d] - v2
+                            top = v0 + wx * top_step
+                            bottom = v2 + wx * bottom_step
+                            d_dy = bottom - top
+                            if need_weights:
+                                # d out / d w_k = (sample_k - out) / (sum_k w_k + eps)
+                                grad_w_t[j, d] = scaled_grad[j, d] * (top + wy * d_dy - out_t[j, d])
+                            if need_offsets:
+                                a = a_t[j, d]
+                                grad_x += a * (top_step + wy * (bottom_step - top_step))
+                                grad_y += a * d_dy
+                        if need_offsets:
+                            grad_offsets[b, 2 * k, i, j] = grad_x
+                            grad_offsets[b, 2 * k + 1, i, j] = grad_y
+                    if need_cost:
+                        for j in range(W):
+                            p = base[j]
+                            c0, c1, c2, c3 = value_coef[0, j], value_coef[1, j], value_coef[2, j], value_coef[3, j]
+                            top_left, top_right = grad[p], grad[p + 1]
+                            bottom_left, bottom_right = grad[p + Wp], grad[p + Wp + 1]
+                            for d in range(num_hypotheses):
+                                a = a_t[j, d]
+                                top_left[d] += c0 * a
+                                top_right[d] += c1 * a
+                                bottom_left[d] += c2 * a
+                                bottom_right[d] += c3 * a
+                    if need_weights:
+                        for d in range(D):
+                            gw_row = grad_weights[b, k, d, i]
+                            for j in range(W):
+                                gw_row[j] = grad_w_t[j, d]
+
+    return _adaptive_aggregation_bwd
 
 
 @numba.njit(parallel=True, cache=True)
-def _adaptive_aggregation_bwd_rows(
-    grad_out, denominator, out, cost, offsets, weights, need_offsets, need_weights, grad_offsets, grad_weights
-):
-    """Offset and weight gradients, one parallel task per row (b, y); nothing is scattered.
-
-    grad_out, denominator, out (B, D, H, W); cost (B, D, (H+3)*(W+2)) padded. The x-derivative
-    of a sample is summed as ``-(1-wy) c00 + (1-wy) c01 - wy c10 + wy c11``, left to right (and
-    the y-derivative ``-(1-wx) c00 - wx c01 + (1-wx) c10 + wx c11``): the same products and order
-    as with per-corner signed coefficients, in fewer loads."""
-    B, K, D, H, W = weights.shape
+def _sum_bands(grad_bands, grad_cost):
+    """grad_cost (B, D, H, W) = the sum over bands, in band order, of the padded channels-last
+    maps grad_bands (bands, B, (H+3)*(W+2), D), cropped; one task per row (b, y)."""
+    num_bands = grad_bands.shape[0]
+    B, D, H, W = grad_cost.shape
     Wp = W + 2
     for row in numba.prange(B * H):
         b = row // H
-        i = row - b * H
-        base = np.empty(W, dtype=np.int32)
-        value_coef = np.empty((4, W), dtype=cost.dtype)
-        fractions = np.empty((4, W), dtype=cost.dtype)
-        grad_x = np.empty(W, dtype=cost.dtype)
-        grad_y = np.empty(W, dtype=cost.dtype)
-        corners = np.empty((4, W), dtype=cost.dtype)
-        scaled_grad = np.empty((D, W), dtype=cost.dtype)
-        for d in range(D):
-            for j in range(W):
-                scaled_grad[d, j] = grad_out[b, d, i, j] / denominator[b, d, i, j]
-        for k in range(K):
-            _row_corners(offsets, b, k, i, H, W, base, value_coef, fractions, need_offsets)
-            grad_x[:] = 0
-            grad_y[:] = 0
+        y = row - b * H
+        start = (y + 1) * Wp + 1
+        total = np.empty((W, D), dtype=grad_cost.dtype)
+        for j in range(W):
             for d in range(D):
-                _gather_corners(cost[b, d], base, Wp, corners)
-                g_row = scaled_grad[d]
-                out_row = out[b, d, i]
-                w_row = weights[b, k, d, i]
-                gw_row = grad_weights[b, k, d, i] if need_weights else grad_x
-                if need_offsets and need_weights:
-                    for j in range(W):
-                        g = g_row[j]
-                        c0, c1, c2, c3 = corners[0, j], corners[1, j], corners[2, j], corners[3, j]
-                        sample = value_coef[0, j] * c0 + value_coef[1, j] * c1 + value_coef[2, j] * c2 + value_coef[3, j] * c3
-                        # d out / d w_k = (sample_k - out) / (sum_k w_k + eps)
-                        gw_row[j] = g * (sample - out_row[j])
-                        a = g * w_row[j]
-                        left, right, top, bottom = fractions[0, j], fractions[1, j], fractions[2, j], fractions[3, j]
-                        grad_x[j] += a * (-(top * c0) + top * c1 - bottom * c2 + bottom * c3)
-                        grad_y[j] += a * (-(left * c0) - right * c1 + left * c2 + right * c3)
-                elif need_weights:
-                    for j in range(W):
-                        sample = (
-                            value_coef[0, j] * corners[0, j]
-                            + value_coef[1, j] * corners[1, j]
-                            + value_coef[2, j] * corners[2, j]
-                            + value_coef[3, j] * corners[3, j]
-                        )
-                        gw_row[j] = g_row[j] * (sample - out_row[j])
-                else:
-                    for j in range(W):
-                        c0, c1, c2, c3 = corners[0, j], corners[1, j], corners[2, j], corners[3, j]
-                        a = g_row[j] * w_row[j]
-                        left, right, top, bottom = fractions[0, j], fractions[1, j], fractions[2, j], fractions[3, j]
-                        grad_x[j] += a * (-(top * c0) + top * c1 - bottom * c2 + bottom * c3)
-                        grad_y[j] += a * (-(left * c0) - right * c1 + left * c2 + right * c3)
-            if need_offsets:
-                for j in range(W):
-                    grad_offsets[b, 2 * k, i, j] = grad_x[j]
-                    grad_offsets[b, 2 * k + 1, i, j] = grad_y[j]
-
-
-@numba.njit(parallel=True, cache=True)
-def _adaptive_aggregation_bwd_cost(grad_out, denominator, offsets, weights, num_blocks, grad_cost):
-    """Cost gradient, one parallel task per (b, block of hypotheses): a sample of plane d reads
-    plane d only, so each task scatters into its own planes of ``grad_cost`` (B, D, (H+3)*(W+2)),
-    padded and zeroed by the caller; no per-thread copies, no atomics. A task computes each row's
-    coefficients once for its whole block."""
-    B, K, D, H, W = weights.shape
-    Wp = W + 2
-    for task in numba.prange(B * num_blocks):
-        b = task // num_blocks
-        block = task - b * num_blocks
-        first, stop = block * D // num_blocks, (block + 1) * D // num_blocks
-        base = np.empty(W, dtype=np.int32)
-        value_coef = np.empty((4, W), dtype=grad_cost.dtype)
-        scaled_grad = np.empty((stop - first, W), dtype=grad_cost.dtype)
-        for i in range(H):
-            for d in range(first, stop):
-                for j in range(W):
-                    scaled_grad[d - first, j] = grad_out[b, d, i, j] / denominator[b, d, i, j]
-            for k in range(K):
-                _row_corners(offsets, b, k, i, H, W, base, value_coef, value_coef, False)
-                for d in range(first, stop):
-                    plane = grad_cost[b, d]
-                    for j in range(W):
-                        a = scaled_grad[d - first, j] * weights[b, k, d, i, j]
-                        p = base[j]
-                        plane[p] += value_coef[0, j] * a
-                        plane[p + 1] += value_coef[1, j] * a
-                        plane[p + Wp] += value_coef[2, j] * a
-                        plane[p + Wp + 1] += value_coef[3, j] * a
-
-
-def _padded_cost(cost: torch.Tensor) -> torch.Tensor:
-    """(B, D, H, W) -> (B, D, (H+3)*(W+2)): one zero column left and right, one zero row above,
-    two below (the last one holds the corners of samples outside the map)."""
-    B, D, H, W = cost.shape
-    padded = cost.new_zeros((B, D, H + 3, W + 2))
-    padded[:, :, 1 : H + 1, 1 : W + 1] = cost
-    return padded.view(B, D, (H + 3) * (W + 2))
+                total[j, d] = grad_bands[0, b, start + j, d]
+        for band in range(1, num_bands):
+            for j in range(W):
+                for d in range(D):
+                    total[j, d] += grad_bands[band, b, start + j, d]
+        for d in range(D):
+            target = grad_cost[b, d, y]
+            for x in range(W):
+                target[x] = total[x, d]
 
 
 def forward(cost, offsets, weights, eps):
@@ -254,13 +306,15 @@ def forward(cost, offsets, weights, eps):
         cost (B, D, H, W), offsets (B, 2K, H, W), weights (B, K, D, H, W) -> out (B, D, H, W)
     """
     B, D, H, W = cost.shape
-    padded = _padded_cost(cost.detach())
+    cost = cost.detach().contiguous()
     offsets = offsets.detach().contiguous()
     weights = weights.detach().contiguous()
+    padded = torch.empty((B, (H + 3) * (W + 2), D), dtype=cost.dtype)
     out = torch.empty((B, D, H, W), dtype=cost.dtype)
     denominator = torch.empty((B, D, H, W), dtype=cost.dtype)
     eps_typed = padded.numpy().dtype.type(eps)
     with numba_threads():
+        _channels_last_padded(cost.numpy(), padded.numpy())
         _adaptive_aggregation_fwd(padded.numpy(), offsets.numpy(), weights.numpy(), eps_typed, out.numpy(), denominator.numpy())
     return out, (padded, offsets, weights, out, denominator)
 
@@ -268,27 +322,22 @@ def forward(cost, offsets, weights, eps):
 def backward(saved, grad_out, eps, need_cost: bool, need_offsets: bool, need_weights: bool):
     """Gradients (grad_cost, grad_offsets, grad_weights), each None where not needed.
 
-    Memory beyond the gradients: the padded cost gradient (``(H+3)*(W+2)`` per plane, cropped to
-    the result), whatever the thread count."""
+    Memory beyond the gradients: one padded channels-last cost gradient per band of rows
+    (``_BANDS`` maps of ``(H+3)*(W+2)`` per hypothesis), whatever the thread count."""
     padded, offsets, weights, out, denominator = saved
     B, D, H, W = out.shape
     grad_out = grad_out.contiguous()
     grad_offsets = torch.empty(offsets.shape if need_offsets else (1, 1, 1, 1), dtype=out.dtype)
     grad_weights = torch.empty(weights.shape if need_weights else (1, 1, 1, 1, 1), dtype=out.dtype)
-    grad_padded = torch.zeros((B, D, (H + 3) * (W + 2)), dtype=out.dtype) if need_cost else None
-    with numba_threads() as num_threads:
-        if need_offsets or need_weights:
-            _adaptive_aggregation_bwd_rows(
-                grad_out.numpy(), denominator.numpy(), out.numpy(), padded.numpy(), offsets.numpy(), weights.numpy(),
-                need_offsets, need_weights, grad_offsets.numpy(), grad_weights.numpy(),
-            )
+    grad_cost = torch.empty((B, D, H, W), dtype=out.dtype) if need_cost else None
+    grad_bands = torch.zeros((_BANDS, B, (H + 3) * (W + 2), D) if need_cost else (_BANDS, B, 1, 1), dtype=out.dtype)
+    with numba_threads():
+        _backward_kernel(D, D >= _FIXED_GATHER_FROM)(
+            grad_out.numpy(), denominator.numpy(), out.numpy(), padded.numpy(), offsets.numpy(), weights.numpy(),
+            need_cost, need_offsets, need_weights, grad_offsets.numpy(), grad_weights.numpy(), grad_bands.numpy(),
+        )
         if need_cost:
-            # as many tasks as threads where the hypotheses allow: fewer row-coefficient recomputations
-            num_blocks = max(1, min(D, -(-num_threads // B)))
-            _adaptive_aggregation_bwd_cost(
-                grad_out.numpy(), denominator.numpy(), offsets.numpy(), weights.numpy(), num_blocks, grad_padded.numpy()
-            )
-    grad_cost = grad_padded.view(B, D, H + 3, W + 2)[:, :, 1 : H + 1, 1 : W + 1].contiguous() if need_cost else None
+            _sum_bands(grad_bands.numpy(), grad_cost.numpy())
     return (
         grad_cost,
         grad_offsets if need_offsets else None,

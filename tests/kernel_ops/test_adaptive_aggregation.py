@@ -28,6 +28,8 @@ SHAPES = [  # B, D, H, W, K
     (2, 4, 6, 11, 4),
     (3, 1, 1, 13, 9),
     (2, 5, 9, 2, 1),
+    (1, 16, 5, 9, 3),  # the CPU backward compiled for the exact hypothesis count (16 and more)
+    (2, 17, 4, 7, 2),
 ]
 
 
@@ -139,8 +141,9 @@ def test_cuda_matches_cpu_kernel(dtype_name):
 
 
 def test_cpu_gradients_do_not_depend_on_the_thread_count():
-    """Each cost-gradient plane is summed by one task in one order, whatever the thread count
-    (no per-thread partial gradients added up afterwards), so 1 and 2 threads agree bit for bit."""
+    """The CPU backward's tasks are a fixed number of row bands, each scattering into a cost
+    gradient of its own, summed band by band (no per-thread partial gradients), so 1 and 2
+    threads agree bit for bit."""
     import numba
 
     if numba.config.NUMBA_NUM_THREADS < 2:
