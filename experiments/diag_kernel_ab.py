@@ -12,30 +12,21 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 import torch
 
+from experiments._revision import module_at_revision
+
 
 def load_revision_kernel(rev: str):
-    source = subprocess.run(
-        ["git", "show", f"{rev}:kernels/warp_correlation/cpu.py"], check=True, capture_output=True, text=True
-    ).stdout.replace("from .._backend import", "from kernels._backend import")
-    folder = tempfile.mkdtemp(prefix="kernel_ab_")
-    path = os.path.join(folder, "wc_cpu_rev.py")
-    with open(path, "w") as handle:
-        handle.write(source)
-    spec = importlib.util.spec_from_file_location("wc_cpu_rev", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The revision's ``kernels/warp_correlation/cpu.py`` as a module of its own."""
+    return module_at_revision(rev, "kernels/warp_correlation/cpu.py", "wc_cpu_rev")
 
 
 def main() -> int:
