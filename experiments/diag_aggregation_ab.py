@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from experiments._revision import module_at_revision
+from _revision import module_at_revision  # experiments/_revision.py, beside this script
 
 
 def load_revision_kernel(rev: str):
