@@ -142,6 +142,7 @@ def _adaptive_aggregation_fwd(cost, offsets, weights, eps, out, denominator):
     contiguous data."""
     B, K, D, H, W = weights.shape
     Wp = W + 2
+    one, row_step = np.uintp(1), np.uintp(Wp)
     for row in numba.prange(B * H):
         b = row // H
         i = row - b * H
@@ -164,10 +165,10 @@ def _adaptive_aggregation_fwd(cost, offsets, weights, eps, out, denominator):
                 for j in range(W):
                     w_t[j, d] = w_row[j]
             for j in range(W):
-                p = base[j]
+                p = np.uintp(base[j])  # unsigned: no test for negative indices in the loop below
                 c0, c1, c2, c3 = value_coef[0, j], value_coef[1, j], value_coef[2, j], value_coef[3, j]
                 for d in range(D):
-                    sample = c0 * plane[p, d] + c1 * plane[p + 1, d] + c2 * plane[p + Wp, d] + c3 * plane[p + Wp + 1, d]
+                    sample = c0 * plane[p, d] + c1 * plane[p + one, d] + c2 * plane[p + row_step, d] + c3 * plane[p + row_step + one, d]
                     numerator[j, d] += w_t[j, d] * sample
         for d in range(D):
             for j in range(W):
