@@ -197,6 +197,7 @@ def _backward_kernel(num_hypotheses: int, fixed_gather: bool):
             D = num_hypotheses
         num_bands = grad_bands.shape[0]
         Wp = W + 2
+        one, row_step = np.uintp(1), np.uintp(Wp)
         real = cost.dtype.type
         for task in numba.prange(B * num_bands):
             b = task // num_bands
@@ -256,10 +257,10 @@ def _backward_kernel(num_hypotheses: int, fixed_gather: bool):
                             grad_offsets[b, 2 * k + 1, i, j] = grad_y
                     if need_cost:
                         for j in range(W):
-                            p = base[j]
+                            p = np.uintp(base[j])  # unsigned: no test for negative indices
                             c0, c1, c2, c3 = value_coef[0, j], value_coef[1, j], value_coef[2, j], value_coef[3, j]
-                            top_left, top_right = grad[p], grad[p + 1]
-                            bottom_left, bottom_right = grad[p + Wp], grad[p + Wp + 1]
+                            top_left, top_right = grad[p], grad[p + one]
+                            bottom_left, bottom_right = grad[p + row_step], grad[p + row_step + one]
                             for d in range(num_hypotheses):
                                 a = a_t[j, d]
                                 top_left[d] += c0 * a
