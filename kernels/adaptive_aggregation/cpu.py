@@ -233,15 +233,17 @@ def _backward_kernel(num_hypotheses: int, fixed_gather: bool):
                     # sample = top + wy (bottom - top), d sample / d y = bottom - top,
                     # d sample / d x = (1 - wy)(c01 - c00) + wy (c11 - c10)
                     for j in range(W):
-                        p = base[j]
+                        p = np.uintp(base[j])  # unsigned: no test for negative indices
+                        top_left, top_right = plane[p], plane[p + one]
+                        bottom_left, bottom_right = plane[p + row_step], plane[p + row_step + one]
                         wx, wy = fractions[0, j], fractions[1, j]
                         grad_x = real(0)
                         grad_y = real(0)
                         for d in range(D):
-                            v0 = plane[p, d]
-                            top_step = plane[p + 1, d] - v0
-                            v2 = plane[p + Wp, d]
-                            bottom_step = plane[p + Wp + 1, d] - v2
+                            v0 = top_left[d]
+                            top_step = top_right[d] - v0
+                            v2 = bottom_left[d]
+                            bottom_step = bottom_right[d] - v2
                             top = v0 + wx * top_step
                             bottom = v2 + wx * bottom_step
                             d_dy = bottom - top
