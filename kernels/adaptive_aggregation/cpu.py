@@ -208,7 +208,7 @@ def _backward_kernel(num_hypotheses: int, fixed_gather: bool):
             fractions = np.empty((2, W), dtype=cost.dtype)
             scaled_grad = np.empty((W, D), dtype=cost.dtype)
             out_t = np.empty((W, D), dtype=cost.dtype)
-            w_t = np.empty((W, D), dtype=cost.dtype)
+            scaled_grad_dw = np.empty((D, W), dtype=cost.dtype)  # scaled_grad transposed
             grad_w_t = np.empty((W, D), dtype=cost.dtype)
             a_t = np.empty((W, D), dtype=cost.dtype)
             plane = cost[b]
@@ -216,19 +216,21 @@ def _backward_kernel(num_hypotheses: int, fixed_gather: bool):
             for i in range(band * H // num_bands, (band + 1) * H // num_bands):
                 for d in range(D):
                     for j in range(W):
-                        scaled_grad[j, d] = grad_out[b, d, i, j] / denominator[b, d, i, j]
+                        scaled_grad_dw[d, j] = grad_out[b, d, i, j] / denominator[b, d, i, j]
                         out_t[j, d] = out[b, d, i, j]
+                for d in range(D):
+                    for j in range(W):
+                        scaled_grad[j, d] = scaled_grad_dw[d, j]
                 for k in range(K):
                     _row_corners(offsets, b, k, i, H, W, columns, base, value_coef, fractions, True)
                     if need_offsets or need_cost:
+                        # a separate pass (the gather loop below then stores only grad_w_t) that also
+                        # transposes: the sample's weight in d loss / d sample, w_k * grad_out / (sum_k w_k + eps)
                         for d in range(D):
                             w_row = weights[b, k, d, i]
+                            scaled_row = scaled_grad_dw[d]
                             for j in range(W):
-                                w_t[j, d] = w_row[j]
-                        for j in range(W):  # a separate pass: the gather loop below then stores only grad_w_t
-                            for d in range(D):
-                                # the sample's weight in d loss / d sample: w_k * grad_out / (sum_k w_k + eps)
-                                a_t[j, d] = scaled_grad[j, d] * w_t[j, d]
+                                a_t[j, d] = scaled_row[j] * w_row[j]
                     # the sample as interpolations along x in its top and bottom rows, then along y:
                     # sample = top + wy (bottom - top), d sample / d y = bottom - top,
                     # d sample / d x = (1 - wy)(c01 - c00) + wy (c11 - c10)
