@@ -206,29 +206,23 @@ def _backward_kernel(num_hypotheses: int, fixed_gather: bool):
             base = np.empty(W, dtype=np.int32)
             value_coef = np.empty((4, W), dtype=cost.dtype)
             fractions = np.empty((2, W), dtype=cost.dtype)
-            scaled_grad = np.empty((W, D), dtype=cost.dtype)
-            out_t = np.empty((W, D), dtype=cost.dtype)
-            scaled_grad_dw = np.empty((D, W), dtype=cost.dtype)  # scaled_grad transposed
-            grad_w_t = np.empty((W, D), dtype=cost.dtype)
+            scaled_grad = np.empty((D, W), dtype=cost.dtype)
+            sample_t = np.empty((W, D), dtype=cost.dtype)
             a_t = np.empty((W, D), dtype=cost.dtype)
             plane = cost[b]
             grad = grad_bands[band, b]
             for i in range(band * H // num_bands, (band + 1) * H // num_bands):
                 for d in range(D):
                     for j in range(W):
-                        scaled_grad_dw[d, j] = grad_out[b, d, i, j] / denominator[b, d, i, j]
-                        out_t[j, d] = out[b, d, i, j]
-                for d in range(D):
-                    for j in range(W):
-                        scaled_grad[j, d] = scaled_grad_dw[d, j]
+                        scaled_grad[d, j] = grad_out[b, d, i, j] / denominator[b, d, i, j]
                 for k in range(K):
                     _row_corners(offsets, b, k, i, H, W, columns, base, value_coef, fractions, True)
                     if need_offsets or need_cost:
-                        # a separate pass (the gather loop below then stores only grad_w_t) that also
+                        # a separate pass (the gather loop below then stores only the samples) that also
                         # transposes: the sample's weight in d loss / d sample, w_k * grad_out / (sum_k w_k + eps)
                         for d in range(D):
                             w_row = weights[b, k, d, i]
-                            scaled_row = scaled_grad_dw[d]
+                            scaled_row = scaled_grad[d]
                             for j in range(W):
                                 a_t[j, d] = scaled_row[j] * w_row[j]
                     # the sample as interpolations along x in its top and bottom rows, then along y:
@@ -250,8 +244,7 @@ def _backward_kernel(num_hypotheses: int, fixed_gather: bool):
                             bottom = v2 + wx * bottom_step
                             d_dy = bottom - top
                             if need_weights:
-                                # d out / d w_k = (sample_k - out) / (sum_k w_k + eps)
-                                grad_w_t[j, d] = scaled_grad[j, d] * (top + wy * d_dy - out_t[j, d])
+                                sample_t[j, d] = top + wy * d_dy
                             if need_offsets:
                                 a = a_t[j, d]
                                 grad_x += a * (top_step + wy * (bottom_step - top_step))
@@ -272,10 +265,13 @@ def _backward_kernel(num_hypotheses: int, fixed_gather: bool):
                                 bottom_left[d] += c2 * a
                                 bottom_right[d] += c3 * a
                     if need_weights:
-                        for d in range(D):
+                        for d in range(D):  # transposes the samples back
+                            # d out / d w_k = (sample_k - out) / (sum_k w_k + eps)
                             gw_row = grad_weights[b, k, d, i]
+                            scaled_row = scaled_grad[d]
+                            out_row = out[b, d, i]
                             for j in range(W):
-                                gw_row[j] = grad_w_t[j, d]
+                                gw_row[j] = scaled_row[j] * (sample_t[j, d] - out_row[j])
 
     return _adaptive_aggregation_bwd
 
