@@ -9,8 +9,12 @@ and a sample entirely outside points at the all-zero bottom rows with coefficien
 over hypotheses are innermost. Per row and neighbour the corner indices and coefficients are
 computed once (:func:`_row_corners`) in the offsets' dtype, as the reference does, and without a
 branch, so LLVM vectorises that loop (about 10x cheaper than the float64 loop with a branch it
-replaces). The weights ``(B, K, D, H, W)`` and their gradient keep the op's layout: the kernels
-transpose a row's ``(D, W)`` block to ``(W, D)`` and back in scalar loops.
+replaces). The weights ``(B, K, D, H, W)`` and their gradient keep the op's layout: the forward
+transposes a row's ``(D, W)`` block of weights to ``(W, D)`` in a scalar loop; the backward instead
+forms ``w_k * grad_out / (sum_k w_k + eps)`` while transposing, and stores the gathered samples
+``(W, D)`` and forms the weight gradient while transposing them back. Corner indices are read as
+unsigned integers, which spares numba's test for negative indices at every sample (measured 3-7%
+faster in the forward, 2-4% in the scatter).
 
 Forward: one task per output row; it also saves ``sum_k w_k + eps`` (one ``(B, D, H, W)``
 tensor) so the backward does not re-read the weights for it. The sampled costs are never stored.
@@ -32,21 +36,31 @@ offset and weight gradients (one task per row) and for the cost gradient (one ta
 hypotheses), which the single pass beats by 5-12%; the forward compiled for the exact count
 (slower at 16); the weight sum inside the sample loop; strided weight reads instead of the
 transposes; the scatter as one loop per corner; FMA contraction; scratch rows on the stack;
-neighbours innermost. What limits the kernel: numba cannot tell LLVM that scratch rows and inputs
-do not alias, so a loop over 8 or 16 hypotheses pays run-time alias checks at every sample
+neighbours innermost; later (2026-12-07c): the forward saving channels-last weights for the
+backward (8% slower in all), the forward storing its samples and weighting them while transposing
+back (22% slower), the weight sum fused into the forward's transpose (20% slower), row views of the
+four corners in the forward (5% slower), the scatter as eight-wide load-then-store blocks or per
+corner with the count at run time, the gradients asked for as compile-time constants, and the
+forward's scratch rows allocated per thread outside the parallel loop (none faster). What limits
+the kernel: numba cannot tell LLVM that scratch rows and inputs do not alias, so a loop over 8 or 16 hypotheses pays run-time alias checks at every sample
 position (or, compiled for the exact count, stays scalar), and each transpose of the weights costs
 about a scalar load and store per sample.
 
-Measured (bench/results/adaptive-aggregation-cpu-1thread-2026-12-07b.json,
+Measured (bench/results/adaptive-aggregation-cpu-1thread-2026-12-07c.json,
 experiments/diag_aggregation_ab.py): forward + backward (gradients to all three inputs) against
 :func:`adaptive_aggregation_reference` at the benchmark's four stage sizes (batch 1, 640x512 image,
-K=9), reference, this kernel and the kernel before (1f566b5) interleaved round by round on the
+K=9), reference, this kernel and the kernel before (a683d02) interleaved round by round on the
 shared 2-core machine, CPU time with 1 thread (torch and numba), median of 21 per-round ratios
-reference / kernel, two runs: 2.53 / 2.67x (stage 3, D=48), 1.74 / 1.85x (stage 3, D=16),
-2.48 / 2.44x (stage 2), 2.06 / 2.12x (stage 1); the kernel before, in the same rounds: 1.32 / 1.51x,
-1.16 / 1.21x, 1.65 / 1.62x, 1.58 / 1.59x. Half the reference's work is reached at stage 3 with
-D=48 and at stage 2, at stage 1 only narrowly (fastest round against fastest round: 1.71 / 1.78x),
-and not at stage 3 with D=16.
+reference / kernel, two runs: 3.04 / 2.89x (stage 3, D=48), 2.17 / 2.03x (stage 3, D=16),
+2.65 / 2.41x (stage 2), 2.25 / 2.55x (stage 1); the kernel before, in the same rounds: 2.69 / 2.57x,
+2.09 / 1.81x, 2.41 / 2.10x, 2.17 / 2.25x (the machine's other job moves every ratio by ~10% from
+run to run). At stage 3 with D=16 half the reference's work is reached only narrowly (kernel
+3.9 / 4.0 ms, reference 8.1 ms; a run before the last change, the row views of the padded copy
+and the band sum: 1.96x, the kernel before 1.78x). Where the ~4 ms go there
+(1 thread): forward kernel 0.8 ms, padded copy 0.1, backward kernel 2.1 (of it the cost-gradient
+scatter ~0.8, the weight and offset gathers ~0.6), band sum 0.1; per-call costs (allocations, numba
+dispatch, autograd, the loss) ~0.35 ms in all, so the compute dominates. The kernel before
+(54e340d, file 2026-12-07b) measured 1.74 / 1.85x at stage 3, D=16, then.
 """
 
 from __future__ import annotations
