@@ -9,8 +9,12 @@ and a sample entirely outside points at the all-zero bottom rows with coefficien
 over hypotheses are innermost. Per row and neighbour the corner indices and coefficients are
 computed once (:func:`_row_corners`) in the offsets' dtype, as the reference does, and without a
 branch, so LLVM vectorises that loop (about 10x cheaper than the float64 loop with a branch it
-replaces). The weights ``(B, K, D, H, W)`` and their gradient keep the op's layout: the kernels
-transpose a row's ``(D, W)`` block to ``(W, D)`` and back in scalar loops.
+replaces). The weights ``(B, K, D, H, W)`` and their gradient keep the op's layout: the forward
+transposes a row's ``(D, W)`` block of weights to ``(W, D)`` in a scalar loop; the backward instead
+forms ``w_k * grad_out / (sum_k w_k + eps)`` while transposing, and stores the gathered samples
+``(W, D)`` and forms the weight gradient while transposing them back. Corner indices are read as
+unsigned integers, which spares numba's test for negative indices at every sample (measured 3-7%
+faster in the forward, 2-4% in the scatter).
 
 Forward: one task per output row; it also saves ``sum_k w_k + eps`` (one ``(B, D, H, W)``
 tensor) so the backward does not re-read the weights for it. The sampled costs are never stored.
@@ -32,21 +36,31 @@ offset and weight gradients (one task per row) and for the cost gradient (one ta
 hypotheses), which the single pass beats by 5-12%; the forward compiled for the exact count
 (slower at 16); the weight sum inside the sample loop; strided weight reads instead of the
 transposes; the scatter as one loop per corner; FMA contraction; scratch rows on the stack;
-neighbours innermost. What limits the kernel: numba cannot tell LLVM that scratch rows and inputs
-do not alias, so a loop over 8 or 16 hypotheses pays run-time alias checks at every sample
+neighbours innermost; later (2026-12-07c): the forward saving channels-last weights for the
+backward (8% slower in all), the forward storing its samples and weighting them while transposing
+back (22% slower), the weight sum fused into the forward's transpose (20% slower), row views of the
+four corners in the forward (5% slower), the scatter as eight-wide load-then-store blocks or per
+corner with the count at run time, the gradients asked for as compile-time constants, and the
+forward's scratch rows allocated per thread outside the parallel loop (none faster). What limits
+the kernel: numba cannot tell LLVM that scratch rows and inputs do not alias, so a loop over 8 or 16 hypotheses pays run-time alias checks at every sample
 position (or, compiled for the exact count, stays scalar), and each transpose of the weights costs
 about a scalar load and store per sample.
 
-Measured (bench/results/adaptive-aggregation-cpu-1thread-2026-12-07b.json,
+Measured (bench/results/adaptive-aggregation-cpu-1thread-2026-12-07c.json,
 experiments/diag_aggregation_ab.py): forward + backward (gradients to all three inputs) against
 :func:`adaptive_aggregation_reference` at the benchmark's four stage sizes (batch 1, 640x512 image,
-K=9), reference, this kernel and the kernel before (1f566b5) interleaved round by round on the
+K=9), reference, this kernel and the kernel before (a683d02) interleaved round by round on the
 shared 2-core machine, CPU time with 1 thread (torch and numba), median of 21 per-round ratios
-reference / kernel, two runs: 2.53 / 2.67x (stage 3, D=48), 1.74 / 1.85x (stage 3, D=16),
-2.48 / 2.44x (stage 2), 2.06 / 2.12x (stage 1); the kernel before, in the same rounds: 1.32 / 1.51x,
-1.16 / 1.21x, 1.65 / 1.62x, 1.58 / 1.59x. Half the reference's work is reached at stage 3 with
-D=48 and at stage 2, at stage 1 only narrowly (fastest round against fastest round: 1.71 / 1.78x),
-and not at stage 3 with D=16.
+reference / kernel, two runs: 3.04 / 2.89x (stage 3, D=48), 2.17 / 2.03x (stage 3, D=16),
+2.65 / 2.41x (stage 2), 2.25 / 2.55x (stage 1); the kernel before, in the same rounds: 2.69 / 2.57x,
+2.09 / 1.81x, 2.41 / 2.10x, 2.17 / 2.25x (the machine's other job moves every ratio by ~10% from
+run to run). At stage 3 with D=16 half the reference's work is reached only narrowly (kernel
+3.9 / 4.0 ms, reference 8.1 ms; a run before the last change, the row views of the padded copy
+and the band sum: 1.96x, the kernel before 1.78x). Where the ~4 ms go there
+(1 thread): forward kernel 0.8 ms, padded copy 0.1, backward kernel 2.1 (of it the cost-gradient
+scatter ~0.8, the weight and offset gathers ~0.6), band sum 0.1; per-call costs (allocations, numba
+dispatch, autograd, the loss) ~0.35 ms in all, so the compute dominates. The kernel before
+(54e340d, file 2026-12-07b) measured 1.74 / 1.85x at stage 3, D=16, then.
 """
 
 from __future__ import annotations
@@ -119,17 +133,19 @@ def _channels_last_padded(cost, padded):
         b = task // (H + 3)
         y = task - b * (H + 3)
         start = y * Wp
+        rows = padded[b, start:start + Wp]  # a view: the loops below index from 0 (measured faster)
         if y == 0 or y > H:
             for x in range(Wp):
                 for d in range(D):
-                    padded[b, start + x, d] = 0
+                    rows[x, d] = 0
             continue
         for d in range(D):
-            padded[b, start, d] = 0
-            padded[b, start + Wp - 1, d] = 0
+            rows[0, d] = 0
+            rows[Wp - 1, d] = 0
+        for d in range(D):
             source = cost[b, d, y - 1]
             for j in range(W):
-                padded[b, start + 1 + j, d] = source[j]
+                rows[j + 1, d] = source[j]
 
 
 @numba.njit(parallel=True, cache=True)
@@ -142,6 +158,7 @@ def _adaptive_aggregation_fwd(cost, offsets, weights, eps, out, denominator):
     contiguous data."""
     B, K, D, H, W = weights.shape
     Wp = W + 2
+    one, row_step = np.uintp(1), np.uintp(Wp)
     for row in numba.prange(B * H):
         b = row // H
         i = row - b * H
@@ -164,10 +181,10 @@ def _adaptive_aggregation_fwd(cost, offsets, weights, eps, out, denominator):
                 for j in range(W):
                     w_t[j, d] = w_row[j]
             for j in range(W):
-                p = base[j]
+                p = np.uintp(base[j])  # unsigned: no test for negative indices in the loop below
                 c0, c1, c2, c3 = value_coef[0, j], value_coef[1, j], value_coef[2, j], value_coef[3, j]
                 for d in range(D):
-                    sample = c0 * plane[p, d] + c1 * plane[p + 1, d] + c2 * plane[p + Wp, d] + c3 * plane[p + Wp + 1, d]
+                    sample = c0 * plane[p, d] + c1 * plane[p + one, d] + c2 * plane[p + row_step, d] + c3 * plane[p + row_step + one, d]
                     numerator[j, d] += w_t[j, d] * sample
         for d in range(D):
             for j in range(W):
@@ -196,6 +213,7 @@ def _backward_kernel(num_hypotheses: int, fixed_gather: bool):
             D = num_hypotheses
         num_bands = grad_bands.shape[0]
         Wp = W + 2
+        one, row_step = np.uintp(1), np.uintp(Wp)
         real = cost.dtype.type
         for task in numba.prange(B * num_bands):
             b = task // num_bands
@@ -204,48 +222,45 @@ def _backward_kernel(num_hypotheses: int, fixed_gather: bool):
             base = np.empty(W, dtype=np.int32)
             value_coef = np.empty((4, W), dtype=cost.dtype)
             fractions = np.empty((2, W), dtype=cost.dtype)
-            scaled_grad = np.empty((W, D), dtype=cost.dtype)
-            out_t = np.empty((W, D), dtype=cost.dtype)
-            w_t = np.empty((W, D), dtype=cost.dtype)
-            grad_w_t = np.empty((W, D), dtype=cost.dtype)
+            scaled_grad = np.empty((D, W), dtype=cost.dtype)
+            sample_t = np.empty((W, D), dtype=cost.dtype)
             a_t = np.empty((W, D), dtype=cost.dtype)
             plane = cost[b]
             grad = grad_bands[band, b]
             for i in range(band * H // num_bands, (band + 1) * H // num_bands):
                 for d in range(D):
                     for j in range(W):
-                        scaled_grad[j, d] = grad_out[b, d, i, j] / denominator[b, d, i, j]
-                        out_t[j, d] = out[b, d, i, j]
+                        scaled_grad[d, j] = grad_out[b, d, i, j] / denominator[b, d, i, j]
                 for k in range(K):
                     _row_corners(offsets, b, k, i, H, W, columns, base, value_coef, fractions, True)
                     if need_offsets or need_cost:
+                        # a separate pass (the gather loop below then stores only the samples) that also
+                        # transposes: the sample's weight in d loss / d sample, w_k * grad_out / (sum_k w_k + eps)
                         for d in range(D):
                             w_row = weights[b, k, d, i]
+                            scaled_row = scaled_grad[d]
                             for j in range(W):
-                                w_t[j, d] = w_row[j]
-                        for j in range(W):  # a separate pass: the gather loop below then stores only grad_w_t
-                            for d in range(D):
-                                # the sample's weight in d loss / d sample: w_k * grad_out / (sum_k w_k + eps)
-                                a_t[j, d] = scaled_grad[j, d] * w_t[j, d]
+                                a_t[j, d] = scaled_row[j] * w_row[j]
                     # the sample as interpolations along x in its top and bottom rows, then along y:
                     # sample = top + wy (bottom - top), d sample / d y = bottom - top,
                     # d sample / d x = (1 - wy)(c01 - c00) + wy (c11 - c10)
                     for j in range(W):
-                        p = base[j]
+                        p = np.uintp(base[j])  # unsigned: no test for negative indices
+                        top_left, top_right = plane[p], plane[p + one]
+                        bottom_left, bottom_right = plane[p + row_step], plane[p + row_step + one]
                         wx, wy = fractions[0, j], fractions[1, j]
                         grad_x = real(0)
                         grad_y = real(0)
                         for d in range(D):
-                            v0 = plane[p, d]
-                            top_step = plane[p + 1, d] - v0
-                            v2 = plane[p + Wp, d]
-                            bottom_step = plane[p + Wp + 1, d] - v2
+                            v0 = top_left[d]
+                            top_step = top_right[d] - v0
+                            v2 = bottom_left[d]
+                            bottom_step = bottom_right[d] - v2
                             top = v0 + wx * top_step
                             bottom = v2 + wx * bottom_step
                             d_dy = bottom - top
                             if need_weights:
-                                # d out / d w_k = (sample_k - out) / (sum_k w_k + eps)
-                                grad_w_t[j, d] = scaled_grad[j, d] * (top + wy * d_dy - out_t[j, d])
+                                sample_t[j, d] = top + wy * d_dy
                             if need_offsets:
                                 a = a_t[j, d]
                                 grad_x += a * (top_step + wy * (bottom_step - top_step))
@@ -255,10 +270,10 @@ def _backward_kernel(num_hypotheses: int, fixed_gather: bool):
                             grad_offsets[b, 2 * k + 1, i, j] = grad_y
                     if need_cost:
                         for j in range(W):
-                            p = base[j]
+                            p = np.uintp(base[j])  # unsigned: no test for negative indices
                             c0, c1, c2, c3 = value_coef[0, j], value_coef[1, j], value_coef[2, j], value_coef[3, j]
-                            top_left, top_right = grad[p], grad[p + 1]
-                            bottom_left, bottom_right = grad[p + Wp], grad[p + Wp + 1]
+                            top_left, top_right = grad[p], grad[p + one]
+                            bottom_left, bottom_right = grad[p + row_step], grad[p + row_step + one]
                             for d in range(num_hypotheses):
                                 a = a_t[j, d]
                                 top_left[d] += c0 * a
@@ -266,10 +281,13 @@ def _backward_kernel(num_hypotheses: int, fixed_gather: bool):
                                 bottom_left[d] += c2 * a
                                 bottom_right[d] += c3 * a
                     if need_weights:
-                        for d in range(D):
+                        for d in range(D):  # transposes the samples back
+                            # d out / d w_k = (sample_k - out) / (sum_k w_k + eps)
                             gw_row = grad_weights[b, k, d, i]
+                            scaled_row = scaled_grad[d]
+                            out_row = out[b, d, i]
                             for j in range(W):
-                                gw_row[j] = grad_w_t[j, d]
+                                gw_row[j] = scaled_row[j] * (sample_t[j, d] - out_row[j])
 
     return _adaptive_aggregation_bwd
 
@@ -286,13 +304,15 @@ def _sum_bands(grad_bands, grad_cost):
         y = row - b * H
         start = (y + 1) * Wp + 1
         total = np.empty((W, D), dtype=grad_cost.dtype)
+        first = grad_bands[0, b, start:start + W]  # views: the loops below index from 0 (measured faster)
         for j in range(W):
             for d in range(D):
-                total[j, d] = grad_bands[0, b, start + j, d]
+                total[j, d] = first[j, d]
         for band in range(1, num_bands):
+            more = grad_bands[band, b, start:start + W]
             for j in range(W):
                 for d in range(D):
-                    total[j, d] += grad_bands[band, b, start + j, d]
+                    total[j, d] += more[j, d]
         for d in range(D):
             target = grad_cost[b, d, y]
             for x in range(W):
