@@ -27,9 +27,11 @@ cost-sized maps (one more than the split kernels before) whatever the thread cou
 in one fixed order, so the gradients are equal bit for bit at any thread count. The sums over
 hypotheses of the offset gradients run under ``fastmath={"reassoc"}`` so that LLVM vectorises
 them; every task runs the same code, which keeps that property. The kernel is compiled per
-hypothesis count (``functools.lru_cache``; numba's disk cache keeps each): from 16 hypotheses on
-its gather loop is compiled for the exact count (measured faster), below it reads the count at run
-time (measured faster at 8).
+hypothesis count of the networks (8, 16, 32, 48: ``_SPECIALISED_COUNTS``; ``functools.lru_cache``,
+and numba's disk cache keeps each), its scatter loop for the exact count; from 16 hypotheses on its
+gather loop too (measured faster), below it reads the count at run time (measured faster at 8).
+Every other count shares one backward with both loops reading the count at run time, so that
+unusual counts cost one compilation in all (about 10 s each on a 2-core CPU), not one each.
 
 Tried and not kept (1-thread CPU time, slower or no faster): separate backward kernels for the
 offset and weight gradients (one task per row) and for the cost gradient (one task per block of
@@ -78,6 +80,11 @@ prefer_workqueue_threading()  # see its docstring: ~15x less call overhead next 
 #: hypothesis counts from which the backward's gather loop is compiled for the exact count (measured
 #: faster from 16 on; at 8 the loop with the count left to run time measured faster)
 _FIXED_GATHER_FROM = 16
+
+#: hypothesis counts of the networks (PatchmatchNet's and the shipped settings' per stage) whose
+#: backward is compiled for the exact count; any other count shares one backward that reads it at
+#: run time, so odd counts (tests, unusual settings) cost one compilation in all, not one each
+_SPECIALISED_COUNTS = frozenset({8, 16, 32, 48})
 
 #: row bands of the backward: each band is one task and scatters its cost gradient into a padded
 #: map of its own; the maps are summed band by band. A fixed count, so the memory and the order of
@@ -195,8 +202,9 @@ def _adaptive_aggregation_fwd(cost, offsets, weights, eps, out, denominator):
 
 @functools.lru_cache(maxsize=None)
 def _backward_kernel(num_hypotheses: int, fixed_gather: bool):
-    """The backward compiled for ``num_hypotheses`` hypotheses: the scatter loop always for that
-    exact count, the gather loop too where ``fixed_gather`` (see ``_FIXED_GATHER_FROM``)."""
+    """The backward compiled for ``num_hypotheses`` hypotheses: the scatter loop for that exact
+    count, the gather loop too where ``fixed_gather`` (see ``_FIXED_GATHER_FROM``); 0: both loops
+    read the count at run time (the counts outside ``_SPECIALISED_COUNTS``)."""
 
     @numba.njit(parallel=True, cache=True, fastmath={"reassoc"})
     def _adaptive_aggregation_bwd(
@@ -274,7 +282,7 @@ def _backward_kernel(num_hypotheses: int, fixed_gather: bool):
                             c0, c1, c2, c3 = value_coef[0, j], value_coef[1, j], value_coef[2, j], value_coef[3, j]
                             top_left, top_right = grad[p], grad[p + one]
                             bottom_left, bottom_right = grad[p + row_step], grad[p + row_step + one]
-                            for d in range(num_hypotheses):
+                            for d in range(num_hypotheses if num_hypotheses > 0 else D):
                                 a = a_t[j, d]
                                 top_left[d] += c0 * a
                                 top_right[d] += c1 * a
@@ -352,7 +360,8 @@ def backward(saved, grad_out, eps, need_cost: bool, need_offsets: bool, need_wei
     grad_cost = torch.empty((B, D, H, W), dtype=out.dtype) if need_cost else None
     grad_bands = torch.zeros((_BANDS, B, (H + 3) * (W + 2), D) if need_cost else (_BANDS, B, 1, 1), dtype=out.dtype)
     with numba_threads():
-        _backward_kernel(D, D >= _FIXED_GATHER_FROM)(
+        specialised = D in _SPECIALISED_COUNTS
+        _backward_kernel(D if specialised else 0, specialised and D >= _FIXED_GATHER_FROM)(
             grad_out.numpy(), denominator.numpy(), out.numpy(), padded.numpy(), offsets.numpy(), weights.numpy(),
             need_cost, need_offsets, need_weights, grad_offsets.numpy(), grad_weights.numpy(), grad_bands.numpy(),
         )
