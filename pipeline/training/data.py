@@ -1,7 +1,10 @@
-"""What a run starts from: label maps of a scene, the initial network, the init file's digest."""
+"""What a run starts from: label maps of a scene, the initial network, the digests a resume checks."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -63,10 +66,6 @@ OPERATIONAL_SETTINGS = ("steps", "checkpoint_every", "keep_checkpoints", "progre
 def run_inputs(config: TrainConfig, scene_paths, label_paths) -> dict:
     """The identity of what a run learns from: a digest of its settings (all but
     :data:`OPERATIONAL_SETTINGS`) and the sha256 of every scene and label file, in order."""
-    import dataclasses
-    import hashlib
-    import json
-
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in OPERATIONAL_SETTINGS}
     if isinstance(settings.get("finetune"), dict):
         settings["finetune"] = {k: v for k, v in settings["finetune"].items() if k not in ("steps", "max_seconds")}
