@@ -97,9 +97,11 @@ def training_curves_option(wildcards):
 
 
 def training_seeds():
-    """Every training scene's seed: the object scenes, then the indoor rooms. A seed names one
-    folder under results/_training/, so the two lists must not share one, and no room may be one
-    of the indoor family's held-out rooms (bench/quality_heldout.py --family indoor)."""
+    """Every training scene's name: the object scenes' seeds, then the indoor rooms' seeds, then the
+    photo scenes' names. A name is one folder under results/_training/, so the two seed lists must
+    not share one (a photo scene's name starts with a letter, the schema's rule), no room may be one
+    of the indoor family's held-out rooms (bench/quality_heldout.py --family indoor), and a photo
+    scene needs its COLMAP model (training does not run sfm)."""
     from pipeline.synth.indoor import HELDOUT_SEEDS
 
     data = config["training_data"]
@@ -110,7 +112,16 @@ def training_seeds():
     shared = sorted(set(objects) & set(rooms))
     if shared:
         raise ValueError(f"training_data: seeds and indoor_seeds share {shared}; a seed names one training scene")
-    return objects + rooms
+    for name, folder in data["photo_scenes"].items():
+        if not has_sparse(folder):
+            raise ValueError(f"training_data.photo_scenes.{name}: {folder} has no COLMAP model (sparse/ or sparse/0/)")
+    return objects + rooms + list(data["photo_scenes"])
+
+
+def training_scene_folder(wildcards):
+    """The folder a training scene is prepared from: a photo scene's own folder, or the render of a seed."""
+    photos = config["training_data"]["photo_scenes"]
+    return photos[wildcards.seed] if wildcards.seed in photos else f"results/_training/scenes/{wildcards.seed}"
 
 
 def training_render_options(wildcards):
@@ -157,7 +168,8 @@ def all_outputs():
 
 
 # The scene names config.schema.yaml allows (scenes: propertyNames): no `/`, no leading `.` or `_`,
-# so `..` cannot reach outside results/ and the `_training` folders are no scene's.
+# so `..` cannot reach outside results/ and the `_training` folders are no scene's. A training scene
+# is a seed (rendered) or the name of a photo scene (training_data.photo_scenes: starting with a letter).
 wildcard_constraints:
     scene=r"[A-Za-z0-9][A-Za-z0-9_.\-]*",
-    seed=r"\d+",
+    seed=r"\d+|[A-Za-z][A-Za-z0-9_.\-]*",

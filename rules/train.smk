@@ -85,6 +85,8 @@ rule finetune:
 # (`snakemake train_base`; the result is copied to pipeline/checkpoints/ when it is shipped).
 # A seed of training_data.indoor_seeds renders a room of the indoor family at its own size.
 rule training_scene:
+    wildcard_constraints:
+        seed=r"\d+",
     output:
         directory("results/_training/scenes/{seed}"),
     params:
@@ -101,10 +103,11 @@ rule training_scene:
         "{params.selfmvs:q} render-scene {output:q} --seed {wildcards.seed:q} --varied {params.options:q} > {log:q} 2>&1"
 
 
-# Training scenes are prepared with the run's `prepare:` section, like the scenes of `scenes:`.
+# Training scenes are prepared with the run's `prepare:` section, like the scenes of `scenes:`: the
+# render of a seed, or a folder of training_data.photo_scenes as it is.
 use rule prepare as training_prepare with:
     input:
-        scene="results/_training/scenes/{seed}",
+        scene=training_scene_folder,
         config="results/_training/config.yaml",
     output:
         "results/_training/h5/{seed}.h5",

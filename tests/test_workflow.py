@@ -118,6 +118,46 @@ def test_bad_indoor_training_seeds_fail_the_dry_run(tmp_path, training_data, mes
     assert "render-scene" not in out  # no job was planned
 
 
+def test_photo_training_scenes_are_prepared_from_their_own_folder(tmp_path):
+    """A scene of training_data.photo_scenes is prepared from its folder as it is (no render), then
+    labelled and trained on with the rendered ones."""
+    photos = tmp_path / "my photos"
+    (photos / "images").mkdir(parents=True)
+    (photos / "sparse" / "0").mkdir(parents=True)
+    init = tmp_path / "init.pt"
+    init.write_bytes(b"weights")
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump({
+        "training_data": {"seeds": [1000], "photo_scenes": {"kitchen": str(photos)}},
+        "self_training": {"init": str(init)}}))
+    result = snakemake("train_self", "-n", "-p", "--configfile", str(tmp_path / "train.yaml"), "--directory", str(tmp_path))
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    renders = [line for line in out.splitlines() if "render-scene" in line]
+    assert len(renders) == 1 and "--seed 1000" in renders[0], renders
+    prepares = [line for line in out.splitlines() if " prepare " in line and "kitchen.h5" in line]
+    assert len(prepares) == 1 and f"'{photos}'" in prepares[0], prepares
+    train = out[out.index("rule train_self:"):][:6000]
+    assert "results/_self_training/labels/kitchen.h5" in train and "results/_training/h5/kitchen.h5" in train
+
+
+@pytest.mark.parametrize("photo_scenes, message", [
+    ({"kitchen": "NOFOLDER"}, "training_data.photo_scenes.kitchen: NOFOLDER has no COLMAP model"),
+    ({"24": "FOLDER"}, "photo_scenes"),
+])
+def test_bad_photo_training_scenes_fail_the_dry_run(tmp_path, photo_scenes, message):
+    """A photo scene without a COLMAP model, or named like a seed, stops the run before any job."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "sparse").mkdir()
+    scenes = {name: str(tmp_path / "missing") if folder == "NOFOLDER" else str(tmp_path)
+              for name, folder in photo_scenes.items()}
+    message = message.replace("NOFOLDER", str(tmp_path / "missing"))
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"training_data": {"seeds": [1000], "photo_scenes": scenes}}))
+    result = snakemake("train_base", "-n", "--configfile", str(tmp_path / "bad.yaml"), "--directory", str(tmp_path))
+    out = result.stdout + result.stderr
+    assert result.returncode != 0 and message in out, out[-3000:]
+    assert "render-scene" not in out
+
+
 def test_default_training_data_has_no_indoor_rooms(tmp_path):
     """Without indoor_seeds, train_base renders the object scenes as before (no indoor room)."""
     result = snakemake("train_base", "-n", "-p", "--configfile", str(REPO / "config" / "config.yaml"),
