@@ -380,8 +380,10 @@ class CoSegmentationConfig:
 class LossConfig:
     """``train.loss``: the self-supervised objective."""
 
-    recipe: Literal["unsup_mvsnet", "mvs2", "m3vsnet", "jdacs", "jdacs_ms"] = option("unsup_mvsnet",
-        "the published system whose terms and weights are used (pipeline.losses.recipes)")
+    recipe: Literal["unsup_mvsnet", "mvs2", "m3vsnet", "jdacs", "jdacs_ms"] = option("mvs2",
+        "the published system whose terms and weights are used (pipeline.losses.recipes). Default mvs2: ahead of "
+        "the other losses on PatchmatchNet at an equal step budget on held-out objects, rooms and DTU photos, at "
+        "about 4x the cost per step of unsup_mvsnet (docs/benchmarks.md, 2026-12-07)")
     weights: LossWeightsConfig = option(LossWeightsConfig(),
         "Per-term weight overrides of the recipe (null keeps the recipe's, 0 turns a term off).")
     top_k: int = option(2,

@@ -108,7 +108,8 @@ ONE_REFERENCE_TERMS = ("augmentation", "pseudo_label")
 def trains_symmetric(config: TrainConfig, mode: str, recipe, terms) -> bool:
     """Whether the run trains MVS^2's symmetric objective: recipe ``mvs2`` (every view of a sample
     the reference in turn, :meth:`pipeline.losses.SelfSupervisedLoss.symmetric`), except when
-    fine-tuning on labels (``train.finetune.objective: labels`` keeps the pseudo-label term alone).
+    fine-tuning on labels (``train.finetune.objective: labels`` keeps the pseudo-label term alone) and
+    when only one-reference terms are left on.
 
     Raises:
         ValueError: ``mvs2`` with a one-reference term (augmentation, pseudo_label) switched on.
@@ -116,6 +117,8 @@ def trains_symmetric(config: TrainConfig, mode: str, recipe, terms) -> bool:
     if recipe.name != "mvs2" or (mode == "finetune" and config.finetune.objective == "labels"):
         return False
     one_reference = [t for t in terms if t in ONE_REFERENCE_TERMS]
+    if one_reference and len(one_reference) == len(terms):
+        return False  # every MVS^2 term switched off (e.g. self-training on labels alone): nothing symmetric left
     if one_reference:
         raise ValueError(
             f"train.loss.recipe mvs2 takes every view of a sample as the reference in turn (MVS^2's symmetric "
