@@ -125,3 +125,13 @@ def backproject_depth(depth: np.ndarray, K: np.ndarray, cam_from_world: np.ndarr
     cam = (normalized * depth).reshape(3, -1)
     rotation, translation = cam_from_world[:, :3], cam_from_world[:, 3]
     return (rotation.T @ (cam - translation[:, None])).T
+
+
+def load_experiment(name: str):
+    """The module ``experiments/<name>.py`` (experiments are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

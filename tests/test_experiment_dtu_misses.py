@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+from conftest import load_experiment
 
-_SPEC = importlib.util.spec_from_file_location(
-    "dtu_sparse_misses", Path(__file__).resolve().parents[1] / "experiments" / "dtu_sparse_misses.py"
-)
-misses = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(misses)
+misses = load_experiment("dtu_sparse_misses")
 
 K = np.array([[20.0, 0.0, 10.0], [0.0, 20.0, 8.0], [0.0, 0.0, 1.0]])
 H, W = 16, 20
