@@ -75,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     scene = read_scene(args.run / "scene.h5", load_images=False)
-    per_view, pooled = [], []
+    per_view, pooled, marks = [], [], {}
     for image_id, name, cols, rows, signed, tracks, jump, size in view_pairs(scene, args.run / "depth.h5"):
+        marks[image_id] = (name, cols, rows, signed, size)
         miss = ~(np.abs(signed) <= args.tolerance)
         per_view.append({"image_id": image_id, "name": name, "pairs": int(len(miss)),
                          "within": float(1 - miss.mean()) if len(miss) else 1.0,
@@ -85,19 +86,19 @@ def main(argv: list[str] | None = None) -> int:
     miss, tracks, jump = np.concatenate(pooled).T
     miss = miss > 0
     print(f"{len(miss)} pairs, {100 * (1 - miss.mean()):.2f} % within {100 * args.tolerance:g} %")
-    splits = {"track": [(2, 3), (4, 5), (6, 10), (11, 10**9)],
-              "jump": [(0, 0.01), (0.01, 0.05), (0.05, np.inf)]}
+    # half-open bins [lo, hi): track lengths 2-3, 4-5, 6-10, 11 and more; jumps below 1 %, 1-5 %, over 5 %
+    splits = [("track 2-3", tracks, 2, 4), ("track 4-5", tracks, 4, 6), ("track 6-10", tracks, 6, 11),
+              ("track 11+", tracks, 11, np.inf),
+              ("jump 0-0.01", jump, 0, 0.01), ("jump 0.01-0.05", jump, 0.01, 0.05), ("jump 0.05+", jump, 0.05, np.inf)]
     summary = {"within": float(1 - miss.mean()), "views": per_view, "splits": {}}
-    for key, edges in splits.items():
-        values = tracks if key == "track" else jump
-        for lo, hi in edges:
-            part = (values >= lo) & (values <= hi) if key == "track" else (values >= lo) & (values < hi)
-            if part.any():
-                row = {"share_of_pairs": float(part.mean()), "within": float(1 - miss[part].mean()),
-                       "share_of_misses": float(miss[part].sum() / max(miss.sum(), 1))}
-                summary["splits"][f"{key} {lo}-{hi}"] = row
-                print(f"{key} {lo}-{hi}: {100 * row['share_of_pairs']:.1f} % of pairs, {100 * row['within']:.1f} % "
-                      f"within, {100 * row['share_of_misses']:.1f} % of the misses")
+    for label, values, lo, hi in splits:
+        part = (values >= lo) & (values < hi)
+        if part.any():
+            row = {"share_of_pairs": float(part.mean()), "within": float(1 - miss[part].mean()),
+                   "share_of_misses": float(miss[part].sum() / max(miss.sum(), 1))}
+            summary["splits"][label] = row
+            print(f"{label}: {100 * row['share_of_pairs']:.1f} % of pairs, {100 * row['within']:.1f} % within, "
+                  f"{100 * row['share_of_misses']:.1f} % of the misses")
     worst = sorted(per_view, key=lambda v: v["within"])[: args.worst]
     worst_misses = sum(round(v["pairs"] * (1 - v["within"])) for v in worst)
     rest = [v for v in per_view if v not in worst]
@@ -109,19 +110,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"they hold {100 * summary['worst']['share_of_misses']:.1f} % of the misses; the other views: "
           f"{100 * rest_within:.2f} % within")
     if args.picture:
-        draw_worst(scene, args, {v["image_id"] for v in worst})
+        draw_worst([marks[i] for i in sorted(v["image_id"] for v in worst)], args)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1) + "\n")
     return 0
 
 
-def draw_worst(scene, args, ids: set[int]) -> None:
+def draw_worst(views, args) -> None:
+    """One tile per (name, cols, rows, signed error, (height, width)) of ``views``, 3 tiles a row."""
     from PIL import Image, ImageDraw
 
     tiles = []
-    for image_id, name, cols, rows, signed, _, _, (height, width) in view_pairs(scene, args.run / "depth.h5"):
-        if image_id not in ids:
-            continue
+    for name, cols, rows, signed, (height, width) in views:
         image = Image.open(args.scene_dir / "images" / name).convert("L").convert("RGB").resize((width, height))
         pen = ImageDraw.Draw(image)
         for x, y, error in zip(cols, rows, signed):
