@@ -24,7 +24,7 @@ def _as_matrix(cam_from_world: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.asarray(cam_from_world, dtype=np.float64)[:3, :4])
 
 
-def _world_points(depth: np.ndarray, K: np.ndarray, cam_from_world: np.ndarray) -> torch.Tensor:
+def world_points(depth: np.ndarray, K: np.ndarray, cam_from_world: np.ndarray) -> torch.Tensor:
     """(N, 3) world points of the pixels with depth > 0."""
     depth = torch.as_tensor(np.asarray(depth), dtype=torch.float64)
     rows, cols = torch.nonzero(depth > 0, as_tuple=True)
@@ -120,14 +120,14 @@ def transfer_labels(
         shape = own.shape
         # Rank the others by how much of the target's own surface they see (a subsample suffices);
         # points are made per target, not kept for all views (memory: a view's points are 24 B a pixel).
-        mine = _world_points(own, K, pose)
+        mine = world_points(own, K, pose)
         sample = mine[:: max(1, len(mine) // 4000)]
         others = sorted((i for i in depths if i != target),
                         key=lambda i: -overlap(sample, cameras[i][0], cameras[i][1], depths[i].shape))[:neighbours]
         if not others:
             labels[target] = np.asarray(own, dtype=np.float32)
             continue
-        candidates = torch.stack([zbuffer(_world_points(depths[i], *cameras[i]), K, pose, shape) for i in others])
+        candidates = torch.stack([zbuffer(world_points(depths[i], *cameras[i]), K, pose, shape) for i in others])
         carried = transfer_depth(candidates, support, rel_tolerance).numpy()
         labels[target] = np.where(own > 0, own, carried).astype(np.float32)
     return labels
