@@ -47,13 +47,9 @@ def candidates(reference, others) -> torch.Tensor:
     return torch.stack([own, *carried])
 
 
-def support(stack: torch.Tensor, tolerance: float) -> torch.Tensor:
-    """(1 + S, H, W) long: per candidate, the candidates within ``tolerance`` of it (itself included); 0 for none."""
-    counts = torch.zeros(stack.shape, dtype=torch.long)
-    for k in range(stack.shape[0]):
-        close = (torch.abs(stack - stack[k]) <= tolerance * stack[k]) & (stack > 0)
-        counts[k] = close.sum(0) * (stack[k] > 0)
-    return counts
+def agreeing(stack: torch.Tensor, depth: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """(H, W) long: the candidates of ``stack`` within ``tolerance`` of ``depth``; 0 where ``depth`` is none."""
+    return ((torch.abs(stack - depth) <= tolerance * depth) & (stack > 0)).sum(0) * (depth > 0)
 
 
 def consensus(reference, others, mode: str, tolerance: float, keep_support: int, min_support: int, margin: int):
@@ -61,10 +57,11 @@ def consensus(reference, others, mode: str, tolerance: float, keep_support: int,
     from pipeline.fusion.transfer import transfer_depth
 
     stack = candidates(reference, others)
-    counts = support(stack, tolerance)
-    own = counts[0]
+    own = agreeing(stack, stack[0], tolerance)  # the vote below needs no other candidate's support
     if mode == "filter":
-        contradicted = (stack[0] > 0) & (counts[1:].max(0).values >= own + margin) if len(others) else own < 0
+        contradicted = torch.zeros_like(own, dtype=torch.bool)
+        for candidate in stack[1:]:  # each other candidate's support counts every candidate, the own one too
+            contradicted |= (stack[0] > 0) & (agreeing(stack, candidate, tolerance) >= own + margin)
         confidence = np.where(contradicted.numpy(), 0.0, reference.confidence).astype(np.float32)
         return dataclasses.replace(reference, confidence=confidence), float(contradicted.double().mean())
     voted = transfer_depth(stack, min_support, tolerance)

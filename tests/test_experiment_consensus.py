@@ -25,9 +25,9 @@ def wall() -> np.ndarray:
     return np.full((H, W), 2.0)
 
 
-def test_support_counts_the_candidates_within_the_tolerance_of_each():
+def test_agreeing_counts_the_candidates_within_the_tolerance_of_each():
     stack = torch.tensor([[[2.0]], [[2.01]], [[2.5]], [[0.0]]], dtype=torch.float64)
-    counts = consensus.support(stack, 0.01)
+    counts = torch.stack([consensus.agreeing(stack, candidate, 0.01) for candidate in stack])
     assert counts[:, 0, 0].tolist() == [2, 2, 1, 0]  # 2 and 2.01 agree; 2.5 alone; no depth: no support
 
 
