@@ -204,6 +204,33 @@ def test_required_views_capped_by_available_sources(box_scene):
     assert no_source.mask.sum() == 0 and no_source.xyz.shape == (0, 3)
 
 
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_filled_pixels_need_their_own_number_of_views(box_scene, dynamic):
+    """fuse.filled_min_consistent_views: with four sources and min_consistent_views 4 (and no setting for
+    filled pixels), the pixels the reference marks as filled are kept with 1 agreeing source once
+    filled_min_consistent_views is 1 (the
+    static vote: exactly those with >= 1), the others still need 4, and a view without a filled mask is
+    fused as before."""
+    views, sources = box_scene
+    reference = views[3]
+    filled = np.zeros(reference.depth.shape, bool)
+    filled[:, : filled.shape[1] // 2] = True
+    marked = FusionView(3, reference.depth, reference.K, reference.cam_from_world, reference.confidence,
+                        reference.image, filled=filled)
+    four = [views[s] for s in sources[3][:4]]
+    strict = FuseConfig(min_consistent_views=4, filled_min_consistent_views=None, dynamic=dynamic)
+    lenient = dataclass_replace(strict, filled_min_consistent_views=1)
+    before, after = fuse_view(marked, four, strict), fuse_view(marked, four, lenient)
+    assert (after.mask & ~before.mask & filled).sum() > 50
+    np.testing.assert_array_equal(after.mask[~filled], before.mask[~filled])
+    np.testing.assert_array_equal(fuse_view(reference, four, lenient).mask, before.mask)
+    if not dynamic:
+        agreeing = after.num_consistent.astype(int)
+        np.testing.assert_array_equal(after.mask, (reference.depth > 0) & (agreeing >= np.where(filled, 1, 4)))
+    with pytest.raises(FusionInputError, match="filled"):
+        fuse_view(FusionView(3, reference.depth, reference.K, reference.cam_from_world, filled=filled[:, 1:]),
+                  four, lenient)
+
 def test_averaging_reduces_noise(box_scene):
     views, sources = box_scene
     rng = np.random.default_rng(0)
@@ -496,6 +523,30 @@ def test_run_fuse_bad_inputs_name_the_view(box_files, tmp_path):
     small = _copy_depth(depth_h5, tmp_path / "small.h5", shrink)
     with pytest.raises(FuseInputError, match=r"view 3: depth map is 50x40 but the scene image is 64x48"):
         run_fuse(scene_h5, small, tmp_path / "c.ply", config)
+
+
+def test_run_fuse_leaves_out_a_view_without_sources_as_infer_does(box_files, tmp_path, caplog):
+    """selfmvs infer skips a view with no source view; fusion of its depth.h5 leaves that view out with a
+    warning (it is no other view's source either) instead of calling it missing."""
+    import dataclasses
+
+    from pipeline.formats.scene_file import read_scene, write_scene
+    from pipeline.stages.fuse import run_fuse
+
+    _, scene_h5, depth_h5, views = box_files
+    scene = read_scene(scene_h5)
+    scene.views[4] = dataclasses.replace(scene.views[4], source_ids=np.zeros(0, np.int64),
+                                         source_scores=np.zeros(0))
+    write_scene(tmp_path / "scene.h5", scene)
+
+    def drop(views):
+        del views[4]
+
+    depth = _copy_depth(depth_h5, tmp_path / "depth.h5", drop)
+    with caplog.at_level("WARNING"):
+        summary = run_fuse(tmp_path / "scene.h5", depth, tmp_path / "a.ply", FuseConfig(device="cpu"))
+    assert sorted(summary["views"]) == sorted(set(views) - {4}) and summary["num_points"] > 0
+    assert any("[4] have no source view" in r.getMessage() for r in caplog.records)
 
 
 def test_run_fuse_accepts_downscaled_depth(box_files, tmp_path):

@@ -93,6 +93,50 @@ def test_a_region_clipped_to_white_is_left_alone_with_max_brightness():
     assert grey.planes == 1 and grey.filled.any()
 
 
+def test_a_region_clipped_to_black_is_left_alone_with_min_brightness():
+    """A uniform patch at the sensor's black level (an unlit background, as around the DTU objects) is
+    left alone by default (min_brightness 0.05) and filled with min_brightness 0; a grey patch is filled
+    either way."""
+    rng = np.random.default_rng(2)
+    estimate = plane_depth([0.2, -0.5, 1.0], 4.0)
+    dark = textured_image(rng, PATCH)
+    dark[PATCH] = 5  # grey 0.02
+    assert planar_fill(estimate, dark, (1.0, 20.0), PlaneFillConfig(min_brightness=0.0)).planes == 1
+    clipped = planar_fill(estimate, dark, (1.0, 20.0))
+    assert clipped.regions == 1 and clipped.planes == 0 and not clipped.filled.any()
+    np.testing.assert_array_equal(clipped.depth, estimate)
+    grey = planar_fill(estimate, textured_image(rng, PATCH), (1.0, 20.0))
+    assert grey.planes == 1 and grey.filled.any()
+
+
+def test_confident_within_zeroes_the_confidence_of_planes_far_from_the_network():
+    """fill_low_texture: the patch's plane is 4 % from the network's depth in its left half and 1 % in its
+    right half; with confident_within 0.02 the left half keeps the plane's depth with confidence 0, the right
+    half keeps the network's confidence; without it (null) every filled pixel keeps it."""
+    from pipeline.formats.scene_file import SceneView
+    from pipeline.inference import fill_low_texture
+
+    rng = np.random.default_rng(8)
+    truth = plane_depth([0.2, -0.5, 1.0], 4.0)
+    network = truth.copy()
+    network[18:42, 23:40] *= 1.04
+    network[18:42, 40:57] *= 1.01
+    confidence = np.full(truth.shape, 0.9, np.float32)
+    view = DepthView(3, "a.png", network, confidence, K, np.eye(4)[:3])
+    ref = SceneView(image_id=3, name="a.png", image=textured_image(rng, PATCH), K=K, cam_from_world=np.eye(4)[:3],
+                    depth_range=np.array([1.0, 20.0]), num_depth=32, source_ids=np.zeros(0, np.int64),
+                    source_scores=np.zeros(0), mask=None, point3D_ids=np.zeros(0, np.int64), width=WIDTH,
+                    height=HEIGHT)
+    plain = fill_low_texture(view, ref, PlaneFillConfig(confident_within=None))
+    assert plain.filled[19:41, 24:56].all()
+    np.testing.assert_array_equal(plain.confidence, confidence)
+    gated = fill_low_texture(view, ref, PlaneFillConfig(confident_within=0.02))
+    np.testing.assert_array_equal(gated.depth, plain.depth)
+    np.testing.assert_array_equal(gated.filled, plain.filled)
+    assert (gated.confidence[plain.filled & (np.arange(WIDTH) < 40)] == 0).all()
+    np.testing.assert_array_equal(gated.confidence[~plain.filled | (np.arange(WIDTH) >= 40)],
+                                  confidence[~plain.filled | (np.arange(WIDTH) >= 40)])
+
 def test_regions_left_alone_small_ones_split_rings_and_missing_depth():
     rng = np.random.default_rng(3)
     image = textured_image(rng, PATCH)

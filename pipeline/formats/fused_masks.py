@@ -3,7 +3,7 @@
 Layout (docs/formats.md)::
 
     /                              attrs: format_version=1, kind="selfmvs.fused_masks", depth_file,
-                                          fuse.<setting> (each fuse setting), num_points
+                                          fuse.<setting> (each fuse setting; "null" when unset), num_points
     /views/<image_id>/mask         uint8 (H, W): 1 = pixel kept by fusion, 0 = rejected or no depth
     /views/<image_id>/num_consistent   (H, W): source views that agree (photometric pixels only)
         group attrs: source_ids (int64), num_points, num_photometric
@@ -91,7 +91,7 @@ def fused_masks_writer(
         handle.attrs["kind"] = KIND
         handle.attrs["depth_file"] = str(depth_file)
         for key, value in fuse_settings.items():
-            handle.attrs[f"fuse.{key}"] = value
+            handle.attrs[f"fuse.{key}"] = "null" if value is None else value
         yield FusedMasksWriter(handle)
 
 

@@ -10,7 +10,8 @@ Sec. 4.2, and the fusion script of Wang et al., PatchmatchNet, CVPR 2021):
    X'_s (z-depth d'_s) and projected to p'. The source *agrees* when
    ``|p' - p| <= max_reprojection_error`` (pixels) and ``|d'_s - d| / d <= max_relative_depth_error``.
 3. **Vote**: the pixel is kept when at least ``min(min_consistent_views, S)`` sources agree, S being
-   the number of sources available for this reference.
+   the number of sources available for this reference; a pixel of a low-texture region's plane
+   (the view's ``filled`` mask) needs ``filled_min_consistent_views`` instead, when that is set.
 4. **Averaging**: the fused point is the mean of X and the X'_s of the agreeing sources (in the
    reference camera frame, then carried to the world frame); its colour is the reference pixel's.
 
@@ -53,7 +54,8 @@ class FusionView:
 
     Shape:
         depth: (H, W); confidence: (H, W) or None; K: (3, 3) pixels; cam_from_world: (3, 4) or (4, 4);
-        image: (H, W, 3) uint8 or None (only needed for the reference).
+        image: (H, W, 3) uint8 or None (only needed for the reference); filled: (H, W) bool or None,
+        the pixels whose depth is a low-texture region's plane (depth.h5's ``filled``).
     """
 
     image_id: int
@@ -62,6 +64,7 @@ class FusionView:
     cam_from_world: np.ndarray
     confidence: np.ndarray | torch.Tensor | None = None
     image: np.ndarray | None = None
+    filled: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -119,6 +122,8 @@ def _check_view(view: FusionView, what: str) -> None:
         raise FusionInputError(f"{where}: expected 3x3 K, got {np.asarray(view.K).shape}")
     if not np.allclose(np.asarray(view.K)[2], [0.0, 0.0, 1.0]):
         raise FusionInputError(f"{where}: K's last row must be (0, 0, 1), got {np.asarray(view.K)[2]}")
+    if view.filled is not None and tuple(np.shape(view.filled)) != shape:
+        raise FusionInputError(f"{where}: filled {tuple(np.shape(view.filled))} != depth {shape}")
     if view.image is not None and tuple(view.image.shape) != (*shape, 3):
         raise FusionInputError(
             f"{where}: image {tuple(view.image.shape)} does not match depth {shape}"
@@ -174,12 +179,16 @@ def sample_depth(
     return values, valid
 
 
-def dynamic_agreement_level(levels: torch.Tensor, min_views: int) -> torch.Tensor:
+def _at_least_one(needed: int | torch.Tensor) -> int | torch.Tensor:
+    return needed.clamp_min(1) if isinstance(needed, torch.Tensor) else max(needed, 1)
+
+
+def dynamic_agreement_level(levels: torch.Tensor, min_views: int | torch.Tensor) -> torch.Tensor:
     """The dynamic rule's n*: the largest n >= ``min_views`` with at least n sources at level <= n.
 
     Args:
         levels: per source and pixel the smallest level at which the source agrees (inf: never).
-        min_views: the smallest n considered.
+        min_views: the smallest n considered: one for all pixels, or (N,) per pixel.
 
     Returns:
         n* per pixel, 0 where no n qualifies (the pixel is dropped).
@@ -299,6 +308,9 @@ def _fuse_prepared(
 
     num_sources = len(sources)
     needed = min(params.min_consistent_views, num_sources)
+    if params.filled_min_consistent_views is not None and reference.filled is not None:
+        filled = torch.as_tensor(np.asarray(reference.filled, dtype=bool), device=device).reshape(-1)
+        needed = torch.where(filled.index_select(0, index), min(params.filled_min_consistent_views, num_sources), needed)
     count = torch.zeros_like(d, dtype=torch.int32)
     point_sum = ref_homogeneous.clone()
     per_source = []  # (K_r X'_s (3, N), level (N,)) for the dynamic variant
@@ -343,7 +355,7 @@ def _fuse_prepared(
 
     if params.dynamic and num_sources > 0:
         levels = torch.stack([level for _, level in per_source])  # (S, N)
-        best = dynamic_agreement_level(levels, max(needed, 1))
+        best = dynamic_agreement_level(levels, _at_least_one(needed))
         for reprojected, level in per_source:
             agrees = (level <= best) & (best > 0)
             count += agrees
@@ -352,7 +364,7 @@ def _fuse_prepared(
     if num_sources == 0:
         kept = torch.zeros_like(d, dtype=torch.bool)
     else:
-        kept = count >= max(needed, 1) if params.dynamic else count >= needed
+        kept = count >= _at_least_one(needed) if params.dynamic else count >= needed
     kept_index = index[kept]
     mean_homogeneous = point_sum[:, kept] / (1 + count[kept]).to(point_sum.dtype)
     # World point = R_r^T (K_r^-1 (mean K_r X) - t_r) = A (mean K_r X) + b.

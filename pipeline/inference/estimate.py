@@ -73,7 +73,9 @@ def estimate_view(
 
 def fill_low_texture(view: DepthView, ref: SceneView, config: PlaneFillConfig) -> DepthView:
     """``view`` with :func:`pipeline.scene.planar_fill.planar_fill` applied (RANSAC seeded by the image
-    id, so a view's result does not depend on the order or the resumption of a run)."""
+    id, so a view's result does not depend on the order or the resumption of a run); with
+    ``config.confident_within``, a filled pixel whose plane is further than that fraction from the
+    network's depth gets confidence 0."""
     from pipeline.scene.planar_fill import planar_fill  # scipy.ndimage only when filling
 
     if ref.image.shape[:2] != view.depth.shape:
@@ -82,4 +84,8 @@ def fill_low_texture(view: DepthView, ref: SceneView, config: PlaneFillConfig) -
     else:
         image = ref.image
     result = planar_fill(view.depth, image, tuple(ref.depth_range), config, np.random.default_rng(view.image_id))
-    return dataclasses.replace(view, depth=result.depth, filled=result.filled)
+    confidence = view.confidence
+    if config.confident_within is not None and confidence is not None:
+        far = np.abs(result.depth - view.depth) > config.confident_within * view.depth
+        confidence = np.where(result.filled & far, np.float32(0.0), confidence)
+    return dataclasses.replace(view, depth=result.depth, filled=result.filled, confidence=confidence)

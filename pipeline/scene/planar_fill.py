@@ -17,7 +17,8 @@ So, per view:
 4. a region whose ring is at least ``min_inlier_fraction`` inliers (its surroundings are mostly one
    plane) takes the plane's depth wherever that depth is within the view's depth range, widened
    by a factor 1.25; other regions (a curved surface, a ring across several surfaces) keep
-   the network's depth.
+   the network's depth. Regions clipped to white or black (median grey at least ``max_brightness``
+   or below ``min_brightness``) are left alone: nothing was measured there.
 
 With ``max_planes`` > 1 the ring gets up to that many planes (sequential RANSAC: each next plane on
 the ring pixels the earlier ones leave), the inlier fraction counts the ring pixels any of them fits,
@@ -198,8 +199,9 @@ def planar_fill(
         rows = slice(max(box[0].start - margin, 0), min(box[0].stop + margin, height))
         cols = slice(max(box[1].start - margin, 0), min(box[1].stop + margin, width))
         region = labels[rows, cols] == index
-        if params.max_brightness < 1 and np.median(grey[rows, cols][region]) >= params.max_brightness:
-            continue  # clipped: the sensor saturated there, e.g. a white backdrop behind an object
+        brightness = np.median(grey[rows, cols][region])
+        if (params.max_brightness < 1 and brightness >= params.max_brightness) or brightness < params.min_brightness:
+            continue  # clipped: the sensor saturated (a white backdrop) or got no light (an unlit background)
         local = depth[rows, cols]
         ring = ndimage.binary_dilation(region, iterations=params.ring) & ~low[rows, cols] & (local > 0)
         if ring.sum() < _MIN_RING:

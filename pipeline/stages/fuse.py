@@ -38,7 +38,8 @@ def run_fuse(
         A summary: number of points, points and photometric pixels per view, seconds, device.
 
     Raises:
-        FuseInputError: a view of the scene missing in the depth file (or the reverse), a depth map
+        FuseInputError: a view of the scene missing in the depth file (except a view without source
+            views, which ``infer`` leaves out: fused without it, with a warning), or the reverse, a depth map
             whose size or camera does not match the scene, NaN / empty depth maps (naming the view).
     """
     # numpy, h5py and torch are imported here, not at module level: ``selfmvs --help`` stays fast.
@@ -75,8 +76,14 @@ def _run_fuse(scene_h5, depth_h5, out_ply, config, masks_path, params, device, s
     view_ids = list_scene_views(scene_h5)
     depth_ids = set(list_depth_views(depth_h5))
     missing = [i for i in view_ids if i not in depth_ids]
-    if missing:
-        raise FuseInputError(f"{depth_h5}: view(s) {missing[:10]} of scene {scene_h5} missing")
+    # selfmvs infer leaves out a view with no source view (nothing to match it with); fusion does too.
+    sourceless = [i for i in missing if not any(int(s) in scene.views and int(s) != i for s in scene.views[i].source_ids)]
+    if len(sourceless) < len(missing):
+        raise FuseInputError(
+            f"{depth_h5}: view(s) {[i for i in missing if i not in sourceless][:10]} of scene {scene_h5} missing")
+    if sourceless:
+        log.warning("%s: view(s) %s have no source view and no depth map; left out", scene_h5, sourceless[:10])
+        view_ids = [i for i in view_ids if i in depth_ids]
     extra = sorted(depth_ids - set(view_ids))
     if extra:
         raise FuseInputError(f"{depth_h5}: view(s) {extra[:10]} are not in scene {scene_h5}")
@@ -92,13 +99,14 @@ def _run_fuse(scene_h5, depth_h5, out_ply, config, masks_path, params, device, s
             K=depth_view.K,
             cam_from_world=depth_view.cam_from_world,
             confidence=depth_view.confidence,
+            filled=depth_view.filled,
         )
 
     def load_image(image_id: int) -> np.ndarray:
         height, width = sizes[image_id]
         return colours_at(read_view(scene_h5, image_id).image, height, width)
 
-    source_ids = {i: [int(s) for s in scene.views[i].source_ids] for i in view_ids}
+    source_ids = {i: [int(s) for s in scene.views[i].source_ids if int(s) in depth_ids] for i in view_ids}
     per_view = {}
     comments = [
         "selfmvs fused point cloud",
