@@ -77,32 +77,18 @@ def test_a_uniform_patch_of_a_slanted_plane_takes_the_plane_of_its_surroundings(
     np.testing.assert_array_equal(plain.depth, estimate)
 
 
-def test_a_region_clipped_to_white_is_left_alone_with_max_brightness():
-    """A uniform patch at the sensor's white level (a lit backdrop, as behind the DTU objects) is left alone
-    by default (max_brightness 0.97) and filled with max_brightness 1; a grey patch is filled either way."""
-    rng = np.random.default_rng(2)
-    truth = plane_depth([0.2, -0.5, 1.0], 4.0)
-    estimate = truth.copy()
-    white = textured_image(rng, PATCH)
-    white[PATCH] = 255
-    assert planar_fill(estimate, white, (1.0, 20.0), PlaneFillConfig(max_brightness=1.0)).planes == 1
-    clipped = planar_fill(estimate, white, (1.0, 20.0))
-    assert clipped.regions == 1 and clipped.planes == 0 and not clipped.filled.any()
-    np.testing.assert_array_equal(clipped.depth, estimate)
-    grey = planar_fill(estimate, textured_image(rng, PATCH), (1.0, 20.0))
-    assert grey.planes == 1 and grey.filled.any()
-
-
-def test_a_region_clipped_to_black_is_left_alone_with_min_brightness():
-    """A uniform patch at the sensor's black level (an unlit background, as around the DTU objects) is
-    left alone by default (min_brightness 0.05) and filled with min_brightness 0; a grey patch is filled
-    either way."""
+@pytest.mark.parametrize("level, fill_all", [(255, PlaneFillConfig(max_brightness=1.0)),
+                                             (5, PlaneFillConfig(min_brightness=0.0))])
+def test_a_region_clipped_to_white_or_black_is_left_alone(level, fill_all):
+    """A uniform patch at the sensor's white level (a lit backdrop, as behind the DTU objects) or nearly black
+    (grey 0.02: an unlit background, as around them) is left alone by default (max_brightness 0.97,
+    min_brightness 0.1) and filled with max_brightness 1 or min_brightness 0; a grey patch is filled either way."""
     rng = np.random.default_rng(2)
     estimate = plane_depth([0.2, -0.5, 1.0], 4.0)
-    dark = textured_image(rng, PATCH)
-    dark[PATCH] = 5  # grey 0.02
-    assert planar_fill(estimate, dark, (1.0, 20.0), PlaneFillConfig(min_brightness=0.0)).planes == 1
-    clipped = planar_fill(estimate, dark, (1.0, 20.0))
+    clipped_image = textured_image(rng, PATCH)
+    clipped_image[PATCH] = level
+    assert planar_fill(estimate, clipped_image, (1.0, 20.0), fill_all).planes == 1
+    clipped = planar_fill(estimate, clipped_image, (1.0, 20.0))
     assert clipped.regions == 1 and clipped.planes == 0 and not clipped.filled.any()
     np.testing.assert_array_equal(clipped.depth, estimate)
     grey = planar_fill(estimate, textured_image(rng, PATCH), (1.0, 20.0))

@@ -17,7 +17,7 @@ So, per view:
 4. a region whose ring is at least ``min_inlier_fraction`` inliers (its surroundings are mostly one
    plane) takes the plane's depth wherever that depth is within the view's depth range, widened
    by a factor 1.25; other regions (a curved surface, a ring across several surfaces) keep
-   the network's depth. Regions clipped to white or black (median grey at least ``max_brightness``
+   the network's depth. Regions clipped to white or nearly black (median grey at least ``max_brightness``
    or below ``min_brightness``) are left alone: nothing was measured there.
 
 With ``max_planes`` > 1 the ring gets up to that many planes (sequential RANSAC: each next plane on
