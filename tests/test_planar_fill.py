@@ -123,6 +123,7 @@ def test_confident_within_zeroes_the_confidence_of_planes_far_from_the_network()
     np.testing.assert_array_equal(gated.confidence[~plain.filled | (np.arange(WIDTH) >= 40)],
                                   confidence[~plain.filled | (np.arange(WIDTH) >= 40)])
 
+
 def test_regions_left_alone_small_ones_split_rings_and_missing_depth():
     rng = np.random.default_rng(3)
     image = textured_image(rng, PATCH)

@@ -444,6 +444,12 @@ def scene_attrs(path: str | os.PathLike) -> Mapping[str, Any]:
         return {key: _plain(value) for key, value in handle.attrs.items()}
 
 
+def source_views(view: SceneView, view_ids) -> list[int]:
+    """``view``'s source views (best first) that are other views among ``view_ids``: the views it is matched
+    with. ``selfmvs infer`` leaves out a view without any, and ``selfmvs fuse`` and training skip it too."""
+    return [int(s) for s in view.source_ids if int(s) in view_ids and int(s) != view.image_id]
+
+
 def cap_num_sources(requested: int, stored: int, setting: str, where: Any) -> int:
     """``requested`` source views per view, capped at ``stored``, the scene's :attr:`Scene.num_sources`.
 

@@ -14,7 +14,7 @@ import torch
 from pipeline.config import InferConfig
 from pipeline.formats.atomic import output_lock
 from pipeline.formats.depth_file import DepthView, DepthWriter
-from pipeline.formats.scene_file import Scene, cap_num_sources, read_scene, read_view
+from pipeline.formats.scene_file import Scene, cap_num_sources, read_scene, read_view, source_views
 from pipeline.inference.cache import ViewCache
 from pipeline.inference.estimate import estimate_view, fill_low_texture
 from pipeline.inference.graph import GraphedForward
@@ -167,7 +167,7 @@ def _run_locked(
         for image_id, view in scene.views.items():
             if writer.has(image_id):
                 continue
-            source_ids = [int(s) for s in view.source_ids if int(s) in scene.views and int(s) != image_id]
+            source_ids = source_views(view, scene.views)
             source_ids = source_ids[:num_sources]
             if not source_ids:
                 log.warning("%s: view %d (%s) has no source view; skipped", scene_path, image_id, view.name)

@@ -66,7 +66,7 @@ def _run_fuse(scene_h5, depth_h5, out_ply, config, masks_path, params, device, s
     from pipeline.formats.depth_file import list_depth_views, read_depth_view
     from pipeline.formats.fused_masks import FusedMaskView, fused_masks_writer
     from pipeline.formats.ply import PlyStreamWriter
-    from pipeline.formats.scene_file import cap_num_sources, list_scene_views, read_scene, read_view
+    from pipeline.formats.scene_file import cap_num_sources, list_scene_views, read_scene, read_view, source_views
     from pipeline.fusion import FusionInputError, FusionView, fuse_views
     from pipeline.fusion.stage_inputs import check_camera, colours_at
 
@@ -77,7 +77,7 @@ def _run_fuse(scene_h5, depth_h5, out_ply, config, masks_path, params, device, s
     depth_ids = set(list_depth_views(depth_h5))
     missing = [i for i in view_ids if i not in depth_ids]
     # selfmvs infer leaves out a view with no source view (nothing to match it with); fusion does too.
-    sourceless = [i for i in missing if not any(int(s) in scene.views and int(s) != i for s in scene.views[i].source_ids)]
+    sourceless = [i for i in missing if not source_views(scene.views[i], scene.views)]
     if len(sourceless) < len(missing):
         raise FuseInputError(
             f"{depth_h5}: view(s) {[i for i in missing if i not in sourceless][:10]} of scene {scene_h5} missing")

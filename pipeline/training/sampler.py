@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.formats.scene_file import source_views
 from pipeline.scene.mirror import mirror_intrinsics, mirror_pose
 
 log = logging.getLogger("selfmvs.train")
@@ -83,7 +84,7 @@ class ViewSampler:
                 )
             self.views.append(views)
             for image_id, view in scene.views.items():
-                sources = [int(s) for s in view.source_ids if int(s) in views and int(s) != image_id]
+                sources = source_views(view, views)
                 if not sources:
                     continue
                 if len(sources) < num_sources:
