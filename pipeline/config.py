@@ -583,6 +583,11 @@ class FuseConfig:
         "(docs/benchmarks.md, 2026-12-07)")
     num_sources: int = option(10,
         "best source views checked per reference; at most the scene's prepare.num_sources (capped with a warning)")
+    max_free_space_violations: int | None = option(None,
+        "visibility check: drop a pixel when more than this many sources see past its point (their depth at its "
+        "projection exceeds the point's by more than free_space_margin): the point floats in space those views "
+        "see through (null: off)")
+    free_space_margin: float = option(0.02, "visibility check: relative depth beyond the point that counts as seeing past it")
     sampling: Literal["bilinear", "nearest"] = option("bilinear", "how source depths are read")
     dynamic: bool = option(False,
         "dynamic consistency (D2HC-RMVSNet): a source agrees at level n when errors <= n * step; kept if n "
@@ -605,7 +610,9 @@ class FuseConfig:
                 f"min_consistent_views, filled_min_consistent_views and num_sources must be >= 0, got "
                 f"{self.min_consistent_views}, {self.filled_min_consistent_views} and {self.num_sources}"
             )
-        for name in ("max_reprojection_error", "max_relative_depth_error",
+        if (self.max_free_space_violations or 0) < 0:
+            raise ValueError(f"max_free_space_violations must be >= 0 or null, got {self.max_free_space_violations}")
+        for name in ("max_reprojection_error", "max_relative_depth_error", "free_space_margin",
                      "dynamic_reprojection_step", "dynamic_relative_depth_step"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")

@@ -231,6 +231,33 @@ def test_filled_pixels_need_their_own_number_of_views(box_scene, dynamic):
         fuse_view(FusionView(3, reference.depth, reference.K, reference.cam_from_world, filled=filled[:, 1:]),
                   four, lenient)
 
+def test_points_the_sources_see_through_are_dropped(box_scene):
+    """fuse.max_free_space_violations: a block of the reference pulled 15 % towards the camera floats
+    in front of the surface its sources see, so they see past it and it is dropped, even with no
+    agreeing source required; the true surface (including the ground the box hides from some
+    sources, which those sources see *in front of* the point, not past it) stays."""
+    views, sources = box_scene
+    reference = views[3]
+    floating = reference.depth.copy()
+    block = np.zeros(floating.shape, bool)
+    block[10:30, 20:40] = True
+    block &= floating > 0
+    floating[block] *= 0.85
+    view = FusionView(3, floating, reference.K, reference.cam_from_world, reference.confidence, reference.image)
+    four = [views[s] for s in sources[3][:4]]
+    keep_all = FuseConfig(min_consistent_views=0, filled_min_consistent_views=None)
+    checked = dataclass_replace(keep_all, max_free_space_violations=1)
+    before, after = fuse_view(view, four, keep_all), fuse_view(view, four, checked)
+    assert before.mask[block].all()
+    assert after.mask[block].mean() < 0.05
+    true_surface = before.mask & ~block
+    assert after.mask[true_surface].mean() > 0.97
+    assert not (after.mask & ~before.mask).any()
+    np.testing.assert_array_equal(fuse_view(reference, four, keep_all).mask, before.mask | (reference.depth > 0))
+    with pytest.raises(ValueError, match="max_free_space_violations"):
+        FuseConfig(max_free_space_violations=-1)
+
+
 def test_averaging_reduces_noise(box_scene):
     views, sources = box_scene
     rng = np.random.default_rng(0)

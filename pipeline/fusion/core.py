@@ -12,6 +12,12 @@ Sec. 4.2, and the fusion script of Wang et al., PatchmatchNet, CVPR 2021):
 3. **Vote**: the pixel is kept when at least ``min(min_consistent_views, S)`` sources agree, S being
    the number of sources available for this reference; a pixel of a low-texture region's plane
    (the view's ``filled`` mask) needs ``filled_min_consistent_views`` instead, when that is set.
+   **Visibility** (when ``max_free_space_violations`` is set; the free-space violations of Merrell
+   et al., "Real-time visibility-based fusion of depth maps", ICCV 2007): source s *sees past* X when
+   its depth at p_s exceeds X's depth in s by more than ``free_space_margin`` (relative), i.e. X lies
+   in space that view sees through. A pixel with more than ``max_free_space_violations`` such sources
+   is dropped, whatever its vote. A source that sees something in front of X (X occluded there) or
+   has no depth at p_s says nothing.
 4. **Averaging**: the fused point is the mean of X and the X'_s of the agreeing sources (in the
    reference camera frame, then carried to the world frame); its colour is the reference pixel's.
 
@@ -312,6 +318,7 @@ def _fuse_prepared(
         filled = torch.as_tensor(np.asarray(reference.filled, dtype=bool), device=device).reshape(-1)
         needed = torch.where(filled.index_select(0, index), min(params.filled_min_consistent_views, num_sources), needed)
     count = torch.zeros_like(d, dtype=torch.int32)
+    violations = None if params.max_free_space_violations is None else torch.zeros_like(count)
     point_sum = ref_homogeneous.clone()
     per_source = []  # (K_r X'_s (3, N), level (N,)) for the dynamic variant
     for prepared in prepared_sources:
@@ -325,9 +332,12 @@ def _fuse_prepared(
         to_source_offset = _as_tensor(src_K @ src_from_ref[:3, 3], device)
         projected = torch.addmm(to_source_offset[:, None], to_source, ref_homogeneous)
         in_front = projected[2] > 1e-6
+        depth_in_source = projected[2].clone() if violations is not None else None
         projected /= projected[2].clamp(min=1e-6)
         d_src, valid = sample_depth(src_depth, projected[0], projected[1], params.sampling, prepared.sampler)
         valid &= in_front
+        if violations is not None:  # the source sees past the point: it lies in that view's free space
+            violations += valid & (d_src > depth_in_source * (1 + params.free_space_margin))
         # Source pixel p_s with its own depth d_s -> reference: K_r (R_rs K_s^-1 (d_s p_s) + t_rs).
         to_reference = _as_tensor(ref_K @ ref_from_src[:3, :3] @ np.linalg.inv(src_K), device)
         to_reference_offset = _as_tensor(ref_K @ ref_from_src[:3, 3], device)
@@ -365,6 +375,8 @@ def _fuse_prepared(
         kept = torch.zeros_like(d, dtype=torch.bool)
     else:
         kept = count >= _at_least_one(needed) if params.dynamic else count >= needed
+        if violations is not None:
+            kept &= violations <= params.max_free_space_violations
     kept_index = index[kept]
     mean_homogeneous = point_sum[:, kept] / (1 + count[kept]).to(point_sum.dtype)
     # World point = R_r^T (K_r^-1 (mean K_r X) - t_r) = A (mean K_r X) + b.
