@@ -575,7 +575,14 @@ class FuseConfig:
     max_reprojection_error: float = option(1.0,
         "geometric check: reference -> source -> reference round trip error, pixels")
     max_relative_depth_error: float = option(0.01, "geometric check: |d' - d| / d of the round trip")
-    min_consistent_views: int = option(3, "sources that must agree (capped by the number of sources of the view)")
+    min_consistent_views: int = option(2,
+        "sources that must agree (capped by the number of sources of the view); low-texture and filled pixels have "
+        "their own counts below")
+    low_texture_min_consistent_views: int | None = option(3,
+        "sources that must agree for a pixel without texture (local grey standard deviation below low_texture_std, "
+        "7 x 7 window) that the in-fill did not fill: matching says little there (null: min_consistent_views for "
+        "every pixel; docs/benchmarks.md, 2026-12-07)")
+    low_texture_std: float = option(0.015, "grey standard deviation (values in [0, 1]) below which a pixel has no texture")
     filled_min_consistent_views: int | None = option(2,
         "sources that must agree for a pixel of a low-texture region's plane (depth.h5's `filled`, "
         "infer.plane_fill) instead of min_consistent_views (null: min_consistent_views for every pixel); with "
@@ -583,10 +590,10 @@ class FuseConfig:
         "(docs/benchmarks.md, 2026-12-07)")
     num_sources: int = option(10,
         "best source views checked per reference; at most the scene's prepare.num_sources (capped with a warning)")
-    max_free_space_violations: int | None = option(None,
+    max_free_space_violations: int | None = option(2,
         "visibility check: drop a pixel when more than this many sources see past its point (their depth at its "
         "projection exceeds the point's by more than free_space_margin): the point floats in space those views "
-        "see through (null: off)")
+        "see through (null: off; docs/benchmarks.md, 2026-12-07)")
     free_space_margin: float = option(0.02, "visibility check: relative depth beyond the point that counts as seeing past it")
     sampling: Literal["bilinear", "nearest"] = option("bilinear", "how source depths are read")
     dynamic: bool = option(False,
@@ -605,14 +612,16 @@ class FuseConfig:
         # clear error for the values fusion cannot work with.
         if self.sampling not in ("bilinear", "nearest"):
             raise ValueError(f"sampling must be one of ('bilinear', 'nearest'), got {self.sampling!r}")
-        if self.min_consistent_views < 0 or self.num_sources < 0 or (self.filled_min_consistent_views or 0) < 0:
+        counts = (self.min_consistent_views, self.num_sources, self.filled_min_consistent_views or 0,
+                  self.low_texture_min_consistent_views or 0)
+        if min(counts) < 0:
             raise ValueError(
-                f"min_consistent_views, filled_min_consistent_views and num_sources must be >= 0, got "
-                f"{self.min_consistent_views}, {self.filled_min_consistent_views} and {self.num_sources}"
+                f"min_consistent_views, num_sources, filled_min_consistent_views and "
+                f"low_texture_min_consistent_views must be >= 0, got {counts}"
             )
         if (self.max_free_space_violations or 0) < 0:
             raise ValueError(f"max_free_space_violations must be >= 0 or null, got {self.max_free_space_violations}")
-        for name in ("max_reprojection_error", "max_relative_depth_error", "free_space_margin",
+        for name in ("max_reprojection_error", "max_relative_depth_error", "free_space_margin", "low_texture_std",
                      "dynamic_reprojection_step", "dynamic_relative_depth_step"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")

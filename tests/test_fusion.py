@@ -218,7 +218,8 @@ def test_filled_pixels_need_their_own_number_of_views(box_scene, dynamic):
     marked = FusionView(3, reference.depth, reference.K, reference.cam_from_world, reference.confidence,
                         reference.image, filled=filled)
     four = [views[s] for s in sources[3][:4]]
-    strict = FuseConfig(min_consistent_views=4, filled_min_consistent_views=None, dynamic=dynamic)
+    strict = FuseConfig(min_consistent_views=4, filled_min_consistent_views=None, dynamic=dynamic,
+                        max_free_space_violations=None)
     lenient = dataclass_replace(strict, filled_min_consistent_views=1)
     before, after = fuse_view(marked, four, strict), fuse_view(marked, four, lenient)
     assert (after.mask & ~before.mask & filled).sum() > 50
@@ -230,6 +231,35 @@ def test_filled_pixels_need_their_own_number_of_views(box_scene, dynamic):
     with pytest.raises(FusionInputError, match="filled"):
         fuse_view(FusionView(3, reference.depth, reference.K, reference.cam_from_world, filled=filled[:, 1:]),
                   four, lenient)
+
+def test_pixels_without_texture_need_their_own_number_of_views(box_scene):
+    """fuse.low_texture_min_consistent_views: where the reference image is flat (a block painted one grey),
+    pixels need that many agreeing sources, the textured rest min_consistent_views, and a filled pixel its
+    own count before either; without the reference image the rule cannot run and says so."""
+    views, sources = box_scene
+    reference = views[3]
+    image = reference.image.copy()
+    image[10:30, 20:40] = 128
+    flat = np.zeros(image.shape[:2], bool)
+    flat[13:27, 23:37] = True  # the block's inside: its 7 x 7 windows see no texture
+    filled = np.zeros_like(flat)
+    filled[:, :30] = True
+    four = [views[s] for s in sources[3][:4]]
+    params = FuseConfig(min_consistent_views=1, low_texture_min_consistent_views=4, filled_min_consistent_views=2,
+                        max_free_space_violations=None)
+    view = FusionView(3, reference.depth, reference.K, reference.cam_from_world, reference.confidence, image,
+                      filled=filled)
+    fused = fuse_view(view, four, params)
+    agreeing = fused.num_consistent.astype(int)
+    needed = np.where(filled, 2, 1)
+    np.testing.assert_array_equal(fused.mask[~flat], ((reference.depth > 0) & (agreeing >= needed))[~flat])
+    inside = flat & ~filled
+    np.testing.assert_array_equal(fused.mask[inside], ((reference.depth > 0) & (agreeing >= 4))[inside])
+    assert (fused.mask[flat & filled] == ((reference.depth > 0) & (agreeing >= 2))[flat & filled]).all()
+    assert ((reference.depth > 0) & (agreeing < 4) & (agreeing >= 1))[inside].any()  # the rule had pixels to drop
+    with pytest.raises(FusionInputError, match="view 3: fuse.low_texture_min_consistent_views needs the reference image"):
+        fuse_view(FusionView(3, reference.depth, reference.K, reference.cam_from_world), four, params)
+
 
 def test_points_the_sources_see_through_are_dropped(box_scene):
     """fuse.max_free_space_violations: a block of the reference pulled 15 % towards the camera floats
@@ -245,7 +275,7 @@ def test_points_the_sources_see_through_are_dropped(box_scene):
     floating[block] *= 0.85
     view = FusionView(3, floating, reference.K, reference.cam_from_world, reference.confidence, reference.image)
     four = [views[s] for s in sources[3][:4]]
-    keep_all = FuseConfig(min_consistent_views=0, filled_min_consistent_views=None)
+    keep_all = FuseConfig(min_consistent_views=0, filled_min_consistent_views=None, max_free_space_violations=None)
     checked = dataclass_replace(keep_all, max_free_space_violations=1)
     before, after = fuse_view(view, four, keep_all), fuse_view(view, four, checked)
     assert before.mask[block].all()

@@ -11,7 +11,9 @@ Sec. 4.2, and the fusion script of Wang et al., PatchmatchNet, CVPR 2021):
    ``|p' - p| <= max_reprojection_error`` (pixels) and ``|d'_s - d| / d <= max_relative_depth_error``.
 3. **Vote**: the pixel is kept when at least ``min(min_consistent_views, S)`` sources agree, S being
    the number of sources available for this reference; a pixel of a low-texture region's plane
-   (the view's ``filled`` mask) needs ``filled_min_consistent_views`` instead, when that is set.
+   (the view's ``filled`` mask) needs ``filled_min_consistent_views`` instead, when that is set, and
+   another pixel without texture (the reference image's local grey standard deviation below
+   ``low_texture_std``, as the in-fill measures it) ``low_texture_min_consistent_views``, when that is set.
    **Visibility** (when ``max_free_space_violations`` is set; the free-space violations of Merrell
    et al., "Real-time visibility-based fusion of depth maps", ICCV 2007): source s *sees past* X when
    its depth at p_s exceeds X's depth in s by more than ``free_space_margin`` (relative), i.e. X lies
@@ -47,6 +49,9 @@ import numpy as np
 import torch
 
 from pipeline.config import FuseConfig
+from pipeline.scene.planar_fill import low_texture_mask
+
+LOW_TEXTURE_WINDOW = 7  # side of the texture measure's window: the in-fill's default (infer.plane_fill.window)
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +319,15 @@ def _fuse_prepared(
 
     num_sources = len(sources)
     needed = min(params.min_consistent_views, num_sources)
+    if params.low_texture_min_consistent_views is not None:
+        if reference.image is None:
+            raise FusionInputError(
+                f"view {reference.image_id}: fuse.low_texture_min_consistent_views needs the reference image "
+                "(FusionView.image; null fuses without it)"
+            )
+        low = low_texture_mask(np.asarray(reference.image), params.low_texture_std, LOW_TEXTURE_WINDOW)
+        low = torch.as_tensor(low, device=device).reshape(-1).index_select(0, index)
+        needed = torch.where(low, min(params.low_texture_min_consistent_views, num_sources), needed)
     if params.filled_min_consistent_views is not None and reference.filled is not None:
         filled = torch.as_tensor(np.asarray(reference.filled, dtype=bool), device=device).reshape(-1)
         needed = torch.where(filled.index_select(0, index), min(params.filled_min_consistent_views, num_sources), needed)
