@@ -48,10 +48,10 @@ from typing import Callable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from pipeline.config import FuseConfig
+from pipeline.config import FuseConfig, PlaneFillConfig
 from pipeline.scene.planar_fill import low_texture_mask
 
-LOW_TEXTURE_WINDOW = 7  # side of the texture measure's window: the in-fill's default (infer.plane_fill.window)
+LOW_TEXTURE_WINDOW = PlaneFillConfig().window  # the texture measure's window: the in-fill's default
 
 log = logging.getLogger(__name__)
 
