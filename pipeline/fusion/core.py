@@ -319,6 +319,7 @@ def _fuse_prepared(
 
     num_sources = len(sources)
     needed = min(params.min_consistent_views, num_sources)
+    overrides = []  # (pixel mask, count) in increasing precedence
     if params.low_texture_min_consistent_views is not None:
         if reference.image is None:
             raise FusionInputError(
@@ -326,11 +327,12 @@ def _fuse_prepared(
                 "(FusionView.image; null fuses without it)"
             )
         low = low_texture_mask(np.asarray(reference.image), params.low_texture_std, LOW_TEXTURE_WINDOW)
-        low = torch.as_tensor(low, device=device).reshape(-1).index_select(0, index)
-        needed = torch.where(low, min(params.low_texture_min_consistent_views, num_sources), needed)
+        overrides.append((low, params.low_texture_min_consistent_views))
     if params.filled_min_consistent_views is not None and reference.filled is not None:
-        filled = torch.as_tensor(np.asarray(reference.filled, dtype=bool), device=device).reshape(-1)
-        needed = torch.where(filled.index_select(0, index), min(params.filled_min_consistent_views, num_sources), needed)
+        overrides.append((np.asarray(reference.filled, dtype=bool), params.filled_min_consistent_views))
+    for mask, views in overrides:
+        mask = torch.as_tensor(mask, device=device).reshape(-1).index_select(0, index)
+        needed = torch.where(mask, min(views, num_sources), needed)
     count = torch.zeros_like(d, dtype=torch.int32)
     violations = None if params.max_free_space_violations is None else torch.zeros_like(count)
     point_sum = ref_homogeneous.clone()
